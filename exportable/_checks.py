@@ -1,0 +1,162 @@
+"""Input checks for the eager wrappers.
+
+Every public function and every module's ``forward`` validates its tensors here before computing,
+so bad input gets a clear error naming the argument instead of silent garbage. The checks are
+skipped while a graph is being exported (an ONNX graph cannot raise, and value checks would be
+traced) and can be switched off for speed with :func:`checks_disabled` (value checks such as NaN
+scans cost a device sync on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+_state = threading.local()
+
+
+def exporting() -> bool:
+    """True while torch is tracing or exporting (dynamo export, TorchScript, torch.compile)."""
+    if torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None:
+        if getattr(compiler, "is_exporting", lambda: False)():
+            return True
+        if compiler.is_compiling():
+            return True
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def checks_enabled() -> bool:
+    """True when eager input checks run (not exporting, not switched off)."""
+    return getattr(_state, "enabled", True) and not exporting()
+
+
+@contextlib.contextmanager
+def checks_disabled() -> Iterator[None]:
+    """Switch the eager input checks off inside a ``with`` block (e.g. a training loop)."""
+    previous = getattr(_state, "enabled", True)
+    _state.enabled = False
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
+def _fail(name: str, what: str, tensor: Tensor | None = None) -> None:
+    shape = "" if tensor is None else f" (got shape {tuple(tensor.shape)}, dtype {tensor.dtype})"
+    raise ValueError(f"{name}: {what}{shape}")
+
+
+def check_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_float(name: str, x: Tensor, *, finite: bool = True) -> None:
+    """Floating dtype and no NaN (and no inf when ``finite``)."""
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    if finite:
+        if not bool(torch.isfinite(x).all()):
+            bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
+            _fail(name, f"contains {bad}; every value must be finite", x)
+    elif bool(torch.isnan(x).any()):
+        _fail(name, "contains NaN", x)
+
+
+def check_integer(name: str, x: Tensor) -> None:
+    check_tensor(name, x)
+    if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name}: expected an integer tensor (int64), got dtype {x.dtype}")
+
+
+def check_bool(name: str, x: Tensor) -> None:
+    check_tensor(name, x)
+    if x.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a bool tensor, got dtype {x.dtype}")
+
+
+def check_shape(name: str, x: Tensor, shape: Sequence[int | str | None], *, leading: bool = False) -> None:
+    """Check ``x.shape`` against ``shape``: ints must match, strings/None are free.
+
+    With ``leading=True``, ``x`` may carry extra leading (batch) dims before ``shape``.
+    """
+    check_tensor(name, x)
+    want = tuple(shape)
+    if leading:
+        if x.dim() < len(want):
+            _fail(name, f"expected at least {len(want)} dims ending in {_fmt(want)}", x)
+        got = tuple(x.shape[x.dim() - len(want):])
+    else:
+        if x.dim() != len(want):
+            _fail(name, f"expected {len(want)} dims {_fmt(want)}", x)
+        got = tuple(x.shape)
+    for g, w in zip(got, want):
+        if isinstance(w, int) and g != w:
+            _fail(name, f"expected shape {_fmt(want)}", x)
+
+
+def check_boxes(
+    name: str,
+    boxes: Tensor,
+    *,
+    ndim: int | None = None,
+    allow_inverted: bool = False,
+) -> None:
+    """Boxes ``(..., 4)`` as ``(x1, y1, x2, y2)``: float, finite, and ``x1 <= x2, y1 <= y2``."""
+    check_tensor(name, boxes)
+    if boxes.dim() == 0 or boxes.shape[-1] != 4:
+        _fail(name, "boxes must have a last dim of 4 as (x1, y1, x2, y2)", boxes)
+    if ndim is not None and boxes.dim() != ndim:
+        _fail(name, f"expected {ndim} dims ending in 4", boxes)
+    check_float(name, boxes)
+    if not allow_inverted and boxes.numel() > 0:
+        inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+        if bool(inverted.any()):
+            first = tuple(int(i) for i in inverted.nonzero()[0])
+            _fail(name, f"inverted box at index {first} (x2 < x1 or y2 < y1); boxes are (x1, y1, x2, y2)")
+
+
+def check_same_leading(names: Sequence[str], tensors: Sequence[Tensor], dims: int) -> None:
+    """The first ``dims`` dims of every tensor agree (e.g. the batch dim B)."""
+    ref = tuple(tensors[0].shape[:dims])
+    for n, t in zip(names[1:], tensors[1:]):
+        if tuple(t.shape[:dims]) != ref:
+            raise ValueError(
+                f"{n}: leading dims {tuple(t.shape[:dims])} do not match {names[0]}'s {ref}"
+            )
+
+
+def check_probabilities(name: str, x: Tensor) -> None:
+    """Scores are probabilities in [0, 1], never logits."""
+    check_float(name, x)
+    if x.numel() and bool(((x < 0) | (x > 1)).any()):
+        _fail(name, "expected probabilities in [0, 1] (apply sigmoid to logits first)", x)
+
+
+def check_scalar(name: str, value: float, *, low: float | None = None, high: float | None = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None
+    if v != v:
+        raise ValueError(f"{name}: must not be NaN")
+    if low is not None and v < low:
+        raise ValueError(f"{name}: must be >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: must be <= {high}, got {v}")
+    return v
+
+
+def _fmt(shape: Sequence[int | str | None]) -> str:
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
