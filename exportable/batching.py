@@ -1,0 +1,105 @@
+"""Padding ragged ground truth into dense, masked batches.
+
+Shape shorthand: ``B`` images, ``M`` gts per image (the padded maximum), ``N`` anchors.
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, ``x1 <= x2``.
+
+Every module takes ``gt_boxes (B, M, 4)``, ``gt_labels (B, M)`` int64 and ``gt_mask (B, M)`` bool.
+A zero-size axis breaks reductions in torch and in onnxruntime alike, so modules never see
+M = 0: :func:`ensure_gt_rows` appends one masked row when M is 0 (eager) and is free otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from exportable._checks import check_bool, check_boxes, check_integer, check_same_leading, check_shape
+
+__all__ = ["GtBatch", "pad_gts", "unpad_gts", "ensure_gt_rows", "check_gt_batch"]
+
+
+class GtBatch(NamedTuple):
+    """A padded batch of ground truth: boxes (B, M, 4), labels (B, M), mask (B, M)."""
+
+    boxes: Float[Tensor, "B M 4"]
+    labels: Int[Tensor, "B M"]
+    mask: Bool[Tensor, "B M"]
+
+
+def pad_gts(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor] | None = None,
+    *,
+    min_rows: int = 0,
+) -> GtBatch:
+    """Pad per-image gts ``[(M_i, 4)]`` and labels ``[(M_i,)]`` into a :class:`GtBatch`.
+
+    Padded rows have zero boxes, label 0 and ``mask = False``. ``M = max(M_i, min_rows)``; with
+    no gts at all M is 0 (``min_rows=1`` gives one masked row, which exported graphs need).
+    """
+    if len(boxes) == 0:
+        raise ValueError("boxes: need at least one image")
+    if labels is not None and len(labels) != len(boxes):
+        raise ValueError(f"labels: {len(labels)} images, boxes has {len(boxes)}")
+    ref = boxes[0]
+    m = max([int(b.shape[0]) for b in boxes] + [min_rows])
+    batch = len(boxes)
+    out_boxes = ref.new_zeros((batch, m, 4), dtype=torch.float32)  # (B, M, 4)
+    out_labels = torch.zeros((batch, m), dtype=torch.int64, device=ref.device)  # (B, M)
+    out_mask = torch.zeros((batch, m), dtype=torch.bool, device=ref.device)  # (B, M)
+    for i, b in enumerate(boxes):
+        check_boxes(f"boxes[{i}]", b.reshape(-1, 4) if b.numel() == 0 else b, ndim=2)
+        k = int(b.shape[0])
+        out_boxes[i, :k] = b.to(torch.float32)
+        out_mask[i, :k] = True
+        if labels is not None:
+            lab = labels[i]
+            check_integer(f"labels[{i}]", lab)
+            check_shape(f"labels[{i}]", lab, (k,))
+            out_labels[i, :k] = lab.to(torch.int64)
+    return GtBatch(out_boxes, out_labels, out_mask)
+
+
+def unpad_gts(batch: GtBatch) -> tuple[list[Tensor], list[Tensor]]:
+    """The inverse of :func:`pad_gts`: lists of per-image (M_i, 4) boxes and (M_i,) labels."""
+    boxes = [b[m] for b, m in zip(batch.boxes, batch.mask)]
+    labels = [lab[m] for lab, m in zip(batch.labels, batch.mask)]
+    return boxes, labels
+
+
+def ensure_gt_rows(
+    gt_boxes: Float[Tensor, "B M 4"],
+    gt_labels: Int[Tensor, "B M"],
+    gt_mask: Bool[Tensor, "B M"],
+) -> GtBatch:
+    """Append one masked row when ``M == 0`` so every max / argmax / top-k over gts is defined.
+
+    Shape-based, so it costs nothing when M > 0 and exports (under export M is symbolic; the
+    exported graphs are exported with M >= 2 and callers pad to M >= 1, see the catalog).
+    """
+    if gt_boxes.shape[1] != 0:
+        return GtBatch(gt_boxes, gt_labels, gt_mask)
+    b = gt_boxes.shape[0]
+    return GtBatch(
+        gt_boxes.new_zeros((b, 1, 4)),  # (B, 1, 4)
+        gt_labels.new_zeros((b, 1)),  # (B, 1)
+        gt_mask.new_zeros((b, 1)),  # (B, 1)
+    )
+
+
+def check_gt_batch(gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
+    """Eager checks of a padded gt batch; padded rows (mask False) may hold anything finite."""
+    check_boxes("gt_boxes", gt_boxes, ndim=3, allow_inverted=True)
+    valid = gt_mask.unsqueeze(-1) if gt_mask.dim() == 2 else None
+    check_integer("gt_labels", gt_labels)
+    check_bool("gt_mask", gt_mask)
+    check_shape("gt_labels", gt_labels, (gt_boxes.shape[0], gt_boxes.shape[1]))
+    check_shape("gt_mask", gt_mask, (gt_boxes.shape[0], gt_boxes.shape[1]))
+    check_same_leading(["gt_boxes", "gt_labels", "gt_mask"], [gt_boxes, gt_labels, gt_mask], 2)
+    if valid is not None and gt_boxes.numel():
+        real = gt_boxes.masked_fill(~valid, 0.0)  # (B, M, 4) padding cannot trip the check
+        check_boxes("gt_boxes", real, ndim=3)

@@ -1,0 +1,436 @@
+"""Box geometry: areas, pairwise IoU / IoF / GIoU, centres, point-in-box tests, clipping.
+
+Shape shorthand::
+
+    B   images in a batch (any number of leading batch dims is allowed: written ``...``)
+    N   boxes of the first argument (anchors, priors, points)
+    M   boxes of the second argument (ground truths)
+
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, with ``x1 <= x2`` and ``y1 <= y2``; a box's
+width is ``x2 - x1`` (no "+1"). Points are ``(x, y)`` in pixels. Images are ``(H, W)``.
+
+Numerics follow mmdetection 3.3 ``bbox_overlaps`` (reference/algorithms.md section 1): areas are not
+clamped, the intersection sides are clamped at 0, the union and the enclosing area are clamped from
+below with ``max(., eps)``, ``eps = 1e-6``. So two zero-area boxes give IoU 0 (not NaN), and two equal
+zero-area boxes give GIoU 0.
+
+Pairwise functions broadcast leading dims: anchors ``(N, 4)`` against gts ``(B, M, 4)`` give
+``(B, N, M)``. They compute on ``(..., N, 1)`` against ``(..., 1, M)`` views, one coordinate at a time, so
+only a few ``(..., N, M)`` float tensors are alive at once.
+
+Every public function validates its inputs (when :func:`exportable._checks.checks_enabled`) and then
+calls a private unchecked twin (``_box_iou`` ...) that other modules call directly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from exportable._checks import (
+    check_boxes,
+    check_float,
+    check_integer,
+    check_scalar,
+    check_shape,
+    checks_enabled,
+)
+
+__all__ = [
+    "box_area",
+    "box_centers",
+    "box_distances",
+    "box_giou",
+    "box_iof",
+    "box_iou",
+    "box_overlaps",
+    "box_wh",
+    "clip_boxes",
+    "points_in_boxes",
+    "points_near_centers",
+]
+
+OverlapMode = Literal["iou", "iof", "giou"]
+ImageSizes = tuple[int, int] | tuple[float, float] | Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input checks shared by the wrappers
+
+
+def _check_pair(boxes1: Tensor, boxes2: Tensor, aligned: bool, eps: float) -> None:
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    check_scalar("eps", eps, low=0.0)
+    if aligned:
+        try:
+            torch.broadcast_shapes(boxes1.shape[:-1], boxes2.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"boxes2: aligned boxes must have the same (broadcastable) shape as boxes1, got "
+                f"{tuple(boxes2.shape)} vs boxes1 {tuple(boxes1.shape)}"
+            ) from None
+        return
+    if boxes1.dim() < 2:
+        raise ValueError(f"boxes1: pairwise overlaps need (..., N, 4), got shape {tuple(boxes1.shape)}")
+    if boxes2.dim() < 2:
+        raise ValueError(f"boxes2: pairwise overlaps need (..., M, 4), got shape {tuple(boxes2.shape)}")
+    _check_leading("boxes1", boxes1.shape[:-2], "boxes2", boxes2.shape[:-2])
+
+
+def _check_leading(name1: str, lead1: torch.Size, name2: str, lead2: torch.Size) -> None:
+    try:
+        torch.broadcast_shapes(lead1, lead2)
+    except RuntimeError:
+        raise ValueError(
+            f"{name2}: leading (batch) dims {tuple(lead2)} do not broadcast with {name1}'s {tuple(lead1)}"
+        ) from None
+
+
+def _check_points(name: str, points: Tensor) -> None:
+    check_float(name, points)
+    check_shape(name, points, ("N", 2), leading=True)
+
+
+def _check_image_sizes(name: str, image_sizes: object, boxes: Tensor) -> None:
+    """``(H, W)`` pair of numbers, or a tensor ``(2,)`` / ``(B, 2)`` whose B is ``boxes``' first dim."""
+    if isinstance(image_sizes, Tensor):
+        if image_sizes.is_floating_point():
+            check_float(name, image_sizes)
+        else:
+            check_integer(name, image_sizes)
+        if image_sizes.dim() == 1:
+            check_shape(name, image_sizes, (2,))
+        else:
+            check_shape(name, image_sizes, ("B", 2))
+            if boxes.dim() < 3 or boxes.shape[0] != image_sizes.shape[0]:
+                raise ValueError(
+                    f"{name}: per-image sizes (B, 2) = {tuple(image_sizes.shape)} need boxes (B, ..., 4) "
+                    f"with the same B, got boxes of shape {tuple(boxes.shape)}"
+                )
+        if image_sizes.numel() and bool((image_sizes < 0).any()):
+            raise ValueError(f"{name}: image sizes must be >= 0 (rows are (H, W))")
+        return
+    if not isinstance(image_sizes, (tuple, list)) or len(image_sizes) != 2:
+        raise TypeError(f"{name}: expected an (H, W) pair or a (B, 2) tensor, got {image_sizes!r}")
+    check_scalar(f"{name}[0] (H)", image_sizes[0], low=0.0)
+    check_scalar(f"{name}[1] (W)", image_sizes[1], low=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Areas, centres, sizes
+
+
+def box_area(boxes: Float[Tensor, "*batch 4"]) -> Float[Tensor, " *batch"]:
+    """Area ``(x2 - x1) * (y2 - y1)`` of boxes ``(x1, y1, x2, y2)``; not clamped (mmdetection)."""
+    if checks_enabled():
+        check_boxes("boxes", boxes)
+    return _box_area(boxes)
+
+
+def _box_area(boxes: Tensor) -> Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (...)
+
+
+def box_centers(boxes: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 2"]:
+    """Centres ``((x1 + x2) / 2, (y1 + y2) / 2)`` of boxes ``(x1, y1, x2, y2)``."""
+    if checks_enabled():
+        check_boxes("boxes", boxes)
+    return _box_centers(boxes)
+
+
+def _box_centers(boxes: Tensor) -> Tensor:
+    cx = (boxes[..., 0] + boxes[..., 2]) / 2  # (...)
+    cy = (boxes[..., 1] + boxes[..., 3]) / 2  # (...)
+    return torch.stack([cx, cy], dim=-1)  # (..., 2)
+
+
+def box_wh(boxes: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 2"]:
+    """Widths and heights ``(x2 - x1, y2 - y1)`` of boxes ``(x1, y1, x2, y2)``."""
+    if checks_enabled():
+        check_boxes("boxes", boxes)
+    return _box_wh(boxes)
+
+
+def _box_wh(boxes: Tensor) -> Tensor:
+    return boxes[..., 2:] - boxes[..., :2]  # (..., 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IoU, IoF, GIoU
+
+
+def _split(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """Coordinates of both arguments as views that broadcast to ``(..., N, M)`` (or ``(..., N)``)."""
+    if aligned:
+        return list(boxes1.unbind(-1)), list(boxes2.unbind(-1))  # 4 x (..., N)
+    a = [c.unsqueeze(-1) for c in boxes1.unbind(-1)]  # 4 x (..., N, 1)
+    b = [c.unsqueeze(-2) for c in boxes2.unbind(-1)]  # 4 x (..., 1, M)
+    return a, b
+
+
+def _inter_and_areas(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Intersection ``(..., N, M)`` and the two areas as broadcastable views."""
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = _split(boxes1, boxes2, aligned)
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)  # (..., N, M)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)  # (..., N, M)
+    inter = iw * ih  # (..., N, M)
+    area1 = (ax2 - ax1) * (ay2 - ay1)  # (..., N, 1)
+    area2 = (bx2 - bx1) * (by2 - by1)  # (..., 1, M)
+    return inter, area1, area2
+
+
+def box_iou(
+    boxes1: Float[Tensor, "*batch N 4"],
+    boxes2: Float[Tensor, "*batch M 4"],
+    *,
+    aligned: bool = False,
+    eps: float = 1e-6,
+) -> Float[Tensor, "*batch N M"]:
+    """IoU ``inter / max(area1 + area2 - inter, eps)`` of boxes ``(x1, y1, x2, y2)``.
+
+    Pairwise: ``(..., N, 4)`` and ``(..., M, 4)`` give ``(..., N, M)``; the leading dims broadcast
+    (anchors ``(N, 4)`` against gts ``(B, M, 4)`` give ``(B, N, M)``). With ``aligned=True`` row ``i`` is
+    compared with row ``i``: ``(..., N, 4)`` and ``(..., N, 4)`` give ``(..., N)``.
+    Two zero-area boxes give 0. Same numbers as mmdetection's ``bbox_overlaps(mode='iou')``.
+    """
+    if checks_enabled():
+        _check_pair(boxes1, boxes2, aligned, eps)
+    return _box_iou(boxes1, boxes2, aligned=aligned, eps=eps)
+
+
+def _box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = 1e-6) -> Tensor:
+    inter, area1, area2 = _inter_and_areas(boxes1, boxes2, aligned)
+    union = (area1 + area2 - inter).clamp(min=eps)  # (..., N, M)
+    return inter / union  # (..., N, M)
+
+
+def box_iof(
+    boxes1: Float[Tensor, "*batch N 4"],
+    boxes2: Float[Tensor, "*batch M 4"],
+    *,
+    aligned: bool = False,
+    eps: float = 1e-6,
+) -> Float[Tensor, "*batch N M"]:
+    """Intersection over the FIRST argument's area: ``inter / max(area(boxes1), eps)``.
+
+    Boxes are ``(x1, y1, x2, y2)``; shapes and broadcasting as :func:`box_iou`. Not symmetric: MaxIoU's
+    ignore step calls it in both orders (reference/algorithms.md section 4).
+    """
+    if checks_enabled():
+        _check_pair(boxes1, boxes2, aligned, eps)
+    return _box_iof(boxes1, boxes2, aligned=aligned, eps=eps)
+
+
+def _box_iof(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = 1e-6) -> Tensor:
+    inter, area1, _ = _inter_and_areas(boxes1, boxes2, aligned)
+    return inter / area1.clamp(min=eps)  # (..., N, M)
+
+
+def box_giou(
+    boxes1: Float[Tensor, "*batch N 4"],
+    boxes2: Float[Tensor, "*batch M 4"],
+    *,
+    aligned: bool = False,
+    eps: float = 1e-6,
+) -> Float[Tensor, "*batch N M"]:
+    """Generalised IoU ``iou - (E - U) / max(E, eps)`` of boxes ``(x1, y1, x2, y2)``.
+
+    ``U`` is the eps-clamped union and ``E`` the area of the smallest enclosing box. Values lie in
+    ``[-1, 1]``. Two equal zero-area boxes give 0; two zero-area boxes far apart give about -1 (their
+    enclosing box has an area, their union is eps), as in mmdetection. Shapes as :func:`box_iou`.
+    """
+    if checks_enabled():
+        _check_pair(boxes1, boxes2, aligned, eps)
+    return _box_giou(boxes1, boxes2, aligned=aligned, eps=eps)
+
+
+def _box_giou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = 1e-6) -> Tensor:
+    inter, area1, area2 = _inter_and_areas(boxes1, boxes2, aligned)
+    union = (area1 + area2 - inter).clamp(min=eps)  # (..., N, M)
+    iou = inter / union  # (..., N, M)
+    del inter
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = _split(boxes1, boxes2, aligned)
+    ew = (torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)).clamp(min=0)  # (..., N, M)
+    eh = (torch.maximum(ay2, by2) - torch.minimum(ay1, by1)).clamp(min=0)  # (..., N, M)
+    enclose = (ew * eh).clamp(min=eps)  # (..., N, M)
+    return iou - (enclose - union) / enclose  # (..., N, M)
+
+
+_OVERLAPS = {"iou": _box_iou, "iof": _box_iof, "giou": _box_giou}
+
+
+def box_overlaps(
+    boxes1: Float[Tensor, "*batch N 4"],
+    boxes2: Float[Tensor, "*batch M 4"],
+    mode: OverlapMode = "iou",
+    aligned: bool = False,
+    eps: float = 1e-6,
+) -> Float[Tensor, "*batch N M"]:
+    """Dispatch to :func:`box_iou`, :func:`box_iof` or :func:`box_giou` by ``mode`` (mmdetection's
+    ``bbox_overlaps``). Boxes are ``(x1, y1, x2, y2)``; shapes as :func:`box_iou`."""
+    if mode not in _OVERLAPS:
+        raise ValueError(f"mode: expected one of {sorted(_OVERLAPS)}, got {mode!r}")
+    if checks_enabled():
+        _check_pair(boxes1, boxes2, aligned, eps)
+    return _OVERLAPS[mode](boxes1, boxes2, aligned=aligned, eps=eps)
+
+
+def _box_overlaps(
+    boxes1: Tensor, boxes2: Tensor, mode: str = "iou", aligned: bool = False, eps: float = 1e-6
+) -> Tensor:
+    return _OVERLAPS[mode](boxes1, boxes2, aligned=aligned, eps=eps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Points against boxes
+
+
+def box_distances(
+    points: Float[Tensor, "*batch N 2"], boxes: Float[Tensor, "*batch M 4"]
+) -> Float[Tensor, "*batch N M 4"]:
+    """Distances ``(l, t, r, b) = (px - x1, py - y1, x2 - px, y2 - py)`` from every point to the sides
+    of every box ``(x1, y1, x2, y2)``; negative where the point lies outside that side.
+
+    ``(..., N, 2)`` points and ``(..., M, 4)`` boxes give ``(..., N, M, 4)`` (leading dims broadcast).
+    """
+    if checks_enabled():
+        _check_points("points", points)
+        check_boxes("boxes", boxes)
+        _check_pairwise_dims(points, boxes)
+    return _box_distances(points, boxes)
+
+
+def _check_pairwise_dims(points: Tensor, boxes: Tensor) -> None:
+    if boxes.dim() < 2:
+        raise ValueError(f"boxes: expected (..., M, 4), got shape {tuple(boxes.shape)}")
+    _check_leading("points", points.shape[:-2], "boxes", boxes.shape[:-2])
+
+
+def _point_box_deltas(points: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    px = points[..., 0].unsqueeze(-1)  # (..., N, 1)
+    py = points[..., 1].unsqueeze(-1)  # (..., N, 1)
+    x1, y1, x2, y2 = (c.unsqueeze(-2) for c in boxes.unbind(-1))  # 4 x (..., 1, M)
+    return px - x1, py - y1, x2 - px, y2 - py  # 4 x (..., N, M)
+
+
+def _box_distances(points: Tensor, boxes: Tensor) -> Tensor:
+    return torch.stack(_point_box_deltas(points, boxes), dim=-1)  # (..., N, M, 4)
+
+
+def points_in_boxes(
+    points: Float[Tensor, "*batch N 2"],
+    boxes: Float[Tensor, "*batch M 4"],
+    *,
+    margin: float = 0.0,
+) -> Bool[Tensor, "*batch N M"]:
+    """True where ``min(l, t, r, b) > margin`` (strict): the point lies inside the box ``(x1, y1, x2, y2)``
+    by more than ``margin`` pixels on every side.
+
+    ATSS uses ``margin=0.01`` (mmdetection), SimOTA ``0``, ultralytics TAL ``1e-9``. ``(..., N, 2)`` points
+    and ``(..., M, 4)`` boxes give ``(..., N, M)``; a point on a box's edge is outside.
+    """
+    if checks_enabled():
+        _check_points("points", points)
+        check_boxes("boxes", boxes)
+        _check_pairwise_dims(points, boxes)
+        check_scalar("margin", margin)
+    return _points_in_boxes(points, boxes, margin=margin)
+
+
+def _points_in_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0) -> Tensor:
+    # min(l, t, r, b) > margin  <=>  every side > margin; four bool (..., N, M) instead of a float stack.
+    left, top, right, bottom = _point_box_deltas(points, boxes)  # 4 x (..., N, M)
+    return (left > margin) & (top > margin) & (right > margin) & (bottom > margin)  # (..., N, M)
+
+
+def points_near_centers(
+    points: Float[Tensor, "*batch N 2"],
+    boxes: Float[Tensor, "*batch M 4"],
+    radius: Float[Tensor, "*batch N"] | float,
+) -> Bool[Tensor, "*batch N M"]:
+    """True where the point lies strictly inside the square of half-side ``radius`` around the box
+    centre: ``|px - cx| < r`` and ``|py - cy| < r``, computed as mmdetection's SimOTA does
+    (``px - (cx - r) > 0`` and ``(cx + r) - px > 0``, same for y).
+
+    ``radius`` is per point, ``(N,)`` (e.g. ``2.5 * strides``), or one number in pixels. Boxes are
+    ``(x1, y1, x2, y2)``; ``(..., N, 2)`` points and ``(..., M, 4)`` boxes give ``(..., N, M)``.
+    """
+    if checks_enabled():
+        _check_points("points", points)
+        check_boxes("boxes", boxes)
+        _check_pairwise_dims(points, boxes)
+        if isinstance(radius, Tensor):
+            check_float("radius", radius)
+            if radius.dim() > 0 and radius.shape[-1] != points.shape[-2]:
+                raise ValueError(
+                    f"radius: expected one radius per point (N,) with N = {points.shape[-2]}, "
+                    f"got shape {tuple(radius.shape)}"
+                )
+        else:
+            check_scalar("radius", radius, low=0.0)
+    return _points_near_centers(points, boxes, radius)
+
+
+def _points_near_centers(points: Tensor, boxes: Tensor, radius: Tensor | float) -> Tensor:
+    px = points[..., 0].unsqueeze(-1)  # (..., N, 1)
+    py = points[..., 1].unsqueeze(-1)  # (..., N, 1)
+    cx = ((boxes[..., 0] + boxes[..., 2]) / 2).unsqueeze(-2)  # (..., 1, M)
+    cy = ((boxes[..., 1] + boxes[..., 3]) / 2).unsqueeze(-2)  # (..., 1, M)
+    r = radius.unsqueeze(-1) if isinstance(radius, Tensor) and radius.dim() > 0 else radius  # (..., N, 1)
+    inside_x = (px - (cx - r) > 0) & ((cx + r) - px > 0)  # (..., N, M)
+    inside_y = (py - (cy - r) > 0) & ((cy + r) - py > 0)  # (..., N, M)
+    return inside_x & inside_y  # (..., N, M)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clipping
+
+
+def clip_boxes(
+    boxes: Float[Tensor, "*batch N 4"],
+    image_sizes: tuple[int, int] | Int[Tensor, "B 2"] | Float[Tensor, "B 2"],
+) -> Float[Tensor, "*batch N 4"]:
+    """Clip boxes ``(x1, y1, x2, y2)``: x to ``[0, W]``, y to ``[0, H]`` (no ``-1``; mmdetection).
+
+    ``image_sizes`` is one ``(H, W)`` pair for every box, a ``(2,)`` tensor ``(H, W)``, or a ``(B, 2)``
+    tensor of per-image ``(H, W)`` rows (int64 or float) for boxes ``(B, N, 4)`` (any dims between B and
+    the last are allowed). Returns a new tensor of the boxes' shape and dtype.
+    """
+    if checks_enabled():
+        check_boxes("boxes", boxes, allow_inverted=True)
+        _check_image_sizes("image_sizes", image_sizes, boxes)
+    return _clip_boxes(boxes, image_sizes)
+
+
+def _size_bounds(image_sizes: ImageSizes, boxes: Tensor) -> tuple[Tensor | float, Tensor | float]:
+    """``(H, W)`` as numbers, or as tensors in the boxes' dtype shaped to broadcast with ``boxes[..., 0]``."""
+    if not isinstance(image_sizes, Tensor):
+        return float(image_sizes[0]), float(image_sizes[1])
+    sizes = image_sizes.to(dtype=boxes.dtype, device=boxes.device)  # (B, 2) or (2,)
+    if sizes.dim() == 1:
+        return sizes[0], sizes[1]  # () each
+    ones = [1] * (boxes.dim() - 2)
+    h = sizes[:, 0].reshape(-1, *ones)  # (B, 1, ...)
+    w = sizes[:, 1].reshape(-1, *ones)  # (B, 1, ...)
+    return h, w
+
+
+def _clamp_upper(x: Tensor, bound: Tensor | float) -> Tensor:
+    """``clamp(x, 0, bound)`` that also exports when ``bound`` is a tensor (no 0-d tensor bounds)."""
+    x = x.clamp(min=0)
+    if isinstance(bound, Tensor):
+        return torch.minimum(x, bound)  # broadcast to x's shape
+    return x.clamp(max=bound)
+
+
+def _clip_boxes(boxes: Tensor, image_sizes: ImageSizes) -> Tensor:
+    h, w = _size_bounds(image_sizes, boxes)
+    x1 = _clamp_upper(boxes[..., 0], w)  # (..., N)
+    y1 = _clamp_upper(boxes[..., 1], h)  # (..., N)
+    x2 = _clamp_upper(boxes[..., 2], w)  # (..., N)
+    y2 = _clamp_upper(boxes[..., 3], h)  # (..., N)
+    return torch.stack([x1, y1, x2, y2], dim=-1)  # (..., N, 4)
