@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
@@ -174,6 +173,8 @@ class AnchorGenerator:
                 f"base_sizes: expected one base size per level ({len(self.strides)}), got {len(base_sizes)}"
             )
         self.base_sizes = list(base_sizes)
+        if centers is not None and center_offset != 0:
+            raise ValueError("centers: give either centers or a non-zero center_offset, not both")
         if centers is not None and len(centers) != len(self.strides):
             raise ValueError(
                 f"centers: expected one (cx, cy) per level ({self.num_levels}), got {len(centers)}"
@@ -193,9 +194,9 @@ class AnchorGenerator:
                 )
             if int(scales_per_octave) < 1:
                 raise ValueError(f"scales_per_octave: must be >= 1, got {scales_per_octave}")
-            # float64 like mmdetection's numpy, then stored as float32.
-            octave_scales = np.array([2 ** (i / scales_per_octave) for i in range(int(scales_per_octave))])
-            scales = (octave_scales * octave_base_scale).tolist()
+            # float64 (Python floats, like mmdetection's numpy), then stored as float32.
+            n = int(scales_per_octave)
+            scales = [2 ** (i / n) * octave_base_scale for i in range(n)]
         if len(scales) == 0 or len(ratios) == 0:
             raise ValueError("scales, ratios: need at least one scale and one ratio")
         if min(ratios) <= 0 or min(scales) <= 0:
@@ -319,27 +320,33 @@ class AnchorGenerator:
                 check_shape("pad_hw", pad_hw, ("B", 2))
             if device is None:
                 device = pad_hw.device
-            ph = pad_hw[:, 0:1].to(device=device, dtype=torch.float64)  # (B, 1)
-            pw = pad_hw[:, 1:2].to(device=device, dtype=torch.float64)  # (B, 1)
+            pad = pad_hw.to(device=device, dtype=torch.int64)  # (B, 2)
         else:
             if len(pad_hw) != 2:
                 raise ValueError(f"pad_hw: expected an (H, W) pair or a (B, 2) tensor, got {pad_hw!r}")
-            ph = torch.tensor([[float(pad_hw[0])]], dtype=torch.float64, device=device)  # (1, 1)
-            pw = torch.tensor([[float(pad_hw[1])]], dtype=torch.float64, device=device)  # (1, 1)
         out = []
         for (h, w), (sw, sh), a in zip(sizes, self.strides, self.num_base_anchors):
             # y < min(ceil(H / s), H_l) is y < ceil(H / s) for y in [0, H_l).
-            valid_h = torch.ceil(ph / sh)  # (B, 1)
-            valid_w = torch.ceil(pw / sw)  # (B, 1)
-            ys = torch.arange(h, device=device, dtype=torch.float64)  # (H,)
-            xs = torch.arange(w, device=device, dtype=torch.float64)  # (W,)
-            vy = ys.unsqueeze(0) < valid_h  # (B, H)
-            vx = xs.unsqueeze(0) < valid_w  # (B, W)
+            if isinstance(pad_hw, Tensor):
+                valid_h = _ceil_div(pad[:, 0:1], sh)  # (B, 1)
+                valid_w = _ceil_div(pad[:, 1:2], sw)  # (B, 1)
+            else:
+                valid_h = torch.tensor([[math.ceil(pad_hw[0] / sh)]], device=device)  # (1, 1)
+                valid_w = torch.tensor([[math.ceil(pad_hw[1] / sw)]], device=device)  # (1, 1)
+            vy = torch.arange(h, device=device).unsqueeze(0) < valid_h  # (B, H)
+            vx = torch.arange(w, device=device).unsqueeze(0) < valid_w  # (B, W)
             cell = vy.unsqueeze(2) & vx.unsqueeze(1)  # (B, H, W)
             flags = cell.unsqueeze(-1).expand(-1, h, w, a)  # (B, H, W, A)
             out.append(flags.reshape(flags.shape[0], -1))  # (B, H * W * A)
         flags = torch.cat(out, dim=1)  # (B, N)
         return flags if isinstance(pad_hw, Tensor) else flags[0]  # (B, N) or (N,)
+
+
+def _ceil_div(size: Tensor, stride: float) -> Tensor:
+    """``ceil(size / stride)`` of int64 sizes: exact integer arithmetic for int strides."""
+    if isinstance(stride, int):
+        return torch.div(size + (stride - 1), stride, rounding_mode="floor")
+    return torch.ceil(size.to(torch.float64) / stride).to(torch.int64)
 
 
 def inside_flags(

@@ -18,6 +18,10 @@ Pairwise functions broadcast leading dims: anchors ``(N, 4)`` against gts ``(B, 
 ``(B, N, M)``. They compute on ``(..., N, 1)`` against ``(..., 1, M)`` views, one coordinate at a time, so
 only a few ``(..., N, M)`` float tensors are alive at once.
 
+Two small modules wrap the overlaps for export: :class:`BoxOverlaps` (pairwise IoU / IoF / GIoU of batched
+boxes) and :class:`AnchorGtMaxIoU` (IoU of shared anchors against padded gts, then the best real gt per
+anchor: MaxIoU's step 6).
+
 Every public function validates its inputs (when :func:`exportable._checks.checks_enabled`) and then
 calls a private unchecked twin (``_box_iou`` ...) that other modules call directly.
 """
@@ -28,9 +32,10 @@ from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from exportable._checks import (
+    check_bool,
     check_boxes,
     check_float,
     check_integer,
@@ -40,6 +45,8 @@ from exportable._checks import (
 )
 
 __all__ = [
+    "AnchorGtMaxIoU",
+    "BoxOverlaps",
     "box_area",
     "box_centers",
     "box_distances",
@@ -434,3 +441,74 @@ def _clip_boxes(boxes: Tensor, image_sizes: ImageSizes) -> Tensor:
     x2 = _clamp_upper(boxes[..., 2], w)  # (..., N)
     y2 = _clamp_upper(boxes[..., 3], h)  # (..., N)
     return torch.stack([x1, y1, x2, y2], dim=-1)  # (..., N, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exportable modules
+
+
+class BoxOverlaps(nn.Module):
+    """``forward(boxes1 (B, N, 4), boxes2 (B, M, 4)) -> overlaps (B, N, M)``: :func:`box_overlaps`.
+
+    ``mode`` is ``"iou"``, ``"iof"`` or ``"giou"``; boxes are ``(x1, y1, x2, y2)``; leading dims broadcast as
+    in :func:`box_iou`. With ``aligned=True`` the output is ``(B, N)``.
+    """
+
+    def __init__(self, mode: OverlapMode = "iou", eps: float = 1e-6, aligned: bool = False) -> None:
+        super().__init__()
+        if mode not in _OVERLAPS:
+            raise ValueError(f"mode: expected one of {sorted(_OVERLAPS)}, got {mode!r}")
+        self.mode = mode
+        self.eps = check_scalar("eps", eps, low=0.0)
+        self.aligned = bool(aligned)
+
+    def forward(
+        self, boxes1: Float[Tensor, "*batch N 4"], boxes2: Float[Tensor, "*batch M 4"]
+    ) -> Float[Tensor, "*batch N M"]:
+        if checks_enabled():
+            _check_pair(boxes1, boxes2, self.aligned, self.eps)
+        return _OVERLAPS[self.mode](boxes1, boxes2, aligned=self.aligned, eps=self.eps)  # (B, N, M)
+
+
+class AnchorGtMaxIoU(nn.Module):
+    """``forward(anchors (N, 4), gt_boxes (B, M, 4), gt_mask (B, M)) -> (max_overlaps, argmax)``, both (B, N).
+
+    IoU of the shared anchors against each image's padded gts, then per anchor the best REAL gt (padding,
+    ``gt_mask = False``, never wins): ``max_overlaps`` float (0 when the image has no real gt) and ``argmax``
+    int64 (index into the image's M gts; the lowest index among equal IoUs; -1 when the image has no real
+    gt). This is mmdetection MaxIoU's step 6 (``overlaps.max(dim=0)``). One masked row is appended inside,
+    so M = 0 and all-padding images work in eager and in ONNX. Boxes are ``(x1, y1, x2, y2)``.
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = check_scalar("eps", eps, low=0.0)
+
+    def forward(
+        self,
+        anchors: Float[Tensor, "N 4"],
+        gt_boxes: Float[Tensor, "B M 4"],
+        gt_mask: Bool[Tensor, "B M"],
+    ) -> tuple[Float[Tensor, "B N"], Int[Tensor, "B N"]]:
+        if checks_enabled():
+            check_boxes("anchors", anchors, ndim=2)
+            check_boxes("gt_boxes", gt_boxes, ndim=3)
+            check_bool("gt_mask", gt_mask)
+            check_shape("gt_mask", gt_mask, (gt_boxes.shape[0], gt_boxes.shape[1]))
+        return _anchor_gt_max_iou(anchors, gt_boxes, gt_mask, self.eps)
+
+
+def _anchor_gt_max_iou(
+    anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, eps: float = 1e-6
+) -> tuple[Tensor, Tensor]:
+    b = gt_boxes.shape[0]
+    pad_box = gt_boxes.new_zeros((b, 1, 4))  # (B, 1, 4): a zero-area box, IoU 0 with anything
+    boxes = torch.cat([gt_boxes, pad_box], dim=1)  # (B, M + 1, 4)
+    mask = torch.cat([gt_mask, gt_mask.new_zeros((b, 1))], dim=1)  # (B, M + 1)
+    iou = _box_iou(anchors, boxes, eps=eps)  # (B, N, M + 1)
+    iou = torch.where(mask.unsqueeze(1), iou, -1.0)  # (B, N, M + 1); padding below every real IoU (>= 0)
+    # max over gts: the first index among equal values, in torch and in ONNX (ArgMax select_last_index=0).
+    # (Not `iou.argmax`: the exporter names that node "argmax", colliding with a graph output of that name.)
+    best, index = iou.max(dim=2)  # (B, N), (B, N)
+    has_gt = best >= 0  # (B, N)
+    return best.clamp(min=0), torch.where(has_gt, index, -1)  # (B, N), (B, N)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import torch
 from jaxtyping import Bool, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from exportable._checks import check_float, check_tensor, checks_enabled, exporting
 
-__all__ = ["topk", "rank_mask", "argsort_topk"]
+__all__ = ["topk", "rank_mask", "argsort_topk", "TopK"]
 
 
 def topk(
@@ -55,7 +55,7 @@ def topk(
             check_float("x", x, finite=False)
         if k < 0:
             raise ValueError(f"k: must be >= 0, got {k}")
-    k = min(k, x.shape[dim])  # sym_min under export: TopK never asks for more than the axis holds
+    k = torch.sym_min(k, x.shape[dim])  # no guard under export: TopK never asks for more than N
     if exporting():
         return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
     return _stable_topk_eager(x, k, dim, largest)
@@ -70,19 +70,20 @@ def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool) -> tuple[Tens
         shape = list(x.shape)
         shape[dim] = 0
         return x.new_empty(shape), torch.empty(shape, dtype=torch.int64, device=x.device)
-    xt = x.movedim(dim, -1)  # (R..., N)
+    lead = x.movedim(dim, -1).shape[:-1]
+    xt = x.movedim(dim, -1).reshape(-1, n)  # (R, N) every row ranked on its own
     if not largest:
         # Ranking the negated values keeps "lower index first" among equal values.
         xt = -xt if (xt.is_floating_point() or xt.dtype == torch.int64) else -(xt.to(torch.int64))
     # 1. torch's top-k gives the right set unless a tie straddles the k-th place, i.e. unless
     #    the (k+1)-th best value equals the k-th: ask for k + 1 and compare the last two.
     k1 = min(k + 1, n)
-    vals, index = torch.topk(xt, k1, dim=-1, largest=True, sorted=False)  # (R..., K+1)
-    vals, order = torch.sort(vals, dim=-1, descending=True)  # (R..., K+1) small sort
-    index = torch.gather(index, -1, order)[..., :k]  # (R..., K)
-    kth = vals[..., k - 1 : k]  # (R..., 1)
+    vals, index = torch.topk(xt, k1, dim=-1, largest=True, sorted=False)  # (R, K+1)
+    vals, order = torch.sort(vals, dim=-1, descending=True)  # (R, K+1) small sort
+    index = torch.gather(index, -1, order)[..., :k]  # (R, K)
+    kth = vals[..., k - 1 : k]  # (R, 1)
     if k1 > k:
-        straddle = vals[..., k] == vals[..., k - 1]  # (R...,)
+        straddle = vals[..., k] == vals[..., k - 1]  # (R,)
         if bool(straddle.any()):
             # 2. Repair those rows: all values better than the k-th, then the equal ones by index.
             #    Unique integer keys make the choice exact: better -> [-N, 0), equal -> [0, N).
@@ -92,10 +93,12 @@ def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool) -> tuple[Tens
             key = torch.where(sub > sub_kth, ar - n, torch.where(sub == sub_kth, ar, n))  # (R', N)
             index[rows] = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices  # (R', K)
     # 3. Order the k results by (value, index): index-sort, then a stable sort by value.
-    index = index.sort(dim=-1).values  # (R..., K)
-    order = torch.sort(torch.gather(xt, -1, index), dim=-1, descending=True, stable=True).indices  # (R..., K)
-    index = torch.gather(index, -1, order)  # (R..., K) best first, ties by index
-    values = torch.gather(x.movedim(dim, -1), -1, index)  # (R..., K)
+    index = index.sort(dim=-1).values  # (R, K)
+    order = torch.sort(torch.gather(xt, -1, index), dim=-1, descending=True, stable=True).indices  # (R, K)
+    index = torch.gather(index, -1, order)  # (R, K) best first, ties by index
+    values = torch.gather(x.movedim(dim, -1).reshape(-1, n), -1, index)  # (R, K)
+    index = index.reshape(*lead, k)  # (R..., K)
+    values = values.reshape(*lead, k)  # (R..., K)
     return values.movedim(-1, dim), index.movedim(-1, dim)
 
 
@@ -115,3 +118,17 @@ def rank_mask(
     """
     ranks = torch.arange(k_max, device=k.device)  # (K_max,)
     return ranks < k.unsqueeze(-1)  # (*batch, K_max)
+
+
+class TopK(nn.Module):
+    """Exportable :func:`topk` along the last dim: ``forward(scores (B, N)) -> (values, indices)``."""
+
+    def __init__(self, k: int = 10, largest: bool = True) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k: must be >= 1, got {k}")
+        self.k = k
+        self.largest = largest
+
+    def forward(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        return topk(scores, self.k, dim=-1, largest=self.largest)

@@ -1,0 +1,495 @@
+"""Every exportable component, as one catalog entry with its graph I/O contract.
+
+An :class:`Entry` knows how to build its module (``factory`` + ``params``, overridable), how
+to make example inputs at any sizes (``make_inputs``), the graph's input and output names with
+their dims (named dims stay dynamic in the exported graph), the sizes it is exported at and the
+different sizes it is verified at, and the float tolerance of its onnxruntime parity.
+
+    >>> from exportable import catalog
+    >>> entry = catalog.get("nms")
+    >>> model = entry.export(iou_threshold=0.6)   # an onnx.ModelProto
+    >>> report = entry.verify(model)              # eager vs onnxruntime at entry.test_sizes
+
+The CLI ``python -m exportable list | export NAME | verify NAME`` is a thin layer over this.
+Shape letters: B images, N anchors/boxes/points, M gts, K kept/top-k, H, W sizes.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from exportable import onnx as xonnx
+from exportable.anchors import AnchorGenerator, AnchorGrid, PointGenerator, PointGrid
+from exportable.boxes import AnchorGtMaxIoU, BoxOverlaps
+from exportable.coders import (
+    DeltaXYWHCoder,
+    DeltaXYWHDecode,
+    DeltaXYWHEncode,
+    DistanceDecode,
+    DistancePointCoder,
+)
+from exportable.nms import NMS, BatchedNMS
+from exportable.ordering import TopK
+
+__all__ = ["TensorSpec", "Entry", "CATALOG", "get", "names", "parse_params"]
+
+Sizes = Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype, dims (str = dynamic name, int = static), meaning."""
+
+    name: str
+    dtype: str
+    dims: tuple[str | int, ...]
+    doc: str
+
+    def describe(self) -> str:
+        return f"{self.name} {self.dtype} ({', '.join(map(str, self.dims))}): {self.doc}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.dims), "doc": self.doc}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An exportable component: factory, parameters, I/O contract, example inputs, sizes."""
+
+    name: str
+    summary: str
+    source: str
+    factory: Callable[..., nn.Module]
+    params: Mapping[str, Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    make_inputs: Callable[[Sizes, torch.Generator], tuple[Tensor, ...]]
+    export_sizes: Sizes
+    test_sizes: tuple[Sizes, ...]
+    atol: float = 0.0
+    rtol: float = 0.0
+    notes: str = ""
+
+    # -- building ------------------------------------------------------------------------------
+    def resolved(self, **overrides: Any) -> dict[str, Any]:
+        unknown = set(overrides) - set(self.params)
+        if unknown:
+            raise KeyError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.params)}")
+        return {**self.params, **overrides}
+
+    def build(self, **overrides: Any) -> nn.Module:
+        return self.factory(**self.resolved(**overrides)).eval()
+
+    def example(self, sizes: Sizes | None = None, seed: int = 0) -> tuple[Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        return self.make_inputs(dict(sizes or self.export_sizes), g)
+
+    # -- ONNX ----------------------------------------------------------------------------------
+    def export(self, **overrides: Any) -> onnx.ModelProto:
+        params = self.resolved(**overrides)
+        return xonnx.export(
+            self.factory(**params).eval(),
+            self.example(),
+            input_names=[s.name for s in self.inputs],
+            output_names=[s.name for s in self.outputs],
+            input_dims=[s.dims for s in self.inputs],
+            output_dims=[s.dims for s in self.outputs],
+            doc=self.summary,
+            metadata={
+                "assignlab.component": self.name,
+                "assignlab.source": self.source,
+                "assignlab.params": params,
+                "assignlab.inputs": [s.as_dict() for s in self.inputs],
+                "assignlab.outputs": [s.as_dict() for s in self.outputs],
+                "assignlab.tolerance": {"atol": self.atol, "rtol": self.rtol},
+            },
+        )
+
+    def run_eager(self, module: nn.Module, args: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            out = module(*args)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def verify(
+        self,
+        model: onnx.ModelProto | None = None,
+        *,
+        sizes: Sequence[Sizes] | None = None,
+        seeds: Sequence[int] = (0, 1),
+        providers: Sequence[str] | None = None,
+        **overrides: Any,
+    ) -> list[tuple[dict[str, int], int, list[xonnx.Comparison]]]:
+        """Eager vs onnxruntime on ``sizes`` (default ``test_sizes``) and ``seeds``."""
+        model = model if model is not None else self.export(**overrides)
+        module = self.build(**self._params_of(model, overrides))
+        sess = xonnx.session(model, providers)
+        report = []
+        for s in sizes or self.test_sizes:
+            for seed in seeds:
+                args = self.example(s, seed)
+                eager = self.run_eager(module, args)
+                got = xonnx.run(sess, args)
+                cmp = xonnx.compare([o.name for o in self.outputs], eager, got, atol=self.atol, rtol=self.rtol)
+                report.append((dict(s), seed, cmp))
+        return report
+
+    def _params_of(self, model: onnx.ModelProto, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        import json
+
+        meta = {p.key: p.value for p in model.metadata_props}
+        if "assignlab.params" in meta:
+            return dict(json.loads(meta["assignlab.params"]))
+        return self.resolved(**overrides)
+
+    def describe(self) -> str:
+        lines = [f"{self.name}: {self.summary}", f"  source: {self.source}"]
+        lines += [f"  param  {k} = {v!r}" for k, v in self.params.items()]
+        lines += [f"  input  {s.describe()}" for s in self.inputs]
+        lines += [f"  output {s.describe()}" for s in self.outputs]
+        if self.notes:
+            lines.append(f"  note: {self.notes}")
+        return "\n".join(lines)
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict; values are Python literals where they parse, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--param expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Example inputs: seeded, with degenerate rows on purpose (zero-area, out-of-image, ties).
+# ----------------------------------------------------------------------------------------------
+
+
+def _boxes(g: torch.Generator, shape: Sequence[int], extent: float = 128.0, max_side: float = 48.0) -> Tensor:
+    """Random (x1, y1, x2, y2) boxes; about 1 in 8 has zero width or height, some leave the image."""
+    xy = torch.rand(*shape, 2, generator=g) * (extent + 16) - 8  # (*shape, 2) some outside
+    wh = torch.rand(*shape, 2, generator=g) * max_side  # (*shape, 2)
+    flat = torch.rand(*shape, generator=g) < 0.125  # (*shape,)
+    wh = torch.where(flat[..., None], wh * torch.tensor([0.0, 1.0]), wh)  # (*shape, 2)
+    return torch.cat([xy, xy + wh], dim=-1).round(decimals=1)  # (*shape, 4) on a 0.1 px grid
+
+
+def _gt_mask(g: torch.Generator, b: int, m: int) -> Tensor:
+    """Padding at the end of each image; the first image may have no valid gt at all."""
+    counts = torch.randint(0, m + 1, (b,), generator=g)  # (B,)
+    if b > 1:
+        counts[1] = m
+    return torch.arange(m)[None, :] < counts[:, None]  # (B, M)
+
+
+def _image_sizes(g: torch.Generator, b: int, h: int = 128, w: int = 128) -> Tensor:
+    hs = torch.randint(h // 2, h + 1, (b,), generator=g)
+    ws = torch.randint(w // 2, w + 1, (b,), generator=g)
+    return torch.stack([hs, ws], dim=1).to(torch.int64)  # (B, 2) (H, W)
+
+
+def _tied_scores(g: torch.Generator, shape: Sequence[int], levels: int = 8) -> Tensor:
+    """Scores on a coarse grid so ties are frequent: the tie rule gets exercised."""
+    return (torch.randint(0, levels, tuple(shape), generator=g).float() + 0.5) / levels
+
+
+def _inputs_box_iou(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    return _boxes(g, (s["B"], s["N"])), _boxes(g, (s["B"], s["M"]))
+
+
+def _inputs_max_iou(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    anchors = _boxes(g, (s["N"],))
+    gts = _boxes(g, (s["B"], s["M"]))
+    gts[:, ::3] = anchors[: gts[:, ::3].shape[1]][None] if s["N"] >= s["M"] else gts[:, ::3]  # exact IoU 1 ties
+    return anchors, gts, _gt_mask(g, s["B"], s["M"])
+
+
+_RETINA = AnchorGenerator.retinanet()
+_POINT_STRIDES = (8, 16, 32)
+
+
+def _feats(s: Sizes, strides: Sequence[int]) -> tuple[Tensor, ...]:
+    return tuple(
+        torch.zeros(s["B"], s["C"], math.ceil(s["H"] / st), math.ceil(s["W"] / st)) for st in strides
+    )
+
+
+def _inputs_anchor_grid(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    return _feats(s, (8, 16, 32, 64, 128))
+
+
+def _inputs_point_grid(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    return _feats(s, _POINT_STRIDES)
+
+
+def _inputs_encode(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    anchors = _boxes(g, (s["N"],))
+    anchors[..., 2:] = anchors[..., :2] + (anchors[..., 2:] - anchors[..., :2]).clamp(min=1.0)  # positive size
+    gts = _boxes(g, (s["B"], s["N"]))
+    gts[..., 2:] = gts[..., :2] + (gts[..., 2:] - gts[..., :2]).clamp(min=0.5)
+    return anchors, gts
+
+
+def _inputs_decode(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    anchors = _inputs_encode(s, g)[0]
+    deltas = torch.randn(s["B"], s["N"], 4, generator=g) * 2  # (B, N, 4) some beyond the wh clip
+    return anchors, deltas, _image_sizes(g, s["B"])
+
+
+def _inputs_distance(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    points = torch.rand(s["N"], 2, generator=g) * 128  # (N, 2)
+    dist = torch.rand(s["B"], s["N"], 4, generator=g) * 64  # (B, N, 4)
+    return points, dist, _image_sizes(g, s["B"])
+
+
+def _inputs_nms(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    boxes = _boxes(g, (s["N"],), extent=256.0, max_side=96.0)
+    return boxes, _tied_scores(g, (s["N"],))
+
+
+def _inputs_batched_nms(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    boxes, scores = _inputs_nms(s, g)
+    return boxes, scores, torch.randint(0, 4, (s["N"],), generator=g)
+
+
+def _inputs_topk(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    return (_tied_scores(g, (s["B"], s["N"]), levels=5),)
+
+
+# ----------------------------------------------------------------------------------------------
+# The catalog
+# ----------------------------------------------------------------------------------------------
+
+_F, _I, _B = "float32", "int64", "bool"
+
+
+def _feat_specs(levels: int) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(f"feat{i}", _F, ("B", "C", f"H{i}", f"W{i}"), f"level-{i} feature map (only its shape is read)")
+        for i in range(levels)
+    )
+
+
+def _anchor_grid(**p: Any) -> nn.Module:
+    return AnchorGrid(AnchorGenerator(**p))
+
+
+def _point_grid(**p: Any) -> nn.Module:
+    return PointGrid(PointGenerator(**p))
+
+
+def _delta_encode(**p: Any) -> nn.Module:
+    return DeltaXYWHEncode(DeltaXYWHCoder(**p))
+
+
+def _delta_decode(**p: Any) -> nn.Module:
+    return DeltaXYWHDecode(DeltaXYWHCoder(**p))
+
+
+def _distance_decode(**p: Any) -> nn.Module:
+    return DistanceDecode(DistancePointCoder(**p))
+
+
+_ENTRIES: tuple[Entry, ...] = (
+    Entry(
+        name="box_iou",
+        summary="Pairwise IoU / IoF / GIoU of two batched box sets (mmdetection numerics, eps 1e-6).",
+        source="exportable/boxes.py",
+        factory=BoxOverlaps,
+        params={"mode": "iou", "eps": 1e-6},
+        inputs=(
+            TensorSpec("boxes1", _F, ("B", "N", 4), "(x1, y1, x2, y2) boxes"),
+            TensorSpec("boxes2", _F, ("B", "M", 4), "(x1, y1, x2, y2) boxes"),
+        ),
+        outputs=(TensorSpec("overlaps", _F, ("B", "N", "M"), "overlap of every pair"),),
+        make_inputs=_inputs_box_iou,
+        export_sizes={"B": 2, "N": 9, "M": 4},
+        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 300, "M": 17}, {"B": 2, "N": 0, "M": 3}),
+        atol=1e-6,
+    ),
+    Entry(
+        name="max_iou",
+        summary="IoU of shared anchors against padded gts, then the best gt per anchor (MaxIoU's step 6).",
+        source="exportable/boxes.py",
+        factory=AnchorGtMaxIoU,
+        params={"eps": 1e-6},
+        inputs=(
+            TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors shared by the batch"),
+            TensorSpec("gt_boxes", _F, ("B", "M", 4), "padded gt boxes"),
+            TensorSpec("gt_mask", _B, ("B", "M"), "True for real gts, False for padding"),
+        ),
+        outputs=(
+            TensorSpec("max_overlaps", _F, ("B", "N"), "best IoU over the image's real gts (0 if none)"),
+            TensorSpec("argmax", _I, ("B", "N"), "index of that gt (lowest on ties; -1 if the image has none)"),
+        ),
+        make_inputs=_inputs_max_iou,
+        export_sizes={"B": 2, "N": 12, "M": 3},
+        test_sizes=({"B": 1, "N": 5, "M": 1}, {"B": 3, "N": 500, "M": 9}, {"B": 2, "N": 40, "M": 0}),
+        atol=1e-6,
+        notes="M = 0 and all-padding images work: one masked row is appended inside the graph.",
+    ),
+    Entry(
+        name="anchor_grid",
+        summary="mmdetection AnchorGenerator grid anchors (RetinaNet defaults) from 5 feature-map shapes.",
+        source="exportable/anchors.py",
+        factory=_anchor_grid,
+        params={
+            "strides": (8, 16, 32, 64, 128),
+            "ratios": (0.5, 1.0, 2.0),
+            "octave_base_scale": 4,
+            "scales_per_octave": 3,
+            "center_offset": 0.0,
+        },
+        inputs=_feat_specs(5),
+        outputs=(
+            TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2); order level, (y * W + x) * A + a"),
+            TensorSpec("level_ids", _I, ("N",), "FPN level of each anchor"),
+        ),
+        make_inputs=_inputs_anchor_grid,
+        export_sizes={"B": 2, "C": 2, "H": 256, "W": 320},
+        test_sizes=({"B": 1, "C": 3, "H": 100, "W": 152}, {"B": 2, "C": 2, "H": 1216, "W": 800},
+                    {"B": 1, "C": 1, "H": 8, "W": 8}),
+        notes="Five levels; change ratios and scales with --param, not the number of strides.",
+    ),
+    Entry(
+        name="point_grid",
+        summary="Cell-centre points with per-point strides (YOLOX / TOOD priors) from 3 feature-map shapes.",
+        source="exportable/anchors.py",
+        factory=_point_grid,
+        params={"strides": _POINT_STRIDES, "offset": 0.5},
+        inputs=_feat_specs(3),
+        outputs=(
+            TensorSpec("points", _F, ("N", 2), "(x, y) = ((i + offset) * stride_w, (j + offset) * stride_h)"),
+            TensorSpec("strides", _F, ("N",), "stride of each point's level"),
+            TensorSpec("level_ids", _I, ("N",), "level of each point"),
+        ),
+        make_inputs=_inputs_point_grid,
+        export_sizes={"B": 2, "C": 2, "H": 128, "W": 160},
+        test_sizes=({"B": 1, "C": 3, "H": 640, "W": 640}, {"B": 2, "C": 1, "H": 72, "W": 40}),
+    ),
+    Entry(
+        name="delta_xywh_encode",
+        summary="DeltaXYWH box encoding (dx, dy, dw, dh) of gt boxes against anchors, (d - means) / stds.",
+        source="exportable/coders.py",
+        factory=_delta_encode,
+        params={"means": (0.0, 0.0, 0.0, 0.0), "stds": (1.0, 1.0, 1.0, 1.0)},
+        inputs=(
+            TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors, positive width and height"),
+            TensorSpec("gt_boxes", _F, ("B", "N", 4), "the gt box matched to each anchor"),
+        ),
+        outputs=(TensorSpec("deltas", _F, ("B", "N", 4), "regression targets"),),
+        make_inputs=_inputs_encode,
+        export_sizes={"B": 2, "N": 10},
+        test_sizes=({"B": 1, "N": 3}, {"B": 4, "N": 257}),
+        atol=1e-5,
+        rtol=1e-5,
+    ),
+    Entry(
+        name="delta_xywh_decode",
+        summary="DeltaXYWH decoding with the wh-ratio clip (16/1000) and clipping to each image.",
+        source="exportable/coders.py",
+        factory=_delta_decode,
+        params={"means": (0.0, 0.0, 0.0, 0.0), "stds": (1.0, 1.0, 1.0, 1.0), "wh_ratio_clip": 16 / 1000,
+                "clip_border": True},
+        inputs=(
+            TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors"),
+            TensorSpec("deltas", _F, ("B", "N", 4), "predicted (dx, dy, dw, dh)"),
+            TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each image"),
+        ),
+        outputs=(TensorSpec("boxes", _F, ("B", "N", 4), "decoded (x1, y1, x2, y2), clipped"),),
+        make_inputs=_inputs_decode,
+        export_sizes={"B": 2, "N": 10},
+        test_sizes=({"B": 1, "N": 3}, {"B": 4, "N": 257}),
+        atol=1e-4,
+        rtol=1e-5,
+    ),
+    Entry(
+        name="distance_decode",
+        summary="Distance (l, t, r, b) decoding around points, clipped to each image.",
+        source="exportable/coders.py",
+        factory=_distance_decode,
+        params={"clip_border": True},
+        inputs=(
+            TensorSpec("points", _F, ("N", 2), "(x, y) points"),
+            TensorSpec("distances", _F, ("B", "N", 4), "(l, t, r, b) distances in pixels, >= 0"),
+            TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each image"),
+        ),
+        outputs=(TensorSpec("boxes", _F, ("B", "N", 4), "decoded (x1, y1, x2, y2), clipped"),),
+        make_inputs=_inputs_distance,
+        export_sizes={"B": 2, "N": 10},
+        test_sizes=({"B": 1, "N": 3}, {"B": 4, "N": 257}),
+        atol=1e-5,
+    ),
+    Entry(
+        name="nms",
+        summary="Greedy NMS of one box set as ONNX NonMaxSuppression (IoU at the threshold is kept).",
+        source="exportable/nms.py",
+        factory=NMS,
+        params={"iou_threshold": 0.5, "max_output": None, "score_threshold": None},
+        inputs=(
+            TensorSpec("boxes", _F, ("N", 4), "(x1, y1, x2, y2) boxes"),
+            TensorSpec("scores", _F, ("N",), "scores; equal scores keep the lower index first"),
+        ),
+        outputs=(TensorSpec("keep", _I, ("K",), "kept indices, highest score first"),),
+        make_inputs=_inputs_nms,
+        export_sizes={"N": 16},
+        test_sizes=({"N": 1}, {"N": 7}, {"N": 600}, {"N": 0}),
+    ),
+    Entry(
+        name="batched_nms",
+        summary="Class-aware NMS in one NonMaxSuppression call (coordinate-offset trick).",
+        source="exportable/nms.py",
+        factory=BatchedNMS,
+        params={"iou_threshold": 0.5, "max_output": None, "score_threshold": None},
+        inputs=(
+            TensorSpec("boxes", _F, ("N", 4), "(x1, y1, x2, y2) boxes"),
+            TensorSpec("scores", _F, ("N",), "scores"),
+            TensorSpec("idxs", _I, ("N",), "class (or level) of each box: only equal idxs suppress"),
+        ),
+        outputs=(TensorSpec("keep", _I, ("K",), "kept indices, highest score first"),),
+        make_inputs=_inputs_batched_nms,
+        export_sizes={"N": 16},
+        test_sizes=({"N": 1}, {"N": 9}, {"N": 800}, {"N": 0}),
+    ),
+    Entry(
+        name="topk",
+        summary="Top-k with the package's tie rule (equal values: lower index first), as ONNX TopK.",
+        source="exportable/ordering.py",
+        factory=TopK,
+        params={"k": 10, "largest": True},
+        inputs=(TensorSpec("scores", _F, ("B", "N"), "values to rank along N"),),
+        outputs=(
+            TensorSpec("values", _F, ("B", "K"), "the k best values, best first (K = min(k, N))"),
+            TensorSpec("indices", _I, ("B", "K"), "their indices"),
+        ),
+        make_inputs=_inputs_topk,
+        export_sizes={"B": 2, "N": 40},
+        test_sizes=({"B": 1, "N": 10}, {"B": 3, "N": 5}, {"B": 4, "N": 2000}),
+    ),
+)
+
+CATALOG: dict[str, Entry] = {e.name: e for e in _ENTRIES}
+
+
+def get(name: str) -> Entry:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise KeyError(f"no catalog entry {name!r}; known: {', '.join(CATALOG)}") from None
+
+
+def names() -> list[str]:
+    return list(CATALOG)

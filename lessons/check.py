@@ -1,0 +1,313 @@
+"""The exercise checker: how close is your answer to the reference?
+
+``check(name, got, expected)`` prints one line and returns a :class:`CheckResult`::
+
+    iou          | exact: False | close: True  | max diff: 1.49e-08 | 2/6 differ, first at [0, 1]: got ...
+
+- **exact**: every value equal (NaN equals NaN in the same place).
+- **close**: every value within ``atol + rtol * |expected|`` (the rule of ``torch.allclose``).
+  Bool and integer values (masks, indices, labels) have no "close": for them close means exact.
+- **max diff**: the largest ``|got - expected|``.
+- **first at**: when not exact, how many elements fail and the first one in row-major order:
+  the first that is not close if there is one, else the first that is not exactly equal.
+
+Shapes and dtypes are compared before values. A shape mismatch fails and says so. A dtype of
+the wrong kind fails: a non-bool where a bool mask is expected, a float where an integer index
+or label is expected, a bool where a float is expected. A different width of the same kind
+(float64 for float32, int32 for int64) and an integer where a float is expected are only noted,
+unless ``strict_dtype=True``.
+
+When the answer is not close, ``check`` raises ``AssertionError`` with the printed line (pass
+``raise_on_fail=False`` to only print). ``got`` and ``expected`` may be torch tensors, numpy
+arrays, Python or numpy scalars and (nested) lists; also named tuples, dicts, or lists of
+tensors, whose items are then checked one line each, named ``name.field``, ``name['key']`` or
+``name[i]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CheckResult", "check"]
+
+_KIND_NAMES = {"b": "bool", "i": "integer", "u": "integer", "f": "float", "c": "complex"}
+
+
+@dataclass
+class CheckResult:
+    """What :func:`check` found.
+
+    Attributes:
+        name: the name given to ``check``.
+        exact: shapes equal, dtype kinds acceptable, every element equal.
+        close: shapes equal, dtype kinds acceptable, every element within tolerance.
+        max_abs_diff: the largest ``|got - expected|`` (``inf`` where only one side is NaN;
+            ``nan`` when the values could not be compared, e.g. shapes differ).
+        first_failure: ``(index, got, expected)`` of the first failing element, or None.
+        message: the line(s) printed.
+        problem: why the answer fails before its values are looked at (shape, dtype), or "".
+    """
+
+    name: str
+    exact: bool
+    close: bool
+    max_abs_diff: float
+    first_failure: tuple[tuple[int, ...], Any, Any] | None
+    message: str
+    problem: str = ""
+
+    def __bool__(self) -> bool:
+        return self.close
+
+
+# --------------------------------------------------------------------------------------------
+# Conversions
+# --------------------------------------------------------------------------------------------
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """A tensor, array, scalar or nested list as a numpy array (CPU, no autograd)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+            t = t.to(torch.float32)
+        return t.numpy()
+    if isinstance(x, (list, tuple)) and any(hasattr(v, "shape") for v in x):
+        return np.asarray([_to_numpy(v) for v in x])
+    return np.asarray(x)
+
+
+def _items(x: Any) -> list[tuple[str, Any]] | None:
+    """The named parts of a composite value (named tuple, dict, list of tensors), else None."""
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return [(f".{k}", v) for k, v in zip(x._fields, x)]
+    if isinstance(x, Mapping):
+        return [(f"[{k!r}]", v) for k, v in x.items()]
+    if isinstance(x, (list, tuple)) and any(hasattr(v, "shape") for v in x):
+        try:  # a list of equal-shaped arrays is one array ...
+            if np.asarray([_to_numpy(v) for v in x]).dtype != object:
+                return None
+        except ValueError:  # ... a ragged one (one tensor per FPN level) is checked item by item
+            pass
+        return [(f"[{i}]", v) for i, v in enumerate(x)]
+    return None
+
+
+def _dtype_problem(g: np.dtype, e: np.dtype, strict: bool) -> tuple[str, str]:
+    """``(failure, note)`` about the dtypes; either may be empty."""
+    if g == e:
+        return "", ""
+    kg, ke = _KIND_NAMES.get(g.kind, g.kind), _KIND_NAMES.get(e.kind, e.kind)
+    said = f"got {g} ({kg}), expected {e} ({ke})"
+    wrong_kind = (
+        (ke == "bool" and kg != "bool")
+        or (ke == "integer" and kg not in ("integer",))
+        or (ke in ("float", "complex") and kg == "bool")
+        or (ke == "float" and kg == "complex")
+    )
+    if wrong_kind or kg not in ("bool", "integer", "float", "complex"):
+        return f"dtype mismatch: {said}", ""
+    if strict:
+        return f"dtype mismatch (strict): {said}", ""
+    return "", f"note: dtype {g}, expected {e}"
+
+
+def _fmt_index(index: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in index) + "]"
+
+
+def _fmt_value(v: Any) -> str:
+    return str(v.item() if isinstance(v, np.bool_) else v)
+
+
+def _fmt_diff(d: float) -> str:
+    if d == 0:
+        return "0"
+    return f"{d:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison of two arrays
+# --------------------------------------------------------------------------------------------
+
+
+def _compare(
+    g: np.ndarray, e: np.ndarray, atol: float, rtol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Element-wise ``(exact, close, abs_diff)`` for equal-shaped numeric arrays."""
+    both_integral = g.dtype.kind in "biu" and e.dtype.kind in "biu"
+    if both_integral:
+        exact = g == e
+        close = exact
+        diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+        return exact, close, diff
+    wide = np.complex128 if "c" in (g.dtype.kind, e.dtype.kind) else np.float64
+    gw, ew = g.astype(wide), e.astype(wide)
+    both_nan = np.isnan(gw) & np.isnan(ew)
+    with np.errstate(invalid="ignore"):
+        exact = (gw == ew) | both_nan
+        close = np.isclose(gw, ew, rtol=rtol, atol=atol, equal_nan=True)
+        diff = np.abs(gw - ew).astype(np.float64)
+    diff = np.where(exact, 0.0, diff)
+    diff = np.where(np.isnan(diff), np.inf, diff)  # one side NaN, or inf against -inf
+    return exact, close, diff
+
+
+def _check_one(
+    name: str, got: Any, expected: Any, atol: float, rtol: float, strict_dtype: bool, width: int
+) -> CheckResult:
+    head = f"{name:<{width}}"
+    try:
+        g, e = _to_numpy(got), _to_numpy(expected)
+    except (TypeError, ValueError) as err:
+        line = f"{head} | exact: False | close: False | cannot compare: {err}"
+        return CheckResult(name, False, False, math.nan, None, line, problem=str(err))
+
+    if g.shape != e.shape:
+        problem = f"shape mismatch: got {tuple(g.shape)}, expected {tuple(e.shape)}"
+        line = f"{head} | exact: False | close: False | {problem}"
+        return CheckResult(name, False, False, math.nan, None, line, problem=problem)
+    problem, note = _dtype_problem(g.dtype, e.dtype, strict_dtype)
+    if not (hasattr(got, "dtype") and hasattr(expected, "dtype")):
+        note = ""  # a Python scalar or list has no dtype of its own to speak of
+    if g.dtype.kind not in "biufc" or e.dtype.kind not in "biufc":
+        problem = problem or f"dtype mismatch: got {g.dtype}, expected {e.dtype}"
+        line = f"{head} | exact: False | close: False | {problem}"
+        return CheckResult(name, False, False, math.nan, None, line, problem=problem)
+
+    exact_el, close_el, diff = _compare(g, e, atol, rtol)
+    n = exact_el.size
+    exact = bool(exact_el.all())
+    close = bool(close_el.all())
+    max_diff = float(diff.max()) if n else 0.0
+
+    parts = []
+    first = None
+    if not exact:
+        failing = ~close_el if not close else ~exact_el
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(failing.reshape(-1))), g.shape))
+        first = (idx, g[idx].item(), e[idx].item())
+        integral = g.dtype.kind in "biu" and e.dtype.kind in "biu"
+        verb = "not close" if not close and not integral else "differ"
+        parts.append(
+            f"{int(failing.sum())}/{n} {verb}, first at {_fmt_index(idx)}: "
+            f"got {_fmt_value(g[idx])}, expected {_fmt_value(e[idx])}"
+        )
+    if problem:
+        exact = close = False
+        parts.insert(0, problem)
+    if note:
+        parts.append(note)
+    line = f"{head} | exact: {exact!s:<5} | close: {close!s:<5} | max diff: {_fmt_diff(max_diff)}"
+    line = " | ".join([line, *parts])
+    return CheckResult(name, exact, close, max_diff, first, line, problem=problem)
+
+
+def _check_tree(
+    name: str, got: Any, expected: Any, atol: float, rtol: float, strict_dtype: bool, width: int
+) -> list[CheckResult]:
+    parts = _items(expected)
+    if parts is None:
+        return [_check_one(name, got, expected, atol, rtol, strict_dtype, width)]
+    got_parts = _items(got)
+    if got_parts is None:
+        problem = f"structure mismatch: got {type(got).__name__}, expected {type(expected).__name__}"
+        line = f"{name:<{width}} | exact: False | close: False | {problem}"
+        return [CheckResult(name, False, False, math.nan, None, line, problem=problem)]
+    got_by_key = dict(got_parts)
+    width = max([width] + [len(name + key) for key, _ in parts])  # align the items' lines
+    results = []
+    for key, value in parts:
+        if key not in got_by_key:
+            sub = name + key
+            problem = f"missing: {type(got).__name__} has no {key}"
+            line = f"{sub:<{width}} | exact: False | close: False | {problem}"
+            results.append(CheckResult(sub, False, False, math.nan, None, line, problem=problem))
+            continue
+        results += _check_tree(name + key, got_by_key[key], value, atol, rtol, strict_dtype, width)
+    extra = [k for k, _ in got_parts if k not in dict(parts)]
+    if extra:
+        problem = f"unexpected items: {', '.join(extra)}"
+        line = f"{name:<{width}} | exact: False | close: False | {problem}"
+        results.append(CheckResult(name, False, False, math.nan, None, line, problem=problem))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# The checker
+# --------------------------------------------------------------------------------------------
+
+
+def check(
+    name: str,
+    got: Any,
+    expected: Any,
+    *,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    raise_on_fail: bool = True,
+    strict_dtype: bool = False,
+    verbose: bool = True,
+) -> CheckResult:
+    """Compare your answer ``got`` with the reference ``expected``; print one line per array.
+
+    Args:
+        name: what is checked, printed first (``"iou"``, ``"gt_index"``).
+        got: your answer: tensor, array, scalar, (nested) list, or a named tuple / dict / list
+            of those.
+        expected: the reference answer, same structure.
+        atol, rtol: float tolerance, ``|got - expected| <= atol + rtol * |expected|``.
+            Ignored for bool and integer values, which must be equal.
+        raise_on_fail: raise ``AssertionError`` (with the printed line) when not close.
+        strict_dtype: also fail on a dtype of the right kind but another width.
+        verbose: print the line(s).
+
+    Returns:
+        A :class:`CheckResult` (truthy when close). For a named tuple / dict / list it sums up its
+        items: exact / close when every item is, the largest max diff, the first failing item.
+
+    Raises:
+        AssertionError: when ``raise_on_fail`` and the answer is not close; the message is the
+            printed line of every failing item, and names the first failing index.
+    """
+    width = max(12, len(name))
+    results = _check_tree(name, got, expected, atol, rtol, strict_dtype, width)
+    if verbose:
+        for r in results:
+            print(r.message)
+    if len(results) == 1:
+        result = results[0]
+        if result.name != name:  # a composite with a single item: keep the item's name
+            result = CheckResult(
+                name,
+                result.exact,
+                result.close,
+                result.max_abs_diff,
+                result.first_failure,
+                result.message,
+                result.problem,
+            )
+    else:
+        diffs = [r.max_abs_diff for r in results]
+        known = [d for d in diffs if not math.isnan(d)]
+        failing = [r for r in results if not r.exact]
+        first = next((r for r in results if not r.close), failing[0] if failing else None)
+        result = CheckResult(
+            name=name,
+            exact=all(r.exact for r in results),
+            close=all(r.close for r in results),
+            max_abs_diff=(max(known) if len(known) == len(diffs) and known else math.nan) if results else 0.0,
+            first_failure=first.first_failure if first is not None else None,
+            message="\n".join(r.message for r in results),
+            problem=first.problem if first is not None else "",
+        )
+    if raise_on_fail and not result.close:
+        raise AssertionError("\n".join(r.message for r in results if not r.close))
+    return result

@@ -1,0 +1,129 @@
+"""Every catalog entry: eager vs onnxruntime at sizes other than the export sizes, dims still
+dynamic, a golden I/O contract, filled model metadata, and the CLI.
+
+Set ASSIGNLAB_UPDATE_GOLDEN=1 to rewrite tests/golden/*.json after a deliberate contract change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+from exportable import catalog
+from exportable import onnx as xonnx
+from exportable.__main__ import main
+
+GOLDEN = Path(__file__).parent / "golden"
+NAMES = catalog.names()
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", NAMES)
+def test_onnxruntime_matches_eager_at_other_sizes(name, exported):
+    entry = catalog.get(name)
+    model = exported(name)
+    report = entry.verify(model, seeds=(0, 1, 2))
+    assert len(report) == 3 * len(entry.test_sizes)
+    for sizes, seed, comparisons in report:
+        for c in comparisons:
+            assert c.close, f"{name} at {sizes} seed {seed}: {c}"
+            if c.dtype.startswith(("int", "bool")):
+                assert c.exact, f"{name}: index output {c.name} must be exact"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_test_sizes_differ_from_export_sizes(name):
+    entry = catalog.get(name)
+    assert all(dict(s) != dict(entry.export_sizes) for s in entry.test_sizes)
+    # the exporter specialises dims of size 0 and 1: export sizes must be >= 2
+    assert all(v >= 2 for v in entry.export_sizes.values())
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", NAMES)
+def test_named_dims_stay_dynamic(name, exported):
+    entry = catalog.get(name)
+    dims = xonnx.dynamic_dims(exported(name))
+    for spec in entry.inputs + entry.outputs:
+        got = dims[spec.name]
+        assert len(got) == len(spec.dims)
+        for want, have in zip(spec.dims, got):
+            if isinstance(want, str):
+                assert have == want, f"{name}.{spec.name}: dim {want} became {have!r}"
+            else:
+                assert have == want
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_io_contract(name, exported):
+    contract = xonnx.graph_io(exported(name))
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("ASSIGNLAB_UPDATE_GOLDEN") == "1":
+        path.write_text(json.dumps(contract, indent=1) + "\n")
+    assert path.exists(), f"no golden contract for {name}: run with ASSIGNLAB_UPDATE_GOLDEN=1 and review"
+    assert contract == json.loads(path.read_text())
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", NAMES)
+def test_model_metadata_and_hygiene(name, exported):
+    model = exported(name)
+    entry = catalog.get(name)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["assignlab.component"] == name
+    assert json.loads(meta["assignlab.params"]) == json.loads(json.dumps(dict(entry.params)))
+    assert [i["name"] for i in json.loads(meta["assignlab.inputs"])] == [s.name for s in entry.inputs]
+    assert "assignlab.version" in meta
+    assert all(len(n.metadata_props) == 0 for n in model.graph.node)
+    assert model.opset_import[0].version >= 18
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    onnx.checker.check_model(model, full_check=True)
+
+
+@pytest.mark.onnx
+def test_nms_is_one_onnx_node(exported):
+    for name in ("nms", "batched_nms"):
+        ops = [n.op_type for n in exported(name).graph.node]
+        assert ops.count("NonMaxSuppression") == 1
+        assert not any(op in ("Loop", "If") for op in ops)
+
+
+@pytest.mark.onnx
+def test_param_override_changes_the_graph_and_still_verifies():
+    entry = catalog.get("nms")
+    model = entry.export(iou_threshold=0.3)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["assignlab.params"])["iou_threshold"] == 0.3
+    assert all(c.close for _, _, cs in entry.verify(model, seeds=(0,)) for c in cs)
+    with pytest.raises(KeyError, match="unknown parameter"):
+        entry.export(iou=0.3)
+
+
+def test_parse_params():
+    assert catalog.parse_params(["k=3", "mode=giou", "ratios=(0.5, 1.0)", "x=None"]) == {
+        "k": 3, "mode": "giou", "ratios": (0.5, 1.0), "x": None}
+    with pytest.raises(ValueError):
+        catalog.parse_params(["novalue"])
+
+
+def test_cli_list_and_show(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in NAMES)
+    assert main(["show", "max_iou"]) == 0
+    assert "gt_mask" in capsys.readouterr().out
+    assert main(["show", "nope"]) == 2
+
+
+@pytest.mark.onnx
+def test_cli_export_and_verify(tmp_path, capsys):
+    assert main(["export", "topk", "--out", str(tmp_path), "--param", "k=3"]) == 0
+    model = onnx.load(str(tmp_path / "topk.onnx"))
+    assert xonnx.dynamic_dims(model)["scores"] == ["B", "N"]
+    assert main(["verify", "topk", "--param", "k=3"]) == 0
+    assert "1 of 1 components agree" in capsys.readouterr().out
