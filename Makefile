@@ -7,7 +7,7 @@ EXTRAS ?= cpu,notebooks,dev
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.assignlab-installed
 
-.PHONY: help install test lint pytest notebooks-test bench clean
+.PHONY: help install demo test lint lab exercises bench bench-peers clean
 
 help:
 	@echo "make demo       run the main job on the embedded scene (figures + ONNX under build/demo/)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lab        open JupyterLab on notebooks/"
 	@echo "make exercises  write learner copies of the notebooks under build/exercises/"
 	@echo "make bench      benchmark tables under benchmarks/results/"
+	@echo "make bench-peers  the same workloads on mmdetection and ultralytics, side by side (optional)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,19 +28,28 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+demo: $(STAMP)
+	$(BIN)/python -m lessons demo
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
-
-pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
 
 # pytest exits 5 when it collects nothing: that is not a failure of the code.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 tests notebooks || [ $$? -eq 5 ]
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+exercises: $(STAMP)
+	$(BIN)/python -m lessons exercises --src notebooks --out build/exercises
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

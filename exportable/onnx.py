@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,6 +195,9 @@ def export(
     kwargs: dict[str, Any] = {}
     if opset is not None:
         kwargs["opset_version"] = opset
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" etc.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
@@ -209,6 +213,7 @@ def export(
                 verbose=False,
                 **kwargs,
             )
+    quiet.setLevel(level)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto

@@ -1,0 +1,20 @@
+"""``python -m lessons demo``: the main job (see :mod:`lessons.demo`); ``exercises``: learner copies."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"demo": "lessons.demo", "exercises": "lessons.exercises"}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m lessons {demo,exercises} [options]  (add -h for a command's options)")
+        return 2
+    import importlib
+
+    return importlib.import_module(commands[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
