@@ -160,3 +160,12 @@ def check_scalar(name: str, value: float, *, low: float | None = None, high: flo
 
 def _fmt(shape: Sequence[int | str | None]) -> str:
     return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+
+
+def check_masked_boxes(name: str, boxes: Tensor, mask: Tensor, mask_name: str = "gt_mask") -> None:
+    """Padded boxes ``(B, M, 4)`` with ``mask (B, M)``: real rows valid boxes, padding anything finite."""
+    check_boxes(name, boxes, ndim=3, allow_inverted=True)
+    check_bool(mask_name, mask)
+    check_shape(mask_name, mask, (boxes.shape[0], boxes.shape[1]))
+    if boxes.numel():
+        check_boxes(name, boxes.masked_fill(~mask.unsqueeze(-1), 0.0), ndim=3)

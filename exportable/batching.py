@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from exportable._checks import check_bool, check_boxes, check_integer, check_same_leading, check_shape
+from exportable._checks import check_bool, check_boxes, check_integer, check_same_leading, check_shape, exporting
 
 __all__ = ["GtBatch", "pad_gts", "unpad_gts", "ensure_gt_rows", "check_gt_batch"]
 
@@ -73,21 +73,23 @@ def unpad_gts(batch: GtBatch) -> tuple[list[Tensor], list[Tensor]]:
 
 def ensure_gt_rows(
     gt_boxes: Float[Tensor, "B M 4"],
-    gt_labels: Int[Tensor, "B M"],
+    gt_labels: Int[Tensor, "B M"] | None,
     gt_mask: Bool[Tensor, "B M"],
 ) -> GtBatch:
-    """Append one masked row when ``M == 0`` so every max / argmax / top-k over gts is defined.
+    """Make sure the gt axis is never empty, so every max / argmax / top-k over gts is defined.
 
-    Shape-based, so it costs nothing when M > 0 and exports (under export M is symbolic; the
-    exported graphs are exported with M >= 2 and callers pad to M >= 1, see the catalog).
+    ``gt_labels`` may be None (returned as None). Eager: appends one masked row only when
+    ``M == 0`` (free otherwise). Under export M is symbolic and a branch on it would become a
+    guard, so the graph always appends the masked row (M + 1 columns); a masked row never
+    changes a result, so eager and ONNX agree.
     """
-    if gt_boxes.shape[1] != 0:
+    if not exporting() and gt_boxes.shape[1] != 0:
         return GtBatch(gt_boxes, gt_labels, gt_mask)
     b = gt_boxes.shape[0]
     return GtBatch(
-        gt_boxes.new_zeros((b, 1, 4)),  # (B, 1, 4)
-        gt_labels.new_zeros((b, 1)),  # (B, 1)
-        gt_mask.new_zeros((b, 1)),  # (B, 1)
+        torch.cat([gt_boxes, gt_boxes.new_zeros((b, 1, 4))], dim=1),  # (B, M + 1, 4)
+        None if gt_labels is None else torch.cat([gt_labels, gt_labels.new_zeros((b, 1))], dim=1),  # (B, M + 1)
+        torch.cat([gt_mask, gt_mask.new_zeros((b, 1))], dim=1),  # (B, M + 1)
     )
 
 

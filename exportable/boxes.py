@@ -35,14 +35,16 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from exportable._checks import (
-    check_bool,
     check_boxes,
     check_float,
     check_integer,
+    check_masked_boxes,
     check_scalar,
     check_shape,
     checks_enabled,
+    exporting,
 )
+from exportable.batching import ensure_gt_rows
 
 __all__ = [
     "AnchorGtMaxIoU",
@@ -492,21 +494,21 @@ class AnchorGtMaxIoU(nn.Module):
     ) -> tuple[Float[Tensor, "B N"], Int[Tensor, "B N"]]:
         if checks_enabled():
             check_boxes("anchors", anchors, ndim=2)
-            check_boxes("gt_boxes", gt_boxes, ndim=3)
-            check_bool("gt_mask", gt_mask)
-            check_shape("gt_mask", gt_mask, (gt_boxes.shape[0], gt_boxes.shape[1]))
+            check_masked_boxes("gt_boxes", gt_boxes, gt_mask)
+        if not exporting() and gt_boxes.shape[0] > 1:
+            # Eager: one image at a time keeps peak memory near one image's (N, M); same results.
+            parts = [_anchor_gt_max_iou(anchors, gt_boxes[i : i + 1], gt_mask[i : i + 1], self.eps)
+                     for i in range(gt_boxes.shape[0])]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # (B, N) each
         return _anchor_gt_max_iou(anchors, gt_boxes, gt_mask, self.eps)
 
 
 def _anchor_gt_max_iou(
     anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, eps: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
-    b = gt_boxes.shape[0]
-    pad_box = gt_boxes.new_zeros((b, 1, 4))  # (B, 1, 4): a zero-area box, IoU 0 with anything
-    boxes = torch.cat([gt_boxes, pad_box], dim=1)  # (B, M + 1, 4)
-    mask = torch.cat([gt_mask, gt_mask.new_zeros((b, 1))], dim=1)  # (B, M + 1)
-    iou = _box_iou(anchors, boxes, eps=eps)  # (B, N, M + 1)
-    iou = torch.where(mask.unsqueeze(1), iou, -1.0)  # (B, N, M + 1); padding below every real IoU (>= 0)
+    boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M', 4), M' >= 1
+    iou = _box_iou(anchors, boxes, eps=eps)  # (B, N, M')
+    iou = torch.where(mask.unsqueeze(1), iou, -1.0)  # (B, N, M'); padding below every real IoU (>= 0)
     # max over gts: the first index among equal values, in torch and in ONNX (ArgMax select_last_index=0).
     # (Not `iou.argmax`: the exporter names that node "argmax", colliding with a graph output of that name.)
     best, index = iou.max(dim=2)  # (B, N), (B, N)
