@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from exportable._checks import check_boxes, check_float, check_scalar, check_shape, checks_enabled
+from exportable._checks import check_boxes, check_float, check_integer, check_scalar, check_shape, checks_enabled
 from exportable.boxes import ImageSizes, _check_image_sizes, _check_leading, _clip_boxes
 
 __all__ = [
@@ -297,6 +297,7 @@ def _check_sizes_tensor(name: str, image_sizes: Tensor | None, like: Tensor) -> 
         return
     if not isinstance(image_sizes, Tensor) or image_sizes.dim() != 2:
         raise ValueError(f"{name}: expected a (B, 2) int64 tensor of (H, W) rows")
+    check_integer(name, image_sizes)  # the graph contract: int64 (H, W) rows
     _check_image_sizes(name, image_sizes, like)
 
 

@@ -55,6 +55,11 @@ def topk(
             check_float("x", x, finite=False)
         if k < 0:
             raise ValueError(f"k: must be >= 0, got {k}")
+    return _topk(x, k, dim, largest)
+
+
+def _topk(x: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`topk` without the input checks (for modules that checked their own inputs)."""
     k = torch.sym_min(k, x.shape[dim])  # no guard under export: TopK never asks for more than N
     if exporting():
         return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
@@ -131,4 +136,6 @@ class TopK(nn.Module):
         self.largest = largest
 
     def forward(self, scores: Tensor) -> tuple[Tensor, Tensor]:
-        return topk(scores, self.k, dim=-1, largest=self.largest)
+        if checks_enabled():
+            check_float("scores", scores, finite=False)
+        return _topk(scores, self.k, -1, self.largest)

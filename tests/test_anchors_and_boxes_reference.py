@@ -90,12 +90,12 @@ def test_toy_scene_by_hand():
 
 def test_photo_iof_is_asymmetric_and_giou_sees_distance():
     boxes = default_scene().boxes.tolist()  # person, hat, face, tie, ribbons, name tag
-    person, tie, ribbons, name_tag = boxes[0], boxes[3], boxes[4], boxes[5]
+    person, hat, face, tie = boxes[:4]
     assert ref.iof(tie, person) == 1.0  # the tie lies inside the person
     assert ref.iof(person, tie) == pytest.approx(ref.area(tie) / ref.area(person))
-    assert ref.iou(ribbons, name_tag) == 0.0 and ref.iou(tie, name_tag) == 0.0
-    # both pairs are disjoint, yet GIoU ranks them: the tie is nearer the name tag than the ribbons are
-    assert -1 < ref.giou(ribbons, name_tag) < ref.giou(tie, name_tag) < 0
+    assert ref.iou(hat, tie) == 0.0 and ref.iou(face, tie) == 0.0
+    # both pairs are disjoint, yet GIoU ranks them: the face is nearer the tie than the hat is
+    assert -1 < ref.giou(hat, tie) < ref.giou(face, tie) < 0
 
 
 def test_degenerate_boxes():
@@ -298,7 +298,8 @@ def test_encode_decode_match_exportable(seed, stds):
     coder = DeltaXYWHCoder(stds=stds)
     want = coder.encode(anchors, gts)  # (N, 4)
     got = t([ref.encode(a, g, stds=stds) for a, g in zip(anchors.tolist(), gts.tolist())])
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    # dividing by stds of 0.1 multiplies float32 rounding by 10: tolerance 1e-5 on the raw deltas
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5 / min(stds))
     # decode large deltas too (beyond the wh clip), with and without clipping to a 150 x 180 image
     g = torch.Generator().manual_seed(seed)
     deltas = torch.randn(anchors.shape[0], 4, generator=g) * 3  # (N, 4)
