@@ -61,6 +61,9 @@ class CheckResult:
     message: str
     problem: str = ""
 
+    def _ipython_display_(self) -> None:
+        """Nothing: ``check`` already printed its line (a cell ending in ``check(...)`` shows it once)."""
+
     def __bool__(self) -> bool:
         return self.close
 

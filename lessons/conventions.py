@@ -45,6 +45,7 @@ __all__ = [
     "Convention",
     "anchor_wh",
     "cxcywh_to_xyxy",
+    "conventions_dicts",
     "conventions_markdown",
     "decode_match",
     "delta_columns",
@@ -637,7 +638,7 @@ def decode_match(encoded: dict[str, Tensor], library: str) -> Int[Tensor, "..."]
 
 
 def labels_to_background_first(labels: Int[Tensor, "..."], num_classes: int) -> Int[Tensor, "..."]:
-    """Our labels (objects ``0 .. C-1``, background ``C``) -> background first (background ``0``, objects ``1 .. C``)."""
+    """Our labels (objects ``0 .. C-1``, background ``C``) -> background first (``0``; objects ``1 .. C``)."""
     lab = _index("labels", labels)
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) > num_classes):
         raise ValueError(f"labels: expected values in [0, {num_classes}] (background {num_classes})")
@@ -645,7 +646,7 @@ def labels_to_background_first(labels: Int[Tensor, "..."], num_classes: int) -> 
 
 
 def labels_from_background_first(labels: Int[Tensor, "..."], num_classes: int) -> Int[Tensor, "..."]:
-    """Background-first labels (``0`` background, objects ``1 .. C``) -> ours (objects ``0 .. C-1``, background ``C``)."""
+    """Background-first labels (``0`` background, objects ``1 .. C``) -> ours (objects ``0 .. C-1``, ``C``)."""
     lab = _index("labels", labels)
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) > num_classes):
         raise ValueError(f"labels: expected values in [0, {num_classes}] (background 0)")
@@ -707,5 +708,8 @@ def roi_head_sizes(num_classes: int, library: str = "ours") -> tuple[int, int]:
     """
     if num_classes < 1:
         raise ValueError(f"num_classes: need at least one object class, got {num_classes}")
-    first = get_convention(library).background == "first"
+    convention = get_convention(library)
+    if convention.library == "d2l":
+        raise ValueError("library: d2l's detector (SSD) has no RoI head; it regresses 4 deltas per anchor")
+    first = convention.background == "first"
     return num_classes + 1, 4 * (num_classes + 1 if first else num_classes)
