@@ -686,18 +686,30 @@ def run_suite(suite: Suite, args, pythons: dict[str, Path], skipped: dict[str, s
                 continue
             meta = json.loads((Path(tmp) / "meta.json").read_text())
             res: dict[str, dict] = {}
-            for label, kind, python, _ in impls:
-                spec = {"kind": kind, "suite": suite.name, "workload": workload, "workdir": tmp, "label": label,
-                        "threads": args.threads, "repeats": args.repeats}
-                try:
-                    res[label] = _spawn(python, spec, threads=args.threads, ours=kind == "ours")
-                except (RuntimeError, subprocess.SubprocessError) as e:
-                    failures.append(f"`{workload}` {label}: {str(e).strip().splitlines()[-1][:300]}")
-                    print(f"  {workload}: {label} failed:\n{e}", flush=True)
-                    continue
-                versions[label] = res[label]["versions"]
-                ms = statistics.median(res[label]["times"]) * 1000 / meta["batch"]
-                print(f"  {workload}: {label} {_fmt_ms(ms)} ms/img", flush=True)
+            failed: set[str] = set()
+            for r in range(args.rounds):  # rounds > 1 interleave the implementations (order rotated each round)
+                for label, kind, python, _ in impls[r % len(impls):] + impls[: r % len(impls)]:
+                    if label in failed:
+                        continue
+                    spec = {"kind": kind, "suite": suite.name, "workload": workload, "workdir": tmp, "label": label,
+                            "threads": args.threads, "repeats": args.repeats}
+                    try:
+                        got = _spawn(python, spec, threads=args.threads, ours=kind == "ours")
+                    except (RuntimeError, subprocess.SubprocessError) as e:
+                        failures.append(f"`{workload}` {label}: {str(e).strip().splitlines()[-1][:300]}")
+                        print(f"  {workload}: {label} failed:\n{e}", flush=True)
+                        failed.add(label)
+                        res.pop(label, None)
+                        continue
+                    if label in res:  # pool the runs of every round; peak RSS is the largest subprocess's
+                        got["times"] = res[label]["times"] + got["times"]
+                        got["peak_rss_mb"] = max(res[label]["peak_rss_mb"], got["peak_rss_mb"])
+                    res[label] = got
+                    versions[label] = got["versions"]
+            for label, _, _, _ in impls:
+                if label in res:
+                    ms = statistics.median(res[label]["times"]) * 1000 / meta["batch"]
+                    print(f"  {workload}: {label} {_fmt_ms(ms)} ms/img", flush=True)
             if res:
                 parity.append((workload, _parity(suite, Path(tmp), meta, set(res))))
             rows.append((workload, meta, res))
@@ -710,6 +722,10 @@ def _table(suite, args, impls, rows, parity, failures, versions, skipped) -> str
     peers = [label for label, kind, _, _ in impls if kind == "peer"]
     cmd = " ".join(["python benchmarks/peers.py", *(args.argv or [])])
     load, load0 = os.getloadavg(), args.load_at_start
+    runs_text = f"median of {args.repeats} runs after one warm-up"
+    if args.rounds > 1:
+        runs_text = (f"median of {args.rounds} x {args.repeats} runs ({args.rounds} interleaved subprocesses per "
+                     f"implementation, each {args.repeats} runs after one warm-up)")
     lines = [
         f"# Peers: {suite.title}",
         "",
@@ -718,7 +734,7 @@ def _table(suite, args, impls, rows, parity, failures, versions, skipped) -> str
         "so "
         "absolute times are indicative only; the ratios, measured side by side in this one run, are what count. "
         f"{args.threads} threads for every implementation (torch `set_num_threads`, onnxruntime intra-op threads, "
-        f"OMP/MKL variables); median of {args.repeats} runs after one warm-up, per image; each implementation in "
+        f"OMP/MKL variables); {runs_text}, per image; each implementation in "
         "its own subprocess (peak RSS is that process's, imports included) on the same inputs (.npy files written "
         "once from our venv).",
         "",
@@ -768,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action="append", choices=sorted(ENVS), help="only these peers (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every implementation's subprocess this many times, interleaved, and pool the "
+                        "runs (steadier ratios on a shared machine)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--setup-only", action="store_true", help="create/check the peer environments and stop")
     parser.add_argument("--rebuild", action="store_true", help="recreate the peer environments even if stamped")

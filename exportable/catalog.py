@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from exportable import onnx as xonnx
 from exportable.anchors import AnchorGenerator, AnchorGrid, PointGenerator, PointGrid
+from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.boxes import AnchorGtMaxIoU, BoxOverlaps
 from exportable.coders import (
     DeltaXYWHCoder,
@@ -42,6 +43,7 @@ from exportable.ordering import TopK
 __all__ = ["TensorSpec", "Entry", "CATALOG", "get", "names", "parse_params"]
 
 Sizes = Mapping[str, int]
+_F, _I, _B = "float32", "int64", "bool"
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,36 @@ def _inputs_max_iou(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
     return anchors, gts, _gt_mask(g, s["B"], s["M"])
 
 
-_RETINA = AnchorGenerator.retinanet()
+def _inputs_assigner(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    anchors, gts, mask = _inputs_max_iou(s, g)
+    anchors[..., 2:] = anchors[..., :2] + (anchors[..., 2:] - anchors[..., :2]).clamp(min=1.0)
+    labels = torch.randint(0, 5, (s["B"], s["M"]), generator=g)  # (B, M)
+    anchor_mask = torch.rand(s["B"], s["N"], generator=g) > 0.1  # (B, N) a few invalid anchors
+    return anchors, gts, labels, mask, anchor_mask
+
+
+def _inputs_assigner_ignore(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    base = _inputs_assigner(s, g)
+    ignore = _boxes(g, (s["B"], s["K"]), max_side=64.0)  # (B, K, 4)
+    ignore_mask = _gt_mask(g, s["B"], s["K"])  # (B, K)
+    return (*base, ignore, ignore_mask)
+
+
+_ASSIGN_OUTPUTS = (
+    TensorSpec("gt_index", _I, ("B", "N"), "matched gt (0-based); -1 negative; -2 ignored"),
+    TensorSpec("labels", _I, ("B", "N"), "matched gt's class; num_classes for non-positives"),
+    TensorSpec("boxes", _F, ("B", "N", 4), "matched gt box; 0 for non-positives"),
+    TensorSpec("overlaps", _F, ("B", "N"), "max IoU over gts (mmdetection's max_overlaps; -1 if ignored by IoF)"),
+    TensorSpec("target_scores", _F, ("B", "N"), "classification target at labels (1 positives, 0 else)"),
+    TensorSpec("weights", _F, ("B", "N"), "classification loss weight (0 for ignored)"),
+)
+_ASSIGN_INPUTS = (
+    TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors shared by the batch"),
+    TensorSpec("gt_boxes", _F, ("B", "M", 4), "padded gt boxes"),
+    TensorSpec("gt_labels", _I, ("B", "M"), "gt classes"),
+    TensorSpec("gt_mask", _B, ("B", "M"), "True for real gts"),
+    TensorSpec("anchor_mask", _B, ("B", "N"), "True for anchors inside the image's valid area"),
+)
 _POINT_STRIDES = (8, 16, 32)
 
 
@@ -272,8 +303,6 @@ def _inputs_topk(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
 # ----------------------------------------------------------------------------------------------
 # The catalog
 # ----------------------------------------------------------------------------------------------
-
-_F, _I, _B = "float32", "int64", "bool"
 
 
 def _feat_specs(levels: int) -> tuple[TensorSpec, ...]:
@@ -478,6 +507,46 @@ _ENTRIES: tuple[Entry, ...] = (
         make_inputs=_inputs_topk,
         export_sizes={"B": 2, "N": 40},
         test_sizes=({"B": 1, "N": 10}, {"B": 3, "N": 5}, {"B": 4, "N": 2000}),
+    ),
+)
+
+_MAXIOU_PARAMS = {
+    "pos_iou_thr": 0.5, "neg_iou_thr": 0.4, "min_pos_iou": 0.0, "gt_max_assign_all": True,
+    "match_low_quality": True, "num_classes": 80, "guard_zero_iou": False,
+}
+
+_ENTRIES += (
+    Entry(
+        name="max_iou_assigner",
+        summary="mmdetection's MaxIoUAssigner, batched (RetinaNet defaults; low-quality matches, later gt wins).",
+        source="exportable/assigners/max_iou.py",
+        factory=MaxIoUAssigner,
+        params=_MAXIOU_PARAMS,
+        inputs=_ASSIGN_INPUTS,
+        outputs=_ASSIGN_OUTPUTS,
+        make_inputs=_inputs_assigner,
+        export_sizes={"B": 2, "N": 40, "M": 4},
+        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 600, "M": 13}, {"B": 2, "N": 50, "M": 0},
+                    {"B": 4, "N": 1, "M": 3}),
+        atol=1e-6,
+        notes="RPN: --param pos_iou_thr=0.7 --param neg_iou_thr=0.3 --param min_pos_iou=0.3 --param num_classes=1",
+    ),
+    Entry(
+        name="max_iou_assigner_ignore",
+        summary="MaxIoUAssigner with ignore regions (crowd boxes): anchors with IoF > 0.5 are ignored.",
+        source="exportable/assigners/max_iou.py",
+        factory=MaxIoUAssigner,
+        params=_MAXIOU_PARAMS | {"ignore_iof_thr": 0.5, "ignore_wrt_candidates": True},
+        inputs=_ASSIGN_INPUTS + (
+            TensorSpec("ignore_boxes", _F, ("B", "K", 4), "padded ignore regions (x1, y1, x2, y2)"),
+            TensorSpec("ignore_mask", _B, ("B", "K"), "True for real ignore regions"),
+        ),
+        outputs=_ASSIGN_OUTPUTS,
+        make_inputs=_inputs_assigner_ignore,
+        export_sizes={"B": 2, "N": 40, "M": 4, "K": 3},
+        test_sizes=({"B": 1, "N": 9, "M": 2, "K": 1}, {"B": 3, "N": 500, "M": 11, "K": 5},
+                    {"B": 2, "N": 30, "M": 3, "K": 0}),
+        atol=1e-6,
     ),
 )
 

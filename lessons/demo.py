@@ -121,7 +121,22 @@ def _distance_inputs(ctx: Context) -> tuple[Tensor, ...]:
     return points, dist[None], ctx.image_sizes
 
 
+def _assigner_inputs(ctx: Context) -> tuple[Tensor, ...]:
+    h, w = ctx.scene.hw
+    valid = AnchorGenerator.retinanet().valid_flags(ctx.featmap_sizes, torch.tensor([[h, w]]))  # (1, N) padding
+    return ctx.anchors, ctx.gt_boxes, ctx.gt_labels, ctx.gt_mask, valid
+
+
+FLAG_REGION = [0.0, 0.0, 150.0, 330.0]  # the flag behind her, as a "don't care" (ignore) region
+
+
+def _assigner_ignore_inputs(ctx: Context) -> tuple[Tensor, ...]:
+    return (*_assigner_inputs(ctx), torch.tensor([[FLAG_REGION]]), torch.ones(1, 1, dtype=torch.bool))
+
+
 SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
+    "max_iou_assigner": _assigner_inputs,
+    "max_iou_assigner_ignore": _assigner_ignore_inputs,
     "box_iou": lambda c: (c.anchors[c.level_ids == 2][None], c.gt_boxes),
     "max_iou": lambda c: (c.anchors, c.gt_boxes, c.gt_mask),
     "anchor_grid": lambda c: _feats(c, (8, 16, 32, 64, 128)),

@@ -150,7 +150,7 @@ class MaxIoUAssigner(nn.Module):
         ignore_mask: Tensor | None,
     ) -> AssignResult:
         b, n = gt_boxes.shape[0], anchors.shape[0]
-        if n == 0 and not _exporting():
+        if not _exporting() and n == 0:
             return empty_result(b, 0, self.num_classes, like=anchors)  # no anchors: nothing to assign
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
         m = boxes.shape[1]
