@@ -4,6 +4,7 @@
     python benchmarks/peers.py --suite maxiou --threads 2 --repeats 3
     python benchmarks/peers.py --setup-only             # only create/check the peer environments
     python benchmarks/peers.py --peer mmdet --rebuild   # recreate one peer environment
+    python benchmarks/peers.py --rounds 3               # interleave 3 subprocesses per implementation (steadier)
 
 Optional tooling, never part of `make test` or CI. Each peer gets its own virtual environment
 under ``benchmarks/.peers/<peer>/`` (git-ignored), created once and marked with a stamp file that
@@ -16,7 +17,8 @@ side on the same inputs (generated once in our venv and saved as .npy, loaded by
 each measurement runs in its own subprocess (peak RSS only grows within a process) with fixed
 thread counts; median of ``--repeats`` runs after one warm-up, per image. Ratios measured in one
 run are the result; absolute CPU times are only indicative. Each suite writes
-``benchmarks/results/peers_<suite>.md``.
+``benchmarks/results/peers_<suite>.md``. Measurement subprocesses run with glibc told to keep freed
+memory (``--malloc keep``, see ``MALLOC_KEEP``); ``--malloc default`` measures the stock allocator.
 
 A peer that cannot be set up (no network, a version missing) is reported and skipped; the script
 exits 0 unless nothing at all could be measured.
@@ -53,6 +55,13 @@ PEERS_DIR = ROOT / "benchmarks" / ".peers"
 STAMP = ".assignlab-peer-stamp"
 TORCH = "torch==2.13.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # tried only when pip's own sources lack a CPU build
+
+# `--malloc keep` (the default): glibc keeps freed memory for reuse instead of unmapping it. Without it every
+# tensor above glibc's mmap threshold (32 MiB at most; one image's N x M IoU here is 73 MB) is a fresh mmap whose
+# pages fault in on first touch, and on these VMs page faults are slow and vary with the load: the same eager
+# IoU + max took 450-1650 ms/img with about 2/3 of it in the kernel, and a steady 110-145 ms/img with this setting.
+MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(16 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+CHILD_ENV: dict[str, str] = {}  # set by main() for every measurement subprocess
 
 
 # ----------------------------------------------------------------------------------------------
@@ -632,6 +641,7 @@ def _spawn(python: Path | str, spec: dict, timeout: float = 3600, threads: int |
     if threads is not None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
+        env.update(CHILD_ENV)
     if ours:
         env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--child", json.dumps(spec)],
@@ -760,6 +770,17 @@ def run_suite(suite: Suite, args, pythons: dict[str, Path], skipped: dict[str, s
     return _table(suite, args, impls, rows, parity, failures, versions, skipped)
 
 
+def _malloc_text(mode: str) -> str:
+    if mode == "keep":
+        return ("Every measurement subprocess runs with glibc told to keep freed memory (`MALLOC_MMAP_THRESHOLD_` and "
+                "`MALLOC_TRIM_THRESHOLD_` = 16 GiB, `--malloc keep`, the default): with the stock allocator each "
+                "tensor above 32 MiB is a fresh mmap whose page faults, slow and load-dependent on these VMs, "
+                "dominated the torch figures (the same eager IoU + max: 450-1650 ms/img, 2/3 of it kernel time, vs "
+                "a steady 110-145 ms/img kept). `--malloc default` measures the stock allocator.")
+    return ("Stock glibc allocator (`--malloc default`): tensors above glibc's mmap threshold are fresh mmaps; their "
+            "page faults are slow and load-dependent on these VMs and can dominate the torch figures.")
+
+
 def _table(suite, args, impls, rows, parity, failures, versions, skipped) -> str:
     peers = [label for label, kind, _, _ in impls if kind == "peer"]
     cmd = " ".join(["python benchmarks/peers.py", *(args.argv or [])])
@@ -778,7 +799,7 @@ def _table(suite, args, impls, rows, parity, failures, versions, skipped) -> str
         f"{args.threads} threads for every implementation (torch `set_num_threads`, onnxruntime intra-op threads, "
         f"OMP/MKL variables); {runs_text}, per image; each implementation in "
         "its own subprocess (peak RSS is that process's, imports included) on the same inputs (.npy files written "
-        "once from our venv).",
+        "once from our venv). " + _malloc_text(args.malloc),
         "",
         "Versions:",
     ]
@@ -829,6 +850,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every implementation's subprocess this many times, interleaved, and pool the "
                         "runs (steadier ratios on a shared machine)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: every measurement subprocess runs with glibc told to keep freed memory "
+                        "(MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 16 GiB), so page faults on fresh large "
+                        "tensors do not swamp the figures; default: the stock allocator")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--setup-only", action="store_true", help="create/check the peer environments and stop")
     parser.add_argument("--rebuild", action="store_true", help="recreate the peer environments even if stamped")
@@ -840,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child(json.loads(args.child))))
         return 0
 
+    if args.malloc == "keep":
+        CHILD_ENV.update(MALLOC_KEEP)
     suites = [SUITES[s] for s in (args.suite or sorted(SUITES))]
     wanted = {p.env for s in suites for p in s.peers.values()}
     if args.peer:

@@ -37,8 +37,10 @@ from exportable.coders import (
     DistanceDecode,
     DistancePointCoder,
 )
+from exportable.losses import RetinaNetLoss
 from exportable.nms import NMS, BatchedNMS
 from exportable.ordering import TopK
+from exportable.retinanet import RetinaNetPostProcess, RetinaNetTargets
 
 __all__ = ["TensorSpec", "Entry", "CATALOG", "get", "names", "parse_params"]
 
@@ -549,6 +551,182 @@ _ENTRIES += (
         atol=1e-6,
     ),
 )
+
+# ----------------------------------------------------------------------------------------------
+# RetinaNet: targets (MaxIoU + PseudoSampler + DeltaXYWH) and the loss (focal + L1)
+# ----------------------------------------------------------------------------------------------
+
+
+def _inputs_retinanet_targets(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    """Positive-size anchors and gts (zero-size gts encode to -inf: a unit test covers them), some gts
+    outside the image, ~10% padding anchors, and with B >= 3 an image (index 2) without a valid anchor."""
+    b, n, m = s["B"], s["N"], s["M"]
+    anchors = _boxes(g, (n,))  # (N, 4)
+    anchors[..., 2:] = anchors[..., :2] + (anchors[..., 2:] - anchors[..., :2]).clamp(min=1.0)
+    gts = _boxes(g, (b, m))  # (B, M, 4)
+    gts[..., 2:] = gts[..., :2] + (gts[..., 2:] - gts[..., :2]).clamp(min=0.5)
+    labels = torch.randint(0, 5, (b, m), generator=g)  # (B, M)
+    valid = torch.rand(b, n, generator=g) > 0.1  # (B, N) padding validity
+    if b >= 3:
+        valid[2] = False  # an image with no valid anchor: background, weight 0, counts 1
+    return anchors, valid, _image_sizes(g, b), gts, labels, _gt_mask(g, b, m)
+
+
+def _inputs_retinanet_loss(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    """Head outputs and targets as RetinaNetTargets makes them: ~20% positives, ~10% ignored anchors."""
+    b, n, c = s["B"], s["N"], s["C"]
+    logits = torch.randn(b, n, c, generator=g) * 3  # (B, N, C)
+    deltas = torch.randn(b, n, 4, generator=g)  # (B, N, 4)
+    kind = torch.rand(b, n, generator=g)  # (B, N)
+    pos = kind < 0.2  # (B, N)
+    ignored = kind > 0.9  # (B, N)
+    labels = torch.where(pos, torch.randint(0, c, (b, n), generator=g), c)  # (B, N) background = C
+    label_weights = (~ignored).float()  # (B, N)
+    targets = torch.where(pos[..., None], torch.randn(b, n, 4, generator=g) * 0.5, 0.0)  # (B, N, 4)
+    box_weights = pos[..., None].float().expand(b, n, 4).contiguous()  # (B, N, 4)
+    num_total_pos = pos.sum(dim=1).clamp(min=1).sum()  # () int64
+    return logits, deltas, labels, label_weights, targets, box_weights, num_total_pos
+
+
+_RETINANET_TARGETS_PARAMS = {
+    "num_classes": 80, "pos_iou_thr": 0.5, "neg_iou_thr": 0.4, "min_pos_iou": 0.0, "allowed_border": -1,
+    "means": (0.0, 0.0, 0.0, 0.0), "stds": (1.0, 1.0, 1.0, 1.0), "pos_weight": -1.0,
+}
+
+_ENTRIES += (
+    Entry(
+        name="retinanet_targets",
+        summary="RetinaNet's anchor targets (mmdetection get_targets: inside flags, MaxIoU, PseudoSampler, "
+        "DeltaXYWH, unmap), batched.",
+        source="exportable/retinanet.py",
+        factory=RetinaNetTargets,
+        params=_RETINANET_TARGETS_PARAMS,
+        inputs=(
+            TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors of all levels, shared by the batch"),
+            TensorSpec("valid_flags", _B, ("B", "N"), "True for anchors on the image, False on padding"),
+            TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each unpadded image (read if allowed_border >= 0)"),
+            TensorSpec("gt_boxes", _F, ("B", "M", 4), "padded gt boxes"),
+            TensorSpec("gt_labels", _I, ("B", "M"), "gt classes in [0, num_classes)"),
+            TensorSpec("gt_mask", _B, ("B", "M"), "True for real gts"),
+        ),
+        outputs=(
+            TensorSpec("labels", _I, ("B", "N"), "gt class for positives; num_classes (background) elsewhere"),
+            TensorSpec("label_weights", _F, ("B", "N"), "1 positives and negatives; 0 ignored or outside"),
+            TensorSpec("bbox_targets", _F, ("B", "N", 4), "DeltaXYWH (dx, dy, dw, dh) for positives; 0 elsewhere"),
+            TensorSpec("bbox_weights", _F, ("B", "N", 4), "1 for positives; 0 elsewhere"),
+            TensorSpec("num_total_pos", _I, (), "sum over images of max(num_pos, 1): the loss's avg_factor"),
+            TensorSpec("num_total_neg", _I, (), "sum over images of max(num_neg, 1)"),
+        ),
+        make_inputs=_inputs_retinanet_targets,
+        export_sizes={"B": 2, "N": 40, "M": 4},
+        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 500, "M": 9}, {"B": 2, "N": 50, "M": 0},
+                    {"B": 4, "N": 2, "M": 3}),
+        atol=1e-5,
+        rtol=1e-5,
+        notes="allowed_border=0 checks the image border (py-faster-rcnn style); -1 (RetinaNet) only padding.",
+    ),
+    Entry(
+        name="retinanet_loss",
+        summary="RetinaNet's loss: sigmoid focal loss (alpha 0.25, gamma 2) and L1 on the deltas, "
+        "each summed and divided by num_total_pos (mmdetection numbers).",
+        source="exportable/losses.py",
+        factory=RetinaNetLoss,
+        params={"alpha": 0.25, "gamma": 2.0, "loss_cls_weight": 1.0, "loss_bbox_weight": 1.0, "bbox_loss": "l1",
+                "beta": 1.0, "avg_factor_eps": 0.0},
+        inputs=(
+            TensorSpec("cls_logits", _F, ("B", "N", "C"), "classification logits (not probabilities)"),
+            TensorSpec("bbox_deltas", _F, ("B", "N", 4), "predicted (dx, dy, dw, dh)"),
+            TensorSpec("labels", _I, ("B", "N"), "target class; C = background"),
+            TensorSpec("label_weights", _F, ("B", "N"), "classification weight per anchor"),
+            TensorSpec("bbox_targets", _F, ("B", "N", 4), "target deltas"),
+            TensorSpec("bbox_weights", _F, ("B", "N", 4), "regression weight per anchor and delta"),
+            TensorSpec("num_total_pos", _I, (), "avg_factor: sum over images of max(num_pos, 1)"),
+        ),
+        outputs=(
+            TensorSpec("loss_cls", _F, (), "sum of weighted focal losses / num_total_pos"),
+            TensorSpec("loss_bbox", _F, (), "sum of weighted L1 losses / num_total_pos"),
+        ),
+        make_inputs=_inputs_retinanet_loss,
+        export_sizes={"B": 2, "N": 30, "C": 4},
+        test_sizes=({"B": 1, "N": 5, "C": 3}, {"B": 2, "N": 0, "C": 2}, {"B": 2, "N": 64, "C": 1},
+                    {"B": 3, "N": 700, "C": 80}),
+        atol=1e-6,
+        rtol=1e-5,
+        notes="Per-anchor sums are accumulated in float64, so onnxruntime's ReduceSum order does not show "
+        "(bit-equal to eager on CPU at the test sizes; plain float32 sums were 8e-6 relative off at "
+        "B * N * C = 168,000).",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# RetinaNet: test-time post-processing (head outputs -> padded detections)
+# ----------------------------------------------------------------------------------------------
+
+_RETINANET_STRIDES = (8, 16, 32, 64, 128)
+
+
+def _inputs_retinanet_postprocess(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
+    """Head outputs of a C = 80, A = 9 RetinaNet for images (H, W): logits on a 0.25 grid (many exact ties),
+    about 4% of pairs above score_thr 0.05 (more than nms_pre on fine levels), deltas up to the wh clip,
+    images smaller than the padded batch (zero-size clipped boxes), and with B >= 2 an image (index 1)
+    where nothing passes score_thr."""
+    b, a, c = s["B"], 9, 80
+    sizes = [(math.ceil(s["H"] / st), math.ceil(s["W"] / st)) for st in _RETINANET_STRIDES]
+    cls = []
+    for h, w in sizes:
+        logits = ((torch.randn(b, a * c, h, w, generator=g) * 1.5 - 5.5) * 4).round() / 4  # (B, A*C, H, W)
+        if b >= 2:
+            logits[1] = -8.0 - torch.rand(a * c, h, w, generator=g)  # nothing above the threshold
+        cls.append(logits)
+    box = [torch.randn(b, a * 4, h, w, generator=g) * 1.5 for h, w in sizes]  # (B, A*4, H, W)
+    return (*cls, *box, _image_sizes(g, b, s["H"], s["W"]))
+
+
+def _retinanet_postprocess(**p: Any) -> nn.Module:
+    generator = AnchorGenerator(p.pop("strides"), ratios=p.pop("ratios"), octave_base_scale=p.pop("octave_base_scale"),
+                                scales_per_octave=p.pop("scales_per_octave"))
+    return RetinaNetPostProcess(generator=generator, **p)
+
+
+_ENTRIES += (
+    Entry(
+        name="retinanet_postprocess",
+        summary="RetinaNet test time (mmdetection): sigmoid, per-level score_thr + top nms_pre, decode + clip, "
+        "class-aware NMS in one NonMaxSuppression, top max_per_img, padded.",
+        source="exportable/retinanet.py",
+        factory=_retinanet_postprocess,
+        params={
+            "num_classes": 80, "num_anchors": 9, "strides": _RETINANET_STRIDES, "ratios": (0.5, 1.0, 2.0),
+            "octave_base_scale": 4, "scales_per_octave": 3, "nms_pre": 1000, "score_thr": 0.05,
+            "iou_threshold": 0.5, "max_per_img": 100, "min_bbox_size": 0.0, "means": (0.0, 0.0, 0.0, 0.0),
+            "stds": (1.0, 1.0, 1.0, 1.0), "wh_ratio_clip": 16 / 1000,
+        },
+        inputs=tuple(
+            TensorSpec(f"cls_{i}", _F, ("B", 720, f"H{i}", f"W{i}"), f"level-{i} logits, channel a*C + c (9*80)")
+            for i in range(5)
+        ) + tuple(
+            TensorSpec(f"box_{i}", _F, ("B", 36, f"H{i}", f"W{i}"), f"level-{i} deltas, channel a*4 + j")
+            for i in range(5)
+        ) + (TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each unpadded image: boxes are clipped to it"),),
+        outputs=(
+            TensorSpec("boxes", _F, ("B", 100, 4), "(x1, y1, x2, y2) detections, best first; padding 0"),
+            TensorSpec("scores", _F, ("B", 100), "class probability; padding 0"),
+            TensorSpec("labels", _I, ("B", 100), "class; padding -1"),
+            TensorSpec("counts", _I, ("B",), "detections per image (slots [0, count) are filled)"),
+        ),
+        make_inputs=_inputs_retinanet_postprocess,
+        export_sizes={"B": 2, "H": 256, "W": 320},
+        test_sizes=({"B": 1, "H": 64, "W": 96}, {"B": 3, "H": 40, "W": 40}, {"B": 2, "H": 8, "W": 8},
+                    {"B": 2, "H": 128, "W": 96}),
+        atol=1e-5,
+        rtol=1e-6,
+        notes="C = 80 and A = 9 are baked in the channel dims (720, 36) and in the example inputs; "
+        "max_per_img (100) is the static output dim. Floats: onnxruntime's Exp and Sigmoid differ from torch's "
+        "by an ulp or two (boxes 6e-5 px at 1216 px, scores 6e-8); labels and counts are exact.",
+    ),
+)
+
 
 CATALOG: dict[str, Entry] = {e.name: e for e in _ENTRIES}
 

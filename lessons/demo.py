@@ -35,6 +35,7 @@ from exportable import onnx as xonnx
 from exportable.anchors import AnchorGenerator, PointGenerator, featmap_sizes_for
 from exportable.boxes import box_iou
 from exportable.coders import DeltaXYWHCoder
+from exportable.retinanet import RetinaNetTargets
 from lessons.scenes import Scene, default_scene
 
 PAD_TO = 32  # FPN detectors pad each image to a multiple of the coarsest stride that matters
@@ -134,6 +135,50 @@ def _assigner_ignore_inputs(ctx: Context) -> tuple[Tensor, ...]:
     return (*_assigner_inputs(ctx), torch.tensor([[FLAG_REGION]]), torch.ones(1, 1, dtype=torch.bool))
 
 
+def _retinanet_targets_inputs(ctx: Context) -> tuple[Tensor, ...]:
+    """The photo's RetinaNet anchors, padding flags ((608, 512) batch vs the (600, 512) photo), size, gts."""
+    anchors, gt_boxes, gt_labels, gt_mask, valid = _assigner_inputs(ctx)
+    return anchors, valid, ctx.image_sizes, gt_boxes, gt_labels, gt_mask
+
+
+RETINANET_PRIOR_LOGIT = -math.log((1 - 0.01) / 0.01)  # RetinaNet's classifier bias init: p = 0.01
+
+
+def _retinanet_loss_inputs(ctx: Context, seed: int = 0) -> tuple[Tensor, ...]:
+    """The photo's targets with seeded random head outputs (logits around the prior, small deltas)."""
+    targets = RetinaNetTargets()(*_retinanet_targets_inputs(ctx))
+    g = torch.Generator().manual_seed(seed)
+    b, n = targets.labels.shape
+    logits = torch.randn(b, n, 80, generator=g) + RETINANET_PRIOR_LOGIT  # (1, N, C) C = 80 (COCO)
+    deltas = torch.randn(b, n, 4, generator=g) * 0.5  # (1, N, 4)
+    return (logits, deltas, targets.labels, targets.label_weights, targets.bbox_targets, targets.bbox_weights,
+            targets.num_total_pos)
+
+
+def _retinanet_postprocess_inputs(ctx: Context, seed: int = 0) -> tuple[Tensor, ...]:
+    """RetinaNet head outputs (C = 80, A = 9) for the padded photo: background logits far below score_thr,
+    and each anchor with IoU >= 0.5 scoring its gt's class (higher for better IoU) with deltas that move it
+    onto that gt, plus noise; so the graph's detections land on the photo's gts."""
+    g = torch.Generator().manual_seed(seed)
+    a, c = 9, 80
+    n = ctx.anchors.shape[0]
+    logits = torch.randn(n, c, generator=g) * 0.5 - 7.0  # (N, C) sigmoid well below 0.05
+    deltas = torch.randn(n, 4, generator=g) * 0.1  # (N, 4)
+    best, arg = ctx.iou.max(dim=1)  # (N,), (N,)
+    near = (best >= POS_IOU).nonzero()[:, 0]  # (K,)
+    labels = ctx.gt_labels[0][arg[near]]  # (K,)
+    logits[near, labels] = best[near] * 4 - 1 + 0.3 * torch.randn(near.numel(), generator=g)  # (K,)
+    targets = DeltaXYWHCoder().encode(ctx.anchors[near], ctx.gt_boxes[0][arg[near]])  # (K, 4)
+    deltas[near] = targets + 0.05 * torch.randn(near.numel(), 4, generator=g)  # (K, 4)
+    cls, box, start = [], [], 0
+    for h, w in ctx.featmap_sizes:
+        end = start + h * w * a
+        cls.append(logits[start:end].reshape(1, h, w, a * c).permute(0, 3, 1, 2).contiguous())  # (1, A*C, H, W)
+        box.append(deltas[start:end].reshape(1, h, w, a * 4).permute(0, 3, 1, 2).contiguous())  # (1, A*4, H, W)
+        start = end
+    return (*cls, *box, ctx.image_sizes)
+
+
 SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
     "max_iou_assigner": _assigner_inputs,
     "max_iou_assigner_ignore": _assigner_ignore_inputs,
@@ -147,6 +192,9 @@ SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
     "nms": lambda c: _candidates(c)[:2],
     "batched_nms": lambda c: _candidates(c),
     "topk": lambda c: (c.iou.max(dim=1).values[None],),
+    "retinanet_targets": _retinanet_targets_inputs,
+    "retinanet_loss": _retinanet_loss_inputs,
+    "retinanet_postprocess": _retinanet_postprocess_inputs,
 }
 
 

@@ -1,0 +1,316 @@
+"""Proposals and NMS, the readable way: simple-faster-rcnn's ``ProposalCreator``, greedy NMS and Soft-NMS.
+
+The reference (test oracle) for :class:`exportable.rpn.ProposalCreator` and the code of
+``notebooks/03_proposals_and_nms``. One image at a time; boxes are ``(x1, y1, x2, y2)`` in absolute
+pixels (simple-faster-rcnn writes ``(y1, x1, y2, x2)``), images ``(H, W)``, scores are objectness
+PROBABILITIES.
+
+- :func:`greedy_nms` -- NMS step by step (the document's empty "NMS, explained" heading): sort by
+  score, keep the best box, suppress every later box whose IoU with it is strictly above the threshold,
+  repeat. Same semantics, and the same float32 arithmetic, as ONNX ``NonMaxSuppression`` and
+  :func:`exportable.nms.nms`.
+- :func:`class_aware_nms` -- one greedy NMS per class (boxes of different classes never suppress).
+- :func:`soft_nms` -- Soft-NMS (Bodla et al., 2017), linear and gaussian: instead of deleting an
+  overlapping box, lower its score. For the notebook only: it is not exported.
+- :class:`ProposalCreator` -- decode, clip, drop small boxes, top 12,000 / 6,000, NMS 0.7, keep
+  2,000 / 300 (train / test); :func:`mmdet_proposals` -- mmdetection's per-level variant;
+  :func:`funnel_counts` -- how many boxes survive each stage.
+
+Names: simple-faster-rcnn's ``ProposalCreator`` is torchvision's ``RegionProposalNetwork.filter_proposals``
+(``pre_nms_top_n``, ``post_nms_top_n``) and mmdetection's ``RPNHead._predict_by_feat_single``
+(``nms_pre``, ``max_per_img``, ``min_bbox_size``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lessons.rpn_anchor_targets import get_inside_index
+
+__all__ = [
+    "ProposalCreator",
+    "ProposalResult",
+    "class_aware_nms",
+    "clip_bbox",
+    "funnel_counts",
+    "greedy_nms",
+    "iou_one_to_many",
+    "loc2bbox",
+    "mmdet_proposals",
+    "soft_nms",
+]
+
+WH_CLIP = abs(math.log(16 / 1000))  # 4.1352: mmdetection's bound on decoded dw, dh
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes
+# --------------------------------------------------------------------------------------------
+
+
+def loc2bbox(src_bbox: Tensor, loc: Tensor, wh_clip: float | None = WH_CLIP) -> Tensor:
+    """Decode ``loc (n, 4) = (dx, dy, dw, dh)`` against ``src_bbox (n, 4)``: boxes ``(n, 4)``.
+
+    Centre ``c = p + p_w * dx``, size ``w = p_w * exp(dw)``, corners ``c -/+ w / 2``. ``dw, dh`` are
+    clamped to ``+-wh_clip`` (mmdetection, 4.135; ``None``: no clamp, as simple-faster-rcnn and
+    py-faster-rcnn). The float32 operations of :meth:`exportable.coders.DeltaXYWHCoder.decode`.
+    """
+    src, loc = src_bbox.float(), loc.float()
+    pxy = (src[:, :2] + src[:, 2:]) * 0.5
+    pwh = src[:, 2:] - src[:, :2]
+    dwh = loc[:, 2:] if wh_clip is None else loc[:, 2:].clamp(min=-wh_clip, max=wh_clip)
+    gxy = pxy + pwh * loc[:, :2]
+    gwh = pwh * dwh.exp()
+    return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=1)
+
+
+def clip_bbox(bbox: Tensor, img_size: tuple[int, int]) -> Tensor:
+    """Clip x to ``[0, W]`` and y to ``[0, H]`` (simple-faster-rcnn and mmdetection; py-faster-rcnn: W - 1)."""
+    h, w = float(img_size[0]), float(img_size[1])
+    out = bbox.clone()
+    out[:, 0::2] = out[:, 0::2].clamp(min=0).clamp(max=w)
+    out[:, 1::2] = out[:, 1::2].clamp(min=0).clamp(max=h)
+    return out
+
+
+def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box ``(4,)`` with ``boxes (n, 4)`` in float32, as ONNX ``NonMaxSuppression`` computes it.
+
+    ``inter / (area + areas - inter)`` with no eps; a pair that does not overlap, or involves a zero-area
+    box, has IoU 0 (zero-area boxes never suppress and are never suppressed). Takes and returns tensors
+    or float32 numpy arrays.
+    """
+    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    inter = iw * ih
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    overlap = (iw > 0) & (ih > 0) & (inter > 0) & (area > 0) & (areas > 0) & (union > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlap, inter / np.where(overlap, union, 1), 0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# NMS
+# --------------------------------------------------------------------------------------------
+
+
+def greedy_nms(boxes: Tensor, scores: Tensor, iou_thresh: float = 0.7, max_output: int | None = None) -> Tensor:
+    """Greedy NMS: indices of the kept boxes, highest score first.
+
+    1. order the boxes by score, highest first (equal scores: the lower index first);
+    2. take the first box of the list: it is kept;
+    3. remove from the list every box whose IoU with it is ``> iou_thresh`` (equal is kept);
+    4. repeat from 2 until the list is empty (or ``max_output`` boxes are kept).
+
+    float32 numpy inside: the loop runs once per KEPT box, thousands of times for RPN proposals.
+    """
+    b = boxes.detach().float().numpy()
+    s = scores.detach().float().tolist()
+    alive = np.array(sorted(range(len(s)), key=lambda i: (-s[i], i)), dtype=np.int64)  # 1.
+    keep: list[int] = []
+    thr = np.float32(iou_thresh)
+    while len(alive) and (max_output is None or len(keep) < max_output):
+        best = int(alive[0])  # 2.
+        keep.append(best)
+        rest = alive[1:]
+        alive = rest[~(iou_one_to_many(b[best], b[rest]) > thr)]  # 3.
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def class_aware_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float = 0.5) -> Tensor:
+    """One greedy NMS per class; the kept indices of all classes, highest score first (ties: lower index)."""
+    keep: list[int] = []
+    for c in sorted(set(labels.tolist())):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        keep += idx[greedy_nms(boxes[idx], scores[idx], iou_thresh)].tolist()
+    keep.sort(key=lambda i: (-float(scores[i]), i))
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_thresh: float = 0.3,
+    sigma: float = 0.5,
+    score_thresh: float = 0.001,
+    method: str = "linear",
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al., ICCV 2017): ``(kept indices in the order picked, their decayed scores)``.
+
+    Repeatedly pick the box with the highest CURRENT score (ties: lower index); every remaining box ``b``
+    with IoU ``u`` to it has its score multiplied by
+
+    - ``"linear"``: ``1 - u`` if ``u > iou_thresh`` else 1;
+    - ``"gaussian"``: ``exp(-u**2 / sigma)`` (every box, however small ``u``);
+    - ``"greedy"``: ``0`` if ``u > iou_thresh`` else 1 (plain NMS, for comparison);
+
+    and boxes whose score falls below ``score_thresh`` are dropped. Defaults are the paper's
+    (``Nt = 0.3``, ``sigma = 0.5``, threshold 0.001), also mmcv's ``soft_nms``.
+    """
+    if method not in ("linear", "gaussian", "greedy"):
+        raise ValueError(f"method: expected 'linear', 'gaussian' or 'greedy', got {method!r}")
+    b = boxes.detach().float().numpy()
+    current = scores.detach().float().numpy().copy()
+    alive = list(range(len(current)))
+    keep: list[int] = []
+    kept_scores: list[float] = []
+    while alive:
+        best = max(alive, key=lambda i: (float(current[i]), -i))
+        if float(current[best]) < score_thresh:
+            break
+        keep.append(best)
+        kept_scores.append(float(current[best]))
+        alive.remove(best)
+        if not alive:
+            break
+        rest = np.array(alive, dtype=np.int64)
+        u = iou_one_to_many(b[best], b[rest])
+        if method == "linear":
+            decay = np.where(u > iou_thresh, 1 - u, 1).astype(np.float32)
+        elif method == "gaussian":
+            decay = np.exp(-(u * u) / np.float32(sigma)).astype(np.float32)
+        else:
+            decay = np.where(u > iou_thresh, 0, 1).astype(np.float32)
+        current[rest] = current[rest] * decay
+        alive = [i for i in alive if float(current[i]) >= score_thresh]
+    return torch.tensor(keep, dtype=torch.int64), torch.tensor(kept_scores, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Proposals
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProposalResult:
+    """One image's proposals: ``roi (S, 4)``, ``score (S,)``, ``anchor_index (S,)`` (best first) and
+    ``funnel``: how many boxes were left after each stage."""
+
+    roi: Tensor
+    score: Tensor
+    anchor_index: Tensor
+    funnel: dict[str, int] = field(default_factory=dict)
+
+
+class ProposalCreator:
+    """Turn the RPN's objectness and deltas into proposals (simple-faster-rcnn's ``ProposalCreator``).
+
+    Args:
+        nms_thresh: NMS IoU threshold (0.7).
+        n_train_pre_nms, n_train_post_nms: boxes kept before / after NMS when training (12000 / 2000).
+        n_test_pre_nms, n_test_post_nms: the same at test time (6000 / 300).
+        min_size: boxes with a side below ``min_size * scale`` are dropped (16 px of the original image).
+        wh_clip: bound on decoded ``dw, dh`` (mmdetection's 4.135, as the exportable module; ``None``: none).
+
+    Unlike simple-faster-rcnn, the mode is an argument (``training=``), not the parent model's
+    ``.training`` flag.
+    """
+
+    def __init__(self, nms_thresh: float = 0.7, n_train_pre_nms: int = 12000, n_train_post_nms: int = 2000,
+                 n_test_pre_nms: int = 6000, n_test_post_nms: int = 300, min_size: float = 16,
+                 wh_clip: float | None = WH_CLIP) -> None:
+        self.nms_thresh = nms_thresh
+        self.n_train_pre_nms = n_train_pre_nms
+        self.n_train_post_nms = n_train_post_nms
+        self.n_test_pre_nms = n_test_pre_nms
+        self.n_test_post_nms = n_test_post_nms
+        self.min_size = min_size
+        self.wh_clip = wh_clip
+
+    def __call__(self, loc: Tensor, score: Tensor, anchor: Tensor, img_size: tuple[int, int], scale: float = 1.0,
+                 training: bool = True) -> ProposalResult:
+        """``loc (N, 4)`` deltas, ``score (N,)`` objectness probabilities, ``anchor (N, 4)``, ``img_size (H, W)``."""
+        n_pre_nms = self.n_train_pre_nms if training else self.n_test_pre_nms
+        n_post_nms = self.n_train_post_nms if training else self.n_test_post_nms
+        funnel = {"anchors": len(anchor)}
+        # 1. decode every anchor with its predicted deltas
+        roi = loc2bbox(anchor, loc, self.wh_clip)
+        # 2. clip to the image
+        roi = clip_bbox(roi, img_size)
+        # 3. drop boxes with a side below min_size (16 px of the ORIGINAL image: times the resize scale)
+        min_size = self.min_size * scale
+        ws = roi[:, 2] - roi[:, 0]
+        hs = roi[:, 3] - roi[:, 1]
+        keep = torch.nonzero((ws >= min_size) & (hs >= min_size)).squeeze(1)
+        roi, score, index = roi[keep], score[keep], keep
+        funnel["min_size"] = len(keep)
+        # 4. sort by objectness (equal scores: lower anchor index first) and keep the first n_pre_nms
+        s, ix = score.tolist(), index.tolist()
+        order = sorted(range(len(s)), key=lambda i: (-s[i], ix[i]))[:n_pre_nms]
+        order = torch.tensor(order, dtype=torch.int64)
+        roi, score, index = roi[order], score[order], index[order]
+        funnel["pre_nms"] = len(order)
+        # 5. NMS at nms_thresh
+        keep = greedy_nms(roi, score, self.nms_thresh)
+        funnel["nms"] = len(keep)
+        # 6. keep the first n_post_nms
+        keep = keep[:n_post_nms]
+        funnel["post_nms"] = len(keep)
+        return ProposalResult(roi[keep], score[keep], index[keep], funnel)
+
+
+def mmdet_proposals(
+    anchor: Tensor, level_ids: Tensor, score: Tensor, loc: Tensor, img_size: tuple[int, int], *,
+    nms_pre: int = 2000, max_per_img: int = 1000, iou_threshold: float = 0.7, min_bbox_size: float = 0.0,
+    wh_clip: float | None = WH_CLIP,
+) -> ProposalResult:
+    """mmdetection 3.x ``RPNHead._predict_by_feat_single`` for one image (train ``nms_pre`` 2000, test 1000).
+
+    1. per level: the top ``nms_pre`` anchors by objectness (ties: lower index first);
+    2. decode those, clip to the image;
+    3. drop boxes with ``w <= min_bbox_size`` or ``h <= min_bbox_size`` (0: zero-size boxes only) -- AFTER
+       the top-k, unlike simple-faster-rcnn;
+    4. NMS per level in one call (mmcv ``batched_nms``: boxes shifted by ``level * (max coordinate + 1)``);
+    5. keep ``max_per_img``.
+    """
+    funnel = {"anchors": len(anchor)}
+    picked = []
+    for lv in sorted(set(level_ids.tolist())):  # 1.
+        idx = torch.nonzero(level_ids == lv).squeeze(1)
+        s, ix = score[idx].tolist(), idx.tolist()
+        order = sorted(range(len(ix)), key=lambda i: (-s[i], ix[i]))[:nms_pre]
+        picked.append(idx[torch.tensor(order, dtype=torch.int64)])
+    index = torch.cat(picked) if picked else torch.zeros(0, dtype=torch.int64)
+    funnel["pre_nms"] = len(index)
+    roi = clip_bbox(loc2bbox(anchor[index], loc[index], wh_clip), img_size)  # 2.
+    if min_bbox_size >= 0:  # 3.
+        w, h = roi[:, 2] - roi[:, 0], roi[:, 3] - roi[:, 1]
+        keep = torch.nonzero((w > min_bbox_size) & (h > min_bbox_size)).squeeze(1)
+        roi, index = roi[keep], index[keep]
+    funnel["min_size"] = len(index)
+    sc, lvl = score[index].float(), level_ids[index]
+    if len(index):  # 4. the offset trick, as mmcv computes it
+        span = torch.clamp(roi.max(), min=0) + 1
+        shifted = roi + (lvl.to(roi.dtype) * span)[:, None]
+        keep = greedy_nms(shifted, sc, iou_threshold)
+    else:
+        keep = torch.zeros(0, dtype=torch.int64)
+    funnel["nms"] = len(keep)
+    keep = keep[:max_per_img]  # 5.
+    funnel["post_nms"] = len(keep)
+    return ProposalResult(roi[keep], sc[keep], index[keep], funnel)
+
+
+def funnel_counts(
+    loc: Tensor, score: Tensor, anchor: Tensor, img_size: tuple[int, int], *, training: bool = True,
+    scale: float = 1.0, **creator_kwargs,
+) -> dict[str, int]:
+    """How many boxes survive each stage of :class:`ProposalCreator` on one image.
+
+    Keys in order: ``anchors`` (all), ``inside`` (anchors inside the image: what AnchorTargetCreator
+    trains on; proposals do not use it, shown for comparison), ``min_size`` (decoded, clipped boxes big
+    enough), ``pre_nms`` (the top 12,000 / 6,000), ``nms`` (what NMS keeps), ``post_nms`` (the first
+    2,000 / 300). The notebook's funnel 20,000 -> 12,000 -> 2,000 (train) and 6,000 -> 300 (test).
+    """
+    result = ProposalCreator(**creator_kwargs)(loc, score, anchor, img_size, scale=scale, training=training)
+    inside = len(get_inside_index(anchor, img_size[0], img_size[1]))
+    f = result.funnel
+    return {"anchors": f["anchors"], "inside": inside, "min_size": f["min_size"], "pre_nms": f["pre_nms"],
+            "nms": f["nms"], "post_nms": f["post_nms"]}
