@@ -174,19 +174,23 @@ def _box_wh(boxes: Tensor) -> Tensor:
 
 def _split(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[list[Tensor], list[Tensor]]:
     """Coordinates of both arguments as views that broadcast to ``(..., N, M)`` (or ``(..., N)``)."""
+    # Contiguous coordinate planes: views of (..., N, 4) are strided by 4 and keep every broadcast
+    # op below from vectorising (about 3x slower on CPU); the copy is only (..., N) x 4.
+    c1 = boxes1.movedim(-1, 0).contiguous()  # (4, ..., N)
+    c2 = boxes2.movedim(-1, 0).contiguous()  # (4, ..., M)
     if aligned:
-        return list(boxes1.unbind(-1)), list(boxes2.unbind(-1))  # 4 x (..., N)
-    a = [c.unsqueeze(-1) for c in boxes1.unbind(-1)]  # 4 x (..., N, 1)
-    b = [c.unsqueeze(-2) for c in boxes2.unbind(-1)]  # 4 x (..., 1, M)
+        return list(c1.unbind(0)), list(c2.unbind(0))  # 4 x (..., N)
+    a = [c.unsqueeze(-1) for c in c1.unbind(0)]  # 4 x (..., N, 1)
+    b = [c.unsqueeze(-2) for c in c2.unbind(0)]  # 4 x (..., 1, M)
     return a, b
 
 
 def _inter_and_areas(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Intersection ``(..., N, M)`` and the two areas as broadcastable views."""
     (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = _split(boxes1, boxes2, aligned)
-    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)  # (..., N, M)
-    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)  # (..., N, M)
-    inter = iw * ih  # (..., N, M)
+    iw = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)  # (..., N, M)
+    ih = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)  # (..., N, M)
+    inter = iw.mul_(ih)  # (..., N, M)
     area1 = (ax2 - ax1) * (ay2 - ay1)  # (..., N, 1)
     area2 = (bx2 - bx1) * (by2 - by1)  # (..., 1, M)
     return inter, area1, area2
@@ -213,8 +217,8 @@ def box_iou(
 
 def _box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = 1e-6) -> Tensor:
     inter, area1, area2 = _inter_and_areas(boxes1, boxes2, aligned)
-    union = (area1 + area2 - inter).clamp(min=eps)  # (..., N, M)
-    return inter / union  # (..., N, M)
+    union = (area1 + area2 - inter).clamp_(min=eps)  # (..., N, M)
+    return inter.div_(union)  # (..., N, M)
 
 
 def box_iof(

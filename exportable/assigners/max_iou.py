@@ -154,11 +154,14 @@ class MaxIoUAssigner(nn.Module):
             return empty_result(b, 0, self.num_classes, like=anchors)  # no anchors: nothing to assign
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
         m = boxes.shape[1]
-        # 3. IoU of every anchor with every gt; padding never wins.
-        iou = _box_iou(anchors, boxes)  # (B, N, M')
-        overlaps = torch.where(mask.unsqueeze(1), iou, -1.0)  # (B, N, M')
-        # 4. Ignored anchors (ignore regions) and anchors outside the image's valid area: row -> -1.
-        dropped = torch.zeros((b, n), dtype=torch.bool, device=anchors.device)  # (B, N)
+        export = _exporting()
+        # 3. IoU of every gt with every anchor, kept (B, M', N) as mmdetection keeps (M, N): both
+        #    reductions below then run over contiguous memory or whole rows. Padding never wins.
+        overlaps = _box_iou(boxes, anchors)  # (B, M', N)
+        if export or not bool(mask.all()):
+            overlaps = torch.where(mask.unsqueeze(2), overlaps, -1.0)  # (B, M', N)
+        # 4. Ignored anchors (ignore regions) and anchors outside the image's valid area: column -> -1.
+        dropped = None
         if self.ignore_iof_thr > 0 and ignore_boxes is not None:
             ign, _, ign_mask = ensure_gt_rows(ignore_boxes, None, ignore_mask)  # (B, K', 4), (B, K')
             if self.ignore_wrt_candidates:
@@ -167,11 +170,13 @@ class MaxIoUAssigner(nn.Module):
                 iof = _box_iof(ign, anchors).transpose(1, 2)  # (B, N, K') inter / area(ignore box)
             iof = torch.where(ign_mask.unsqueeze(1), iof, -1.0)  # (B, N, K')
             dropped = iof.amax(dim=2) > self.ignore_iof_thr  # (B, N)
-        outside = torch.zeros_like(dropped) if anchor_mask is None else ~anchor_mask  # (B, N)
-        overlaps = torch.where((dropped | outside).unsqueeze(2), -1.0, overlaps)  # (B, N, M')
+        outside = None if anchor_mask is None else ~anchor_mask  # (B, N)
+        if dropped is not None or outside is not None:
+            gone = dropped if outside is None else (outside if dropped is None else dropped | outside)  # (B, N)
+            overlaps = torch.where(gone.unsqueeze(1), -1.0, overlaps)  # (B, M', N)
         # 6. Best gt per anchor (first on ties) and best anchor IoU per gt.
-        max_overlaps, argmax = overlaps.max(dim=2)  # (B, N), (B, N)
-        gt_max = overlaps.amax(dim=1)  # (B, M')
+        max_overlaps, argmax = overlaps.max(dim=1)  # (B, N), (B, N)
+        gt_max = overlaps.amax(dim=2)  # (B, M')
         # 7. Negatives, 8. positives (overwrite), everything else ignored.
         lo, hi = self.neg_range
         negative = (max_overlaps >= lo) & (max_overlaps < hi)  # (B, N)
@@ -182,22 +187,24 @@ class MaxIoUAssigner(nn.Module):
             gate = mask & (gt_max >= self.min_pos_iou)  # (B, M')
             if self.guard_zero_iou:
                 gate = gate & (gt_max > 0)
+            # A gate-closed gt gets a target no IoU can equal (NaN), so it never hits.
+            target = torch.where(gate, gt_max, float("nan")).unsqueeze(2)  # (B, M', 1)
             if self.gt_max_assign_all:
-                hit = overlaps == gt_max.unsqueeze(1)  # (B, N, M') every tie of the gt's best
+                hit = overlaps == target  # (B, M', N) every tie of the gt's best
             else:
-                best_anchor = overlaps.argmax(dim=1)  # (B, M') first anchor on ties
-                hit = torch.arange(n, device=anchors.device)[None, :, None] == best_anchor.unsqueeze(1)  # (B, N, M')
-            hit = hit & gate.unsqueeze(1)  # (B, N, M')
-            gt_ids = torch.arange(m, device=anchors.device)  # (M',)
-            last = torch.where(hit, gt_ids, -1).amax(dim=2)  # (B, N) highest matching gt, -1 if none
-            gt_index = torch.where(last >= 0, last, gt_index)  # (B, N)
+                best_anchor = overlaps.argmax(dim=2, keepdim=True)  # (B, M', 1) first anchor on ties
+                hit = (torch.arange(n, device=anchors.device) == best_anchor) & (target == target)  # (B, M', N)
+            gt_ids = torch.arange(1, m + 1, device=anchors.device, dtype=overlaps.dtype)  # (M',) 1-based, float
+            last = (hit.to(overlaps.dtype) * gt_ids[None, :, None]).amax(dim=1)  # (B, N) 0 = no hit
+            gt_index = torch.where(last > 0, last.to(torch.int64) - 1, gt_index)  # (B, N)
         # 5. An image without real gts: all (valid) anchors negative, overlaps 0 (mmdetection's early exit).
         has_gt = mask.any(dim=1, keepdim=True)  # (B, 1)
         gt_index = torch.where(has_gt, gt_index, NEGATIVE)  # (B, N)
         max_overlaps = torch.where(has_gt, max_overlaps, 0.0)  # (B, N)
         # Anchors outside the valid area take no part: ignored, overlap 0.
-        gt_index = torch.where(outside, IGNORED, gt_index)  # (B, N)
-        max_overlaps = torch.where(outside, 0.0, max_overlaps)  # (B, N)
+        if outside is not None:
+            gt_index = torch.where(outside, IGNORED, gt_index)  # (B, N)
+            max_overlaps = torch.where(outside, 0.0, max_overlaps)  # (B, N)
         return _result(gt_index, max_overlaps, boxes, labels, self.num_classes)
 
 
