@@ -41,6 +41,8 @@ from exportable.losses import RetinaNetLoss
 from exportable.nms import NMS, BatchedNMS
 from exportable.ordering import TopK
 from exportable.retinanet import RetinaNetPostProcess, RetinaNetTargets
+from exportable.rpn import AnchorTargetCreator, ProposalCreator, example_anchor_target_inputs, example_proposal_inputs
+from exportable.sampling import NoiseSampler, example_sampler_inputs
 
 __all__ = ["TensorSpec", "Entry", "CATALOG", "get", "names", "parse_params"]
 
@@ -727,6 +729,126 @@ _ENTRIES += (
     ),
 )
 
+
+# -- Faster R-CNN: sampling, RPN anchor targets, proposals (exportable/sampling.py, exportable/rpn.py) --
+
+_RPN_TARGET_PARAMS = {
+    "variant": "faster_rcnn", "num": 256, "pos_fraction": 0.5, "pos_iou_thr": 0.7, "neg_iou_thr": 0.3,
+    "min_pos_iou": 0.0, "allowed_border": 0.0, "inclusive": True, "neg_pos_ub": -1.0,
+}
+_RPN_TARGET_INPUTS = (
+    TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors shared by the batch"),
+    TensorSpec("gt_boxes", _F, ("B", "M", 4), "padded gt boxes"),
+    TensorSpec("gt_mask", _B, ("B", "M"), "True for real gts"),
+    TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each image"),
+    TensorSpec("noise", _F, ("B", "N"), "uniform [0, 1): the candidates with the largest noise are sampled"),
+)
+_RPN_TARGET_OUTPUTS = (
+    TensorSpec("labels", _I, ("B", "N"), "1 positive, 0 negative, -1 not sampled / ignored / outside"),
+    TensorSpec("bbox_targets", _F, ("B", "N", 4), "DeltaXYWH targets"),
+    TensorSpec("bbox_weights", _F, ("B", "N", 4), "1 for sampled positives"),
+    TensorSpec("matched_gt", _I, ("B", "N"), "gt each positive regresses to; -1 elsewhere"),
+)
+_PROPOSAL_INPUTS = (
+    TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors"),
+    TensorSpec("level_ids", _I, ("N",), "FPN level of each anchor (mmdet variant; unused by faster_rcnn)"),
+    TensorSpec("objectness", _F, ("B", "N"), "objectness probabilities"),
+    TensorSpec("deltas", _F, ("B", "N", 4), "predicted (dx, dy, dw, dh)"),
+    TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each image"),
+)
+
+
+def _proposal_outputs(k: int) -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec("proposals", _F, ("B", k, 4), "(x1, y1, x2, y2), best first, zero-padded"),
+        TensorSpec("scores", _F, ("B", k), "objectness of each proposal; 0 for padding"),
+        TensorSpec("counts", _I, ("B",), "number of real proposals per image"),
+    )
+
+
+_ENTRIES += (
+    Entry(
+        name="noise_sampler",
+        summary="Random sampling with noise as an input: at most num * pos_fraction positives, negatives fill to num.",
+        source="exportable/sampling.py",
+        factory=NoiseSampler,
+        params={"num": 256, "pos_fraction": 0.5, "neg_pos_ub": -1.0, "rounding": "int"},
+        inputs=(
+            TensorSpec("pos", _B, ("B", "N"), "positive candidates"),
+            TensorSpec("neg", _B, ("B", "N"), "negative candidates"),
+            TensorSpec("noise", _F, ("B", "N"), "uniform [0, 1): largest noise kept"),
+        ),
+        outputs=(
+            TensorSpec("pos_sampled", _B, ("B", "N"), "sampled positives"),
+            TensorSpec("neg_sampled", _B, ("B", "N"), "sampled negatives"),
+        ),
+        make_inputs=example_sampler_inputs,
+        export_sizes={"B": 2, "N": 300},
+        test_sizes=({"B": 1, "N": 7}, {"B": 3, "N": 2000}, {"B": 2, "N": 1}, {"B": 2, "N": 0}),
+    ),
+    Entry(
+        name="rpn_anchor_targets",
+        summary="RPN anchor targets (AnchorTargetCreator) in the document's / simple-faster-rcnn's order.",
+        source="exportable/rpn.py",
+        factory=AnchorTargetCreator,
+        params=_RPN_TARGET_PARAMS,
+        inputs=_RPN_TARGET_INPUTS,
+        outputs=_RPN_TARGET_OUTPUTS,
+        make_inputs=example_anchor_target_inputs,
+        export_sizes={"B": 2, "N": 300, "M": 4},
+        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 2000, "M": 9}, {"B": 2, "N": 50, "M": 0},
+                    {"B": 4, "N": 1, "M": 3}),
+        atol=1e-5,
+        rtol=1e-6,
+    ),
+    Entry(
+        name="rpn_anchor_targets_mmdet",
+        summary="RPN anchor targets as mmdetection: MaxIoU 0.7 / 0.3 (min_pos_iou 0.3) + RandomSampler 256 / 0.5.",
+        source="exportable/rpn.py",
+        factory=AnchorTargetCreator,
+        params=_RPN_TARGET_PARAMS
+        | {"variant": "mmdet", "min_pos_iou": 0.3, "allowed_border": -1.0, "inclusive": False},
+        inputs=_RPN_TARGET_INPUTS,
+        outputs=_RPN_TARGET_OUTPUTS,
+        make_inputs=example_anchor_target_inputs,
+        export_sizes={"B": 2, "N": 300, "M": 4},
+        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 2000, "M": 9}, {"B": 2, "N": 50, "M": 0},
+                    {"B": 4, "N": 1, "M": 3}),
+        atol=1e-5,
+        rtol=1e-6,
+    ),
+    Entry(
+        name="rpn_proposals",
+        summary="ProposalCreator (test preset): decode, clip, drop < 16 px, top 6,000, NMS 0.7, keep 300.",
+        source="exportable/rpn.py",
+        factory=ProposalCreator,
+        params={"variant": "faster_rcnn", "mode": "test", "pre_nms": 6000, "post_nms": 300, "iou_threshold": 0.7,
+                "min_size": 16.0},
+        inputs=_PROPOSAL_INPUTS,
+        outputs=_proposal_outputs(300),
+        make_inputs=example_proposal_inputs,
+        export_sizes={"B": 2, "N": 400},
+        test_sizes=({"B": 1, "N": 7}, {"B": 3, "N": 3000}, {"B": 2, "N": 1}, {"B": 2, "N": 0}),
+        atol=1e-4,
+        rtol=1e-6,
+        notes="Training preset: --param mode=train --param pre_nms=12000 --param post_nms=2000.",
+    ),
+    Entry(
+        name="rpn_proposals_mmdet",
+        summary="mmdetection's RPN proposals: per-level top 1,000, level-aware NMS 0.7, keep 1,000.",
+        source="exportable/rpn.py",
+        factory=ProposalCreator,
+        params={"variant": "mmdet", "mode": "test", "pre_nms": 1000, "post_nms": 1000, "iou_threshold": 0.7,
+                "min_size": 0.0, "num_levels": 5},
+        inputs=_PROPOSAL_INPUTS,
+        outputs=_proposal_outputs(1000),
+        make_inputs=example_proposal_inputs,
+        export_sizes={"B": 2, "N": 400},
+        test_sizes=({"B": 1, "N": 7}, {"B": 3, "N": 6000}, {"B": 2, "N": 1}, {"B": 2, "N": 0}),
+        atol=1e-4,
+        rtol=1e-6,
+    ),
+)
 
 CATALOG: dict[str, Entry] = {e.name: e for e in _ENTRIES}
 

@@ -179,7 +179,35 @@ def _retinanet_postprocess_inputs(ctx: Context, seed: int = 0) -> tuple[Tensor, 
     return (*cls, *box, ctx.image_sizes)
 
 
+def _noise(ctx: Context, seed: int = 0) -> Tensor:
+    return torch.rand(1, ctx.anchors.shape[0], generator=torch.Generator().manual_seed(seed))  # (1, N)
+
+
+def _faster_rcnn_anchor_inputs(ctx: Context) -> tuple[Tensor, ...]:
+    gen = AnchorGenerator.faster_rcnn()
+    anchors = torch.cat(gen.grid_anchors(featmap_sizes_for(ctx.scene.hw, gen.strides)))  # (N, 4) stride 16, 9 per cell
+    noise = torch.rand(1, anchors.shape[0], generator=torch.Generator().manual_seed(0))  # (1, N)
+    return anchors, ctx.gt_boxes, ctx.gt_mask, ctx.image_sizes, noise
+
+
+def _sampler_inputs(ctx: Context) -> tuple[Tensor, ...]:
+    best = ctx.iou.max(dim=1).values[None]  # (1, N)
+    return best >= POS_IOU, best < NEG_IOU, _noise(ctx)
+
+
+def _proposal_inputs(ctx: Context) -> tuple[Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    objectness = (ctx.iou.max(dim=1).values + 0.05 * torch.rand(ctx.anchors.shape[0], generator=g)).clamp(max=1)
+    deltas = 0.1 * torch.randn(1, ctx.anchors.shape[0], 4, generator=g)  # (1, N, 4)
+    return ctx.anchors, ctx.level_ids, objectness[None], deltas, ctx.image_sizes
+
+
 SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
+    "noise_sampler": _sampler_inputs,
+    "rpn_anchor_targets": _faster_rcnn_anchor_inputs,
+    "rpn_anchor_targets_mmdet": _faster_rcnn_anchor_inputs,
+    "rpn_proposals": _proposal_inputs,
+    "rpn_proposals_mmdet": _proposal_inputs,
     "max_iou_assigner": _assigner_inputs,
     "max_iou_assigner_ignore": _assigner_ignore_inputs,
     "box_iou": lambda c: (c.anchors[c.level_ids == 2][None], c.gt_boxes),
