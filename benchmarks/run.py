@@ -113,15 +113,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _child_prepare(suite: str, workload: str, workdir: Path) -> None:
-    """Export the module and save its inputs (run in its own subprocess)."""
+def _child_prepare(suite: str, workload: str, workdir: Path, export: bool = True) -> None:
+    """Export the module (unless ``export=False``) and save its inputs (in its own subprocess)."""
     import numpy as np
 
     from exportable import onnx as xonnx
 
     module, inputs, in_names, in_dims, out_names = SUITES[suite].build(workload)
-    model = xonnx.export(module, inputs, input_names=in_names, output_names=out_names, input_dims=in_dims)
-    xonnx.save(model, workdir / "model.onnx")
+    if export:
+        model = xonnx.export(module, inputs, input_names=in_names, output_names=out_names, input_dims=in_dims)
+        xonnx.save(model, workdir / "model.onnx")
     for name, x in zip(in_names, inputs):
         np.save(workdir / f"{name}.npy", x.numpy())
     (workdir / "inputs.json").write_text(json.dumps(in_names))
@@ -206,11 +207,19 @@ def run_suite(suite: Suite, threads: int, repeats: int) -> str:
     rows = []
     for workload in suite.workloads:
         with tempfile.TemporaryDirectory() as tmp:
-            _spawn(["--child", "prepare", suite.name, workload, tmp])
+            if "@" not in workload:
+                _spawn(["--child", "prepare", suite.name, workload, tmp])
+            else:
+                _spawn(["--child", "inputs", suite.name, workload, tmp])
+            # "name@B" rows are eager memory checks: the fully batched graph would need B x one image's memory.
+            backends = ["eager"] if "@" in workload else list(CHILDREN)
             res = {b: _spawn(["--child", b, suite.name, workload, tmp, str(threads), str(repeats)])
-                   for b in CHILDREN}
+                   for b in backends}
         batch = res["eager"]["batch"]
         med = {b: statistics.median(r["times"]) * 1000 / batch for b, r in res.items()}
+        for b in CHILDREN:
+            res.setdefault(b, {"times": [float("nan")], "peak_rss_mb": float("nan")})
+            med.setdefault(b, float("nan"))
         rows.append((workload, batch, med, {b: r["peak_rss_mb"] for b, r in res.items()},
                      {b: [round(t * 1000 / batch, 1) for t in r["times"]] for b, r in res.items()}))
         print(f"  {workload}: eager {med['eager']:.1f} ms/img, onnxruntime {med['onnxruntime']:.1f} ms/img",
@@ -232,7 +241,10 @@ def run_suite(suite: Suite, threads: int, repeats: int) -> str:
             f"{med['eager'] / med['onnxruntime']:.2f} | {rss['eager']:.0f} | {rss['onnxruntime']:.0f} | "
             f"{runs['eager']}; {runs['onnxruntime']} |"
         )
-    lines += ["", suite.note, "",
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    alloc = (f"glibc allocator settings for every child: {malloc} (freed memory kept, so page faults on fresh "
+             "large tensors do not swamp the figures)") if malloc else "stock glibc allocator"
+    lines += ["", suite.note, "", alloc + ".",
               "Absolute CPU times vary up to 3x between runs on these machines; compare the ratio column.", ""]
     return "\n".join(lines)
 
@@ -247,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         kind, suite, workload, workdir, *rest = args.child
-        if kind == "prepare":
-            _child_prepare(suite, workload, Path(workdir))
+        if kind in ("prepare", "inputs"):
+            _child_prepare(suite, workload, Path(workdir), export=kind == "prepare")
             print("{}")
         else:
             print(json.dumps(CHILDREN[kind](suite, workload, Path(workdir), int(rest[0]), int(rest[1]))))
