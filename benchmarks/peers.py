@@ -37,7 +37,6 @@ import hashlib
 import importlib.metadata as im
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -48,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from run import _cpu  # the harness's CPU-model reader (benchmarks/ is on sys.path for these scripts)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -656,16 +657,6 @@ def _spawn(python: Path | str, spec: dict, timeout: float = 3600, threads: int |
 # ----------------------------------------------------------------------------------------------
 # Parent
 # ----------------------------------------------------------------------------------------------
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _fmt_ms(x: float) -> str:
