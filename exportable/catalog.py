@@ -749,6 +749,13 @@ _RPN_TARGET_OUTPUTS = (
     TensorSpec("bbox_weights", _F, ("B", "N", 4), "1 for sampled positives"),
     TensorSpec("matched_gt", _I, ("B", "N"), "gt each positive regresses to; -1 elsewhere"),
 )
+_RPN_TARGET_SIZES: dict[str, Any] = {
+    "export_sizes": {"B": 2, "N": 300, "M": 4},
+    "test_sizes": ({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 2000, "M": 9}, {"B": 2, "N": 50, "M": 0},
+                   {"B": 4, "N": 1, "M": 3}),
+    "atol": 1e-5,
+    "rtol": 1e-6,
+}
 _PROPOSAL_INPUTS = (
     TensorSpec("anchors", _F, ("N", 4), "(x1, y1, x2, y2) anchors"),
     TensorSpec("level_ids", _I, ("N",), "FPN level of each anchor (mmdet variant; unused by faster_rcnn)"),
@@ -795,11 +802,7 @@ _ENTRIES += (
         inputs=_RPN_TARGET_INPUTS,
         outputs=_RPN_TARGET_OUTPUTS,
         make_inputs=example_anchor_target_inputs,
-        export_sizes={"B": 2, "N": 300, "M": 4},
-        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 2000, "M": 9}, {"B": 2, "N": 50, "M": 0},
-                    {"B": 4, "N": 1, "M": 3}),
-        atol=1e-5,
-        rtol=1e-6,
+        **_RPN_TARGET_SIZES,
     ),
     Entry(
         name="rpn_anchor_targets_mmdet",
@@ -811,11 +814,7 @@ _ENTRIES += (
         inputs=_RPN_TARGET_INPUTS,
         outputs=_RPN_TARGET_OUTPUTS,
         make_inputs=example_anchor_target_inputs,
-        export_sizes={"B": 2, "N": 300, "M": 4},
-        test_sizes=({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 2000, "M": 9}, {"B": 2, "N": 50, "M": 0},
-                    {"B": 4, "N": 1, "M": 3}),
-        atol=1e-5,
-        rtol=1e-6,
+        **_RPN_TARGET_SIZES,
     ),
     Entry(
         name="rpn_proposals",
