@@ -849,7 +849,25 @@ _ENTRIES += (
     ),
 )
 
-CATALOG: dict[str, Entry] = {e.name: e for e in _ENTRIES}
+# Later components define their entries beside their code: each module below has a
+# ``catalog_entries() -> tuple[Entry, ...]`` (it imports Entry / TensorSpec from here lazily).
+# Order = the learning path.
+_ENTRY_MODULES: tuple[str, ...] = (
+)
+
+
+def _collect() -> tuple[Entry, ...]:
+    import importlib
+
+    extra: tuple[Entry, ...] = ()
+    for module in _ENTRY_MODULES:
+        extra += tuple(importlib.import_module(module).catalog_entries())
+    return _ENTRIES + extra
+
+
+CATALOG: dict[str, Entry] = {e.name: e for e in _collect()}
+if len(CATALOG) != len(_collect()):
+    raise RuntimeError("duplicate catalog entry names")
 
 
 def get(name: str) -> Entry:

@@ -225,6 +225,22 @@ SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
     "retinanet_postprocess": _retinanet_postprocess_inputs,
 }
 
+# Later lessons define their photo inputs beside their code: each module below has a
+# ``demo_scene_inputs() -> dict[str, Callable[[Context], tuple[Tensor, ...]]]`` (it imports
+# Context's helpers from here lazily).
+_SCENE_INPUT_MODULES: tuple[str, ...] = (
+)
+
+
+def _collect_scene_inputs() -> None:
+    import importlib
+
+    for module in _SCENE_INPUT_MODULES:
+        SCENE_INPUTS.update(importlib.import_module(module).demo_scene_inputs())
+
+
+_collect_scene_inputs()
+
 
 # --------------------------------------------------------------------------------------------
 # Figures
