@@ -46,7 +46,7 @@ exercises: $(STAMP)
 	$(BIN)/python -m lessons exercises --src notebooks --out build/exercises
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 $(BIN)/python benchmarks/run.py
 
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py

@@ -39,12 +39,26 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 @dataclass(frozen=True)
+class Case:
+    """What a suite measures on one workload: the module, its inputs and its graph I/O names."""
+
+    module: object  # nn.Module
+    inputs: tuple
+    input_names: list[str]
+    input_dims: list[tuple]
+    output_names: list[str]
+    batch: int  # images in the inputs: times are reported per image
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     title: str
     workloads: tuple[str, ...]
-    build: Callable[[str], tuple]  # workload -> (module, inputs tuple, input names, input dims, output names)
+    build: Callable[[str], Case]
     note: str = ""
+    # workload -> zero-argument callable running the per-image lessons reference on the same inputs
+    reference: Callable[[str], Callable[[], object]] | None = None
 
 
 def _workload(spec: str):
@@ -61,23 +75,163 @@ def _workload(spec: str):
     return anchors, make_workload_batch(name, seed=0, batch=int(batch) if batch else None)
 
 
-def _build_iou_max(workload: str):
+def _split(spec: str) -> tuple[str, int | None]:
+    name, _, batch = spec.partition("@")
+    return name, int(batch) if batch else None
+
+
+def _catalog_case(entry_name: str, module, inputs: tuple) -> Case:
+    """A case whose graph I/O contract is the catalog entry's (names and dynamic dims)."""
+    from exportable import catalog
+
+    entry = catalog.get(entry_name)
+    batch = next((int(x.shape[spec.dims.index("B")]) for x, spec in zip(inputs, entry.inputs) if "B" in spec.dims), 1)
+    return Case(module, tuple(inputs), [s.name for s in entry.inputs], [s.dims for s in entry.inputs],
+                [s.name for s in entry.outputs], batch)
+
+
+def _lessons_case(entry_name: str, lessons_module: str, **params):
+    """Build from ``lessons.<x>.benchmark_case(workload)``; the contract comes from the catalog entry."""
+
+    def build(workload: str) -> Case:
+        import importlib
+
+        module, inputs = importlib.import_module(lessons_module).benchmark_case(workload, seed=0, **params)
+        return _catalog_case(entry_name, module, inputs)
+
+    return build
+
+
+def _build_iou_max(workload: str) -> Case:
     from exportable.boxes import AnchorGtMaxIoU
 
     anchors, gts = _workload(workload)
     inputs = (anchors, gts.gt_boxes, gts.gt_mask)
-    return (AnchorGtMaxIoU(), inputs, ["anchors", "gt_boxes", "gt_mask"],
-            [("N", 4), ("B", "M", 4), ("B", "M")], ["max_overlaps", "argmax"])
+    return Case(AnchorGtMaxIoU(), inputs, ["anchors", "gt_boxes", "gt_mask"],
+                [("N", 4), ("B", "M", 4), ("B", "M")], ["max_overlaps", "argmax"], gts.gt_boxes.shape[0])
 
 
-def _build_max_iou_assigner(workload: str):
+def _build_max_iou_assigner(workload: str) -> Case:
     from exportable.assigners.max_iou import MaxIoUAssigner
 
     anchors, gts = _workload(workload)
     inputs = (anchors, gts.gt_boxes, gts.gt_labels, gts.gt_mask)
-    return (MaxIoUAssigner.retinanet(), inputs, ["anchors", "gt_boxes", "gt_labels", "gt_mask"],
-            [("N", 4), ("B", "M", 4), ("B", "M"), ("B", "M")],
-            ["gt_index", "labels", "boxes", "overlaps", "target_scores", "weights"])
+    return Case(MaxIoUAssigner.retinanet(), inputs, ["anchors", "gt_boxes", "gt_labels", "gt_mask"],
+                [("N", 4), ("B", "M", 4), ("B", "M"), ("B", "M")],
+                ["gt_index", "labels", "boxes", "overlaps", "target_scores", "weights"], gts.gt_boxes.shape[0])
+
+
+# -- Faster R-CNN (issue 5) ----------------------------------------------------------------------
+
+
+def _rpn_target_inputs(workload: str) -> tuple:
+    import torch
+
+    from lessons.scenes import WORKLOADS
+
+    anchors, gts = _workload(workload)
+    b = gts.gt_boxes.shape[0]
+    wl = WORKLOADS[_split(workload)[0]]
+    image_sizes = torch.tensor([[wl.h, wl.w]] * b, dtype=torch.int64)  # (B, 2)
+    noise = torch.rand(b, anchors.shape[0], generator=torch.Generator().manual_seed(1))  # (B, N)
+    return anchors, gts.gt_boxes, gts.gt_mask, image_sizes, noise
+
+
+def _build_rpn_targets(variant: str):
+    def build(workload: str) -> Case:
+        from exportable.rpn import AnchorTargetCreator
+
+        name = "rpn_anchor_targets" + ("_mmdet" if variant == "mmdet" else "")
+        return _catalog_case(name, AnchorTargetCreator(variant), _rpn_target_inputs(workload))
+
+    return build
+
+
+def _reference_rpn_targets(variant: str):
+    def reference(workload: str):
+        from lessons import rpn_anchor_targets as ref
+
+        anchors, gt_boxes, gt_mask, image_sizes, noise = _rpn_target_inputs(workload)
+        images = [(gt_boxes[i][gt_mask[i]], tuple(image_sizes[i].tolist()), noise[i]) for i in range(len(noise))]
+        if variant == "mmdet":
+            return lambda: [ref.mmdet_anchor_targets(anchors, g, hw, z) for g, hw, z in images]
+        creator = ref.AnchorTargetCreator()
+        return lambda: [creator(g, anchors, hw, z) for g, hw, z in images]
+
+    return reference
+
+
+def _proposal_inputs(workload: str) -> tuple:
+    import torch
+
+    from lessons.scenes import WORKLOADS
+
+    anchors, _ = _workload(workload)
+    wl = WORKLOADS[_split(workload)[0]]
+    b = _split(workload)[1] or wl.batch
+    g = torch.Generator().manual_seed(0)
+    n = anchors.shape[0]
+    objectness = torch.rand(b, n, generator=g)  # (B, N)
+    deltas = 0.2 * torch.randn(b, n, 4, generator=g)  # (B, N, 4)
+    level_ids = torch.zeros(n, dtype=torch.int64)  # one level (stride 16)
+    image_sizes = torch.tensor([[wl.h, wl.w]] * b, dtype=torch.int64)  # (B, 2)
+    return anchors, level_ids, objectness, deltas, image_sizes
+
+
+def _proposal_settings(workload: str) -> dict:
+    from lessons.scenes import WORKLOADS
+
+    extra = WORKLOADS[_split(workload)[0]].extra
+    return dict(pre_nms=extra["pre_nms_top_n"], post_nms=extra["post_nms_top_n"],
+                iou_threshold=extra["nms_iou_threshold"])
+
+
+def _build_proposals(workload: str) -> Case:
+    from exportable.rpn import ProposalCreator
+
+    module = ProposalCreator("faster_rcnn", "train", **_proposal_settings(workload))
+    return _catalog_case("rpn_proposals", module, _proposal_inputs(workload))
+
+
+def _reference_proposals(workload: str):
+    from lessons.proposals_and_nms import ProposalCreator as Reference
+
+    anchors, _, objectness, deltas, image_sizes = _proposal_inputs(workload)
+    st = _proposal_settings(workload)
+    creator = Reference(nms_thresh=st["iou_threshold"], n_train_pre_nms=st["pre_nms"],
+                        n_train_post_nms=st["post_nms"])
+    hw = [tuple(x.tolist()) for x in image_sizes]
+    return lambda: [creator(deltas[i], objectness[i], anchors, hw[i], training=True) for i in range(len(hw))]
+
+
+def _nms_inputs(workload: str) -> tuple:
+    """The 12,000 pre-NMS candidates of the workload's first image (decoded, clipped, best first)."""
+    import torch
+
+    from exportable.coders import DeltaXYWHCoder
+
+    anchors, _, objectness, deltas, image_sizes = _proposal_inputs(workload)
+    h, w = image_sizes[0].tolist()
+    boxes = DeltaXYWHCoder().decode(anchors, deltas[0])  # (N, 4)
+    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                         boxes[:, 3].clamp(0, h)], dim=1)
+    scores, order = objectness[0].topk(_proposal_settings(workload)["pre_nms"])
+    return boxes[order].contiguous(), scores.contiguous()
+
+
+def _build_nms(workload: str) -> Case:
+    from exportable.nms import NMS
+
+    return _catalog_case("nms", NMS(iou_threshold=_proposal_settings(workload)["iou_threshold"]),
+                         _nms_inputs(workload))
+
+
+def _reference_nms(workload: str):
+    from lessons.proposals_and_nms import greedy_nms
+
+    boxes, scores = _nms_inputs(workload)
+    thr = _proposal_settings(workload)["iou_threshold"]
+    return lambda: greedy_nms(boxes, scores, thr)
 
 
 SUITES: dict[str, Suite] = {
@@ -99,6 +253,45 @@ SUITES: dict[str, Suite] = {
         "mmdetection 3.3's figures for orientation (WORKLOADS.md, other runs, 2 cores): 118 ms/img at "
         "M = 20, 443-513 ms/img at M = 100; `make bench-peers` measures it side by side.",
     ),
+    "rpn_anchor_targets": Suite(
+        name="rpn_anchor_targets",
+        title="RPN anchor targets (AnchorTargetCreator, simple-faster-rcnn order), batched vs per-image reference",
+        workloads=("rpn-m20",),
+        build=_build_rpn_targets("faster_rcnn"),
+        reference=_reference_rpn_targets("faster_rcnn"),
+        note="The reference is `lessons.rpn_anchor_targets.AnchorTargetCreator`, called once per image as "
+        "simple-faster-rcnn does (its numpy body rewritten in torch). Goal (issue 5): batched eager at least "
+        "5x faster than the per-image reference.",
+    ),
+    "rpn_anchor_targets_mmdet": Suite(
+        name="rpn_anchor_targets_mmdet",
+        title="RPN anchor targets, mmdetection variant (MaxIoU 0.7 / 0.3, min_pos_iou 0.3, sampler 256 / 0.5)",
+        workloads=("rpn-m20",),
+        build=_build_rpn_targets("mmdet"),
+        reference=_reference_rpn_targets("mmdet"),
+        note="The reference is `lessons.rpn_anchor_targets.mmdet_anchor_targets`, once per image.",
+    ),
+    "proposals": Suite(
+        name="proposals",
+        title="ProposalCreator, training preset: decode, clip, min size 16, top 12,000, NMS 0.7, keep 2,000",
+        workloads=("proposals",),
+        build=_build_proposals,
+        reference=_reference_proposals,
+        note="One ONNX NonMaxSuppression over the whole batch in the graph; eager uses the same custom op "
+        "(torchvision-free, float32 arithmetic of onnxruntime). The reference is "
+        "`lessons.proposals_and_nms.ProposalCreator` per image (greedy NMS in numpy). Goal (issue 5): "
+        "onnxruntime within 1.25x of eager or faster.",
+    ),
+    "nms": Suite(
+        name="nms",
+        title="Greedy NMS (IoU 0.7) of 12,000 RPN candidates of one image",
+        workloads=("proposals@1",),
+        build=_build_nms,
+        reference=_reference_nms,
+        note="The candidates are the `proposals` workload's first image after decode, clip and top 12,000. "
+        "B = 1: times are per call. Reference: `lessons.proposals_and_nms.greedy_nms` (numpy loop over kept "
+        "boxes). Goal (issue 5): onnxruntime within 1.25x of eager or faster.",
+    ),
 }
 
 
@@ -119,13 +312,15 @@ def _child_prepare(suite: str, workload: str, workdir: Path, export: bool = True
 
     from exportable import onnx as xonnx
 
-    module, inputs, in_names, in_dims, out_names = SUITES[suite].build(workload)
+    case = SUITES[suite].build(workload)
     if export:
-        model = xonnx.export(module, inputs, input_names=in_names, output_names=out_names, input_dims=in_dims)
+        model = xonnx.export(case.module, case.inputs, input_names=case.input_names, output_names=case.output_names,
+                             input_dims=case.input_dims)
         xonnx.save(model, workdir / "model.onnx")
-    for name, x in zip(in_names, inputs):
+    for name, x in zip(case.input_names, case.inputs):
         np.save(workdir / f"{name}.npy", x.numpy())
-    (workdir / "inputs.json").write_text(json.dumps(in_names))
+    (workdir / "inputs.json").write_text(json.dumps(case.input_names))
+    (workdir / "batch.json").write_text(json.dumps(case.batch))
 
 
 def _child_eager(suite: str, workload: str, workdir: Path, threads: int, repeats: int) -> dict:
@@ -135,7 +330,7 @@ def _child_eager(suite: str, workload: str, workdir: Path, threads: int, repeats
     from exportable import checks_disabled
 
     torch.set_num_threads(threads)
-    module = SUITES[suite].build(workload)[0].eval()
+    module = SUITES[suite].build(workload).module.eval()
     names = json.loads((workdir / "inputs.json").read_text())
     inputs = [torch.from_numpy(np.load(workdir / f"{n}.npy")) for n in names]
     times = []
@@ -145,7 +340,7 @@ def _child_eager(suite: str, workload: str, workdir: Path, threads: int, repeats
             t0 = time.perf_counter()
             module(*inputs)
             times.append(time.perf_counter() - t0)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": int(inputs[1].shape[0])}
+    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": json.loads((workdir / "batch.json").read_text())}
 
 
 def _child_onnxruntime(suite: str, workload: str, workdir: Path, threads: int, repeats: int) -> dict:
@@ -164,10 +359,25 @@ def _child_onnxruntime(suite: str, workload: str, workdir: Path, threads: int, r
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append(time.perf_counter() - t0)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": int(feed[names[1]].shape[0])}
+    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": json.loads((workdir / "batch.json").read_text())}
 
 
-CHILDREN = {"eager": _child_eager, "onnxruntime": _child_onnxruntime}
+def _child_reference(suite: str, workload: str, workdir: Path, threads: int, repeats: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    step = SUITES[suite].reference(workload)
+    times = []
+    with torch.inference_mode():
+        step()  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": json.loads((workdir / "batch.json").read_text())}
+
+
+CHILDREN = {"reference": _child_reference, "eager": _child_eager, "onnxruntime": _child_onnxruntime}
 
 
 def _spawn(args: list[str], timeout: float = 1800) -> dict:
@@ -206,47 +416,55 @@ def _cpu() -> str:
 def run_suite(suite: Suite, threads: int, repeats: int) -> str:
     rows = []
     for workload in suite.workloads:
+        name, batch = _split(workload)
+        # "name@B" rows (B other than the workload's) without a reference are eager memory checks: the fully
+        # batched graph would need B x one image's memory.
+        memory_row = batch is not None and suite.reference is None
+        backends = (["reference"] if suite.reference else []) + ["eager"] + ([] if memory_row else ["onnxruntime"])
         with tempfile.TemporaryDirectory() as tmp:
-            if "@" not in workload:
-                _spawn(["--child", "prepare", suite.name, workload, tmp])
-            else:
-                _spawn(["--child", "inputs", suite.name, workload, tmp])
-            # "name@B" rows are eager memory checks: the fully batched graph would need B x one image's memory.
-            backends = ["eager"] if "@" in workload else list(CHILDREN)
+            _spawn(["--child", "inputs" if memory_row else "prepare", suite.name, workload, tmp])
             res = {b: _spawn(["--child", b, suite.name, workload, tmp, str(threads), str(repeats)])
                    for b in backends}
         batch = res["eager"]["batch"]
         med = {b: statistics.median(r["times"]) * 1000 / batch for b, r in res.items()}
-        for b in CHILDREN:
-            res.setdefault(b, {"times": [float("nan")], "peak_rss_mb": float("nan")})
-            med.setdefault(b, float("nan"))
         rows.append((workload, batch, med, {b: r["peak_rss_mb"] for b, r in res.items()},
-                     {b: [round(t * 1000 / batch, 1) for t in r["times"]] for b, r in res.items()}))
-        print(f"  {workload}: eager {med['eager']:.1f} ms/img, onnxruntime {med['onnxruntime']:.1f} ms/img",
-              flush=True)
+                     {b: [round(t * 1000 / batch, 2) for t in r["times"]] for b, r in res.items()}))
+        print(f"  {workload}: " + ", ".join(f"{b} {m:.2f} ms/img" for b, m in med.items()), flush=True)
+    backends = [b for b in CHILDREN if any(b in r[2] for r in rows)]
+    has_ref = "reference" in backends
+    head = ["workload", "B"] + [f"{b} ms/img" for b in backends]
+    head += (["reference / eager"] if has_ref else []) + ["onnxruntime / eager"]
+    head += [f"{b} peak RSS MB" for b in backends] + ["all runs (ms/img): " + "; ".join(backends)]
     lines = [
         f"# {suite.title}",
         "",
         f"`python benchmarks/run.py --suite {suite.name} --threads {threads} --repeats {repeats}` on "
         f"{dt.date.today().isoformat()}; {_cpu()}, {os.cpu_count()} cores; {_versions()}; "
-        f"{threads} threads for both; median of {repeats} runs after one warm-up, per image.",
+        f"{threads} threads for every backend; median of {repeats} runs after one warm-up, per image.",
         "",
-        "| workload | B | eager ms/img | onnxruntime CPU ms/img | eager / onnxruntime | eager peak RSS MB "
-        "| onnxruntime peak RSS MB | all runs (ms/img) eager; onnxruntime |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
+    nan = float("nan")
     for workload, batch, med, rss, runs in rows:
-        lines.append(
-            f"| `{workload}` | {batch} | {med['eager']:.1f} | {med['onnxruntime']:.1f} | "
-            f"{med['eager'] / med['onnxruntime']:.2f} | {rss['eager']:.0f} | {rss['onnxruntime']:.0f} | "
-            f"{runs['eager']}; {runs['onnxruntime']} |"
-        )
+        cells = [f"`{workload}`", str(batch)] + [_ms(med.get(b, nan)) for b in backends]
+        if has_ref:
+            cells.append(f"{med.get('reference', nan) / med['eager']:.1f}")
+        cells.append(f"{med.get('onnxruntime', nan) / med['eager']:.2f}")
+        cells += [f"{rss.get(b, nan):.0f}" for b in backends]
+        cells.append("; ".join(str(runs.get(b, "-")) for b in backends))
+        lines.append("| " + " | ".join(cells) + " |")
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     alloc = (f"glibc allocator settings for every child: {malloc} (freed memory kept, so page faults on fresh "
              "large tensors do not swamp the figures)") if malloc else "stock glibc allocator"
     lines += ["", suite.note, "", alloc + ".",
-              "Absolute CPU times vary up to 3x between runs on these machines; compare the ratio column.", ""]
+              "Absolute CPU times vary up to 3x between runs on these machines; compare the ratio columns "
+              "(measured in the same run).", ""]
     return "\n".join(lines)
+
+
+def _ms(x: float) -> str:
+    return "-" if x != x else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

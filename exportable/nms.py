@@ -55,25 +55,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _suppressed_by(
-    kept: int,
-    rest: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    area: np.ndarray,
-    iou_threshold: np.float32,
-) -> np.ndarray:
-    """Which boxes in ``rest`` the kept box suppresses (IoU > threshold), float32 throughout."""
-    ix = np.minimum(hi[kept, 0], hi[rest, 0]) - np.maximum(lo[kept, 0], lo[rest, 0])  # (R,)
-    iy = np.minimum(hi[kept, 1], hi[rest, 1]) - np.maximum(lo[kept, 1], lo[rest, 1])  # (R,)
-    inter = ix * iy  # (R,)
-    union = area[kept] + area[rest] - inter  # (R,)
-    overlap = (ix > 0) & (iy > 0) & (inter > 0) & (area[kept] > 0) & (area[rest] > 0) & (union > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union  # (R,)
-    return overlap & (iou > iou_threshold)
-
-
 def _greedy_nms(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -81,28 +62,38 @@ def _greedy_nms(
     iou_threshold: float,
     score_threshold: float | None,
 ) -> np.ndarray:
-    """Kept indices (highest score first) of one image and class: boxes (N, 4), scores (N,)."""
+    """Kept indices (highest score first) of one image and class: boxes (N, 4), scores (N,).
+
+    The candidates live in score order in contiguous per-coordinate arrays that shrink as boxes
+    are suppressed (the first entry is always the next box to keep); the IoU of the kept box with
+    the rest is onnxruntime's float32 arithmetic, so decisions at the threshold agree bit for bit.
+    """
     if max_output is not None and max_output <= 0:
         return np.zeros(0, dtype=np.int64)
     candidates = np.arange(scores.shape[0])
     if score_threshold is not None:
         candidates = candidates[scores > np.float32(score_threshold)]
     # Stable sort of the negated scores: equal scores keep their index order.
-    order = candidates[np.argsort(-scores[candidates], kind="stable")]  # (N',)
-    lo = np.minimum(boxes[:, :2], boxes[:, 2:])  # (N, 2) corners in either order, as ONNX allows
-    hi = np.maximum(boxes[:, :2], boxes[:, 2:])  # (N, 2)
-    wh = hi - lo  # (N, 2)
-    area = wh[:, 0] * wh[:, 1]  # (N,)
+    idx = candidates[np.argsort(-scores[candidates], kind="stable")]  # (N',)
+    lo = np.minimum(boxes[idx, :2], boxes[idx, 2:])  # (N', 2) corners in either order, as ONNX allows
+    hi = np.maximum(boxes[idx, :2], boxes[idx, 2:])  # (N', 2)
+    x1, y1, x2, y2 = (np.ascontiguousarray(c) for c in (lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]))  # (N',) each
+    area = (x2 - x1) * (y2 - y1)  # (N',)
     thr = np.float32(iou_threshold)
     keep: list[int] = []
-    alive = order
-    while alive.size:
-        kept = int(alive[0])
-        keep.append(kept)
+    while idx.size:
+        keep.append(int(idx[0]))
         if max_output is not None and len(keep) >= max_output:
             break
-        rest = alive[1:]
-        alive = rest[~_suppressed_by(kept, rest, lo, hi, area, thr)]
+        ix = np.minimum(x2[0], x2[1:]) - np.maximum(x1[0], x1[1:])  # (R,)
+        iy = np.minimum(y2[0], y2[1:]) - np.maximum(y1[0], y1[1:])  # (R,)
+        inter = ix * iy  # (R,)
+        union = area[0] + area[1:] - inter  # (R,)
+        overlap = (ix > 0) & (iy > 0) & (inter > 0) & (area[0] > 0) & (area[1:] > 0) & (union > 0)  # (R,)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            suppressed = overlap & (inter / union > thr)  # (R,) IoU exactly at the threshold is kept
+        rest = ~suppressed  # (R,)
+        x1, y1, x2, y2, area, idx = (a[1:][rest] for a in (x1, y1, x2, y2, area, idx))
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -241,16 +241,14 @@ class AnchorTargetCreator(nn.Module):
         boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M', 4), (B, M') M' >= 1
         # 1. anchors inside the image
         inside = anchor_inside(anchors, image_sizes, self.allowed_border, self.inclusive)  # (B, N)
-        # 2. IoU of inside anchors with real gts; every other pair -1 (below every real IoU)
-        pair = inside.unsqueeze(2) & mask.unsqueeze(1)  # (B, N, M')
-        ious = torch.where(pair, _box_iou(anchors, boxes), -1.0)  # (B, N, M')
-        max_ious, argmax_ious = ious.max(dim=2)  # (B, N), (B, N) first gt on ties
-        gt_max_ious = ious.amax(dim=1, keepdim=True)  # (B, 1, M') each gt's best over inside anchors
+        # 2. IoU of inside anchors with real gts: per anchor max / argmax, per gt its best anchor(s)
+        if exporting():
+            max_ious, argmax_ious, best = self._ious_dense(anchors, boxes, mask, inside)
+        else:
+            max_ious, argmax_ious, best = self._ious_compact(anchors, boxes, mask, inside)
         # 3. negatives first, so that positives can clobber them
         neg = inside & (max_ious < self.neg_iou_thr)  # (B, N) images without gts: max -1, all negative
-        # 4. each gt's best anchor(s), every tie (exact float equality), gated by min_pos_iou (0: no gate)
-        gate = mask.unsqueeze(1) & (gt_max_ious >= self.min_pos_iou)  # (B, 1, M')
-        best = ((ious == gt_max_ious) & pair & gate).any(dim=2)  # (B, N)
+        # 4. (best) each gt's best anchor(s), every tie, gated by min_pos_iou (0: no gate)
         # 5. above the positive threshold
         pos = inside & (best | (max_ious >= self.pos_iou_thr))  # (B, N)
         # 6. sample at most 128 positives and 256 in total by noise
@@ -264,6 +262,46 @@ class AnchorTargetCreator(nn.Module):
         bbox_targets = torch.where(has_target.unsqueeze(-1), targets, 0.0)  # (B, N, 4)
         matched_gt = torch.where(sample.pos, argmax_ious, -1)  # (B, N)
         return RPNTargets(labels, bbox_targets, _weights(sample.pos, bbox_targets), matched_gt)
+
+    def _ious_dense(self, anchors: Tensor, boxes: Tensor, mask: Tensor, inside: Tensor) -> tuple[Tensor, ...]:
+        """Steps 2 and 4 over every (anchor, gt) pair, static shapes (the exported path).
+
+        Returns ``max_ious (B, N)`` (-1 where the anchor is outside or the image has no gt),
+        ``argmax_ious (B, N)`` (first gt on ties) and ``best (B, N)`` (the anchor ties a gt's best IoU).
+        """
+        pair = inside.unsqueeze(2) & mask.unsqueeze(1)  # (B, N, M')
+        ious = torch.where(pair, _box_iou(anchors, boxes), -1.0)  # (B, N, M') other pairs -1, below every IoU
+        max_ious, argmax_ious = ious.max(dim=2)  # (B, N), (B, N) first gt on ties
+        gt_max_ious = ious.amax(dim=1, keepdim=True)  # (B, 1, M') each gt's best over inside anchors
+        gate = mask.unsqueeze(1) & (gt_max_ious >= self.min_pos_iou)  # (B, 1, M')
+        best = ((ious == gt_max_ious) & pair & gate).any(dim=2)  # (B, N) exact float ties
+        return max_ious, argmax_ious, best
+
+    def _ious_compact(self, anchors: Tensor, boxes: Tensor, mask: Tensor, inside: Tensor) -> tuple[Tensor, ...]:
+        """The same three tensors as :meth:`_ious_dense`, image by image over inside anchors x real gts.
+
+        Eager only (data-dependent sizes): at 600 x 1000 only 8,044 of 21,546 anchors lie inside and
+        an image has its own number of gts, so this touches a third of the dense pairs, in the
+        gt-major layout whose reductions are contiguous. The IoUs are the same float32 numbers
+        (elementwise the same formula), so maxima, first-gt argmaxes and exact ties agree.
+        """
+        b, n = inside.shape
+        max_ious = anchors.new_full((b, n), -1.0)  # (B, N)
+        argmax_ious = torch.zeros((b, n), dtype=torch.int64, device=anchors.device)  # (B, N)
+        best = torch.zeros((b, n), dtype=torch.bool, device=anchors.device)  # (B, N)
+        for i in range(b):
+            idx = inside[i].nonzero().squeeze(1)  # (N_i,) inside anchors
+            real = mask[i].nonzero().squeeze(1)  # (M_i,) real gts, in order
+            if idx.numel() == 0 or real.numel() == 0:
+                continue
+            ious = _box_iou(boxes[i, real], anchors[idx])  # (M_i, N_i)
+            mx, am = ious.max(dim=0)  # (N_i,) first real gt on ties = first padded gt
+            gt_max = ious.amax(dim=1, keepdim=True)  # (M_i, 1)
+            hit = (ious == gt_max) & (gt_max >= self.min_pos_iou)  # (M_i, N_i)
+            max_ious[i, idx] = mx
+            argmax_ious[i, idx] = real[am]
+            best[i, idx] = hit.any(dim=0)
+        return max_ious, argmax_ious, best
 
     def _mmdet(self, anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, image_sizes: Tensor,
                noise: Tensor) -> RPNTargets:

@@ -325,3 +325,19 @@ def test_onnx_matches_eager(exported_targets):
             assert cmp.close, (sizes, str(cmp))
             if cmp.name != "bbox_targets":
                 assert cmp.exact, (sizes, str(cmp))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("min_pos_iou", [0.0, 0.3])
+def test_eager_compact_ious_equal_the_dense_exported_formulation(seed, min_pos_iou):
+    # eager works image by image on inside anchors x real gts; the graph on every pair with masks
+    g = torch.Generator().manual_seed(seed)
+    anchors, gts, gt_mask, image_sizes, _ = example_anchor_target_inputs({"B": 4, "N": 500, "M": 7}, g)
+    gt_mask[0] = False  # an image without gts
+    module = AnchorTargetCreator(min_pos_iou=min_pos_iou)
+    inside = anchor_inside(anchors, image_sizes, module.allowed_border, module.inclusive)
+    dense = module._ious_dense(anchors, gts, gt_mask, inside)
+    compact = module._ious_compact(anchors, gts, gt_mask, inside)
+    for d, c in zip(dense, compact):
+        torch.testing.assert_close(c[inside], d[inside], rtol=0, atol=0)
+    assert compact[2].any() and (compact[0][inside] >= 0).any()  # the comparison is not vacuous
