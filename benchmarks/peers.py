@@ -432,6 +432,133 @@ def _peer_ultralytics_tal(arrays: dict, meta: dict):
     return step, outputs_of
 
 
+# -- atss / simota / tood (mmdetection) ---------------------------------------------------------
+
+ATSS_TOPK = 9
+TOOD_CFG = dict(topk=13, alpha=1, beta=6)
+SIMOTA_CFG = dict(center_radius=2.5, candidate_topk=10, iou_weight=3.0, cls_weight=1.0)
+
+
+def _prepare_atss(workload: str) -> tuple[dict, dict]:
+    import torch
+
+    from exportable.anchors import AnchorGenerator
+    from lessons.scenes import WORKLOADS, make_workload_batch
+
+    wl = WORKLOADS[workload]
+    per_level = AnchorGenerator(**wl.generator_kwargs()).grid_anchors(wl.featmap_sizes())  # L x (N_l, 4)
+    anchors = torch.cat(per_level)  # (N, 4)
+    level_ids = torch.cat([torch.full((len(a),), i, dtype=torch.int64) for i, a in enumerate(per_level)])  # (N,)
+    gts = make_workload_batch(workload, seed=0)
+    arrays = {"anchors": anchors, "level_ids": level_ids, "gt_boxes": gts.gt_boxes, "gt_labels": gts.gt_labels,
+              "gt_mask": gts.gt_mask}
+    meta = {"batch": wl.batch, "num_priors": int(anchors.shape[0]), "m": wl.m, "num_classes": wl.num_classes,
+            "num_level_priors": [len(a) for a in per_level]}
+    return {k: v.numpy() for k, v in arrays.items()}, meta
+
+
+def _mmdet_gts(arrays: dict):
+    import torch
+
+    mask = torch.from_numpy(arrays["gt_mask"])
+    boxes = [b[m] for b, m in zip(torch.from_numpy(arrays["gt_boxes"]), mask)]
+    labels = [lab[m] for lab, m in zip(torch.from_numpy(arrays["gt_labels"]), mask)]
+    return boxes, labels
+
+
+def _mmdet_outputs(num_classes: int):
+    """mmdetection AssignResults -> our encoding: gt_index (-1 negative), labels (num_classes), overlaps."""
+
+    def outputs_of(results) -> dict:
+        import torch
+
+        inds = torch.stack([r.gt_inds for r in results])  # (B, N) 1-based, 0 negative
+        labels = torch.stack([r.labels for r in results])  # (B, N) -1 non-positive
+        over = torch.stack([r.max_overlaps for r in results]).float()  # (B, N) -inf / 0 for non-positives
+        pos = inds > 0
+        return {"gt_index": torch.where(pos, inds - 1, -1).numpy(),
+                "labels": torch.where(pos, labels, num_classes).numpy(),
+                "overlaps": torch.where(pos, over, 0.0).numpy()}
+
+    return outputs_of
+
+
+def _peer_mmdet_atss(arrays: dict, meta: dict):
+    import torch
+    from mmengine.structures import InstanceData
+
+    assigner = _import_mmdet().build(dict(type="ATSSAssigner", topk=ATSS_TOPK))
+    anchors = torch.from_numpy(arrays["anchors"])
+    boxes, labels = _mmdet_gts(arrays)
+
+    def step():  # image by image, as ATSSHead._get_targets_single
+        return [assigner.assign(InstanceData(priors=anchors), meta["num_level_priors"],
+                                InstanceData(bboxes=b, labels=lab)) for b, lab in zip(boxes, labels)]
+
+    return step, _mmdet_outputs(meta["num_classes"])
+
+
+def _peer_mmdet_simota(arrays: dict, meta: dict):
+    import torch
+    from mmengine.structures import InstanceData
+
+    assigner = _import_mmdet().build(dict(type="SimOTAAssigner", **SIMOTA_CFG))
+    pts, st = torch.from_numpy(arrays["points"]), torch.from_numpy(arrays["strides"])
+    priors = torch.cat([pts, st[:, None], st[:, None]], dim=1)  # (N, 4) centres + strides, as YOLOXHead passes
+    scores, pboxes = torch.from_numpy(arrays["pred_scores"]), torch.from_numpy(arrays["pred_boxes"])
+    boxes, labels = _mmdet_gts(arrays)
+
+    def step():  # image by image, as YOLOXHead._get_targets_single (scores already sqrt(cls * obj))
+        return [assigner.assign(InstanceData(priors=priors, bboxes=pb, scores=sc), InstanceData(bboxes=b, labels=lab))
+                for pb, sc, b, lab in zip(pboxes, scores, boxes, labels)]
+
+    return step, _mmdet_outputs(meta["num_classes"])
+
+
+def _peer_mmdet_tood(arrays: dict, meta: dict):
+    import torch
+    from mmengine.structures import InstanceData
+
+    assigner = _import_mmdet().build(dict(type="TaskAlignedAssigner", topk=TOOD_CFG["topk"]))
+    pts = torch.from_numpy(arrays["points"])
+    priors = torch.cat([pts, pts], dim=1)  # (N, 4) zero-size boxes at the points: TOOD reads only their centres
+    scores, pboxes = torch.from_numpy(arrays["pred_scores"]), torch.from_numpy(arrays["pred_boxes"])
+    boxes, labels = _mmdet_gts(arrays)
+
+    def step():  # image by image, as TOODHead._get_targets_single
+        return [assigner.assign(InstanceData(priors=priors, bboxes=pb, scores=sc), InstanceData(bboxes=b, labels=lab),
+                                alpha=TOOD_CFG["alpha"], beta=TOOD_CFG["beta"])
+                for pb, sc, b, lab in zip(pboxes, scores, boxes, labels)]
+
+    return step, _mmdet_outputs(meta["num_classes"])
+
+
+def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict):
+    """ultralytics' assigner, with its outputs also in our encoding (gt_index, labels, target_scores)."""
+    step, raw = _peer_ultralytics_tal(arrays, meta)
+
+    def outputs_of(res) -> dict:
+        import numpy as np
+
+        out = raw(res)
+        fg = out["fg_mask"].astype(bool)  # (B, N)
+        out["gt_index"] = np.where(fg, out["target_gt_idx"], -1)
+        out["labels"] = np.where(fg, out["target_labels"], meta["num_classes"])
+        out["target_scores_at_label"] = out["target_scores"].sum(-1)  # one nonzero class per anchor
+        return out
+
+    return step, outputs_of
+
+
+def _ours(module_path: str, cls: str, **kwargs):
+    def build():
+        import importlib
+
+        return getattr(importlib.import_module(module_path), cls)(**kwargs)
+
+    return build
+
+
 # -- the registries ----------------------------------------------------------------------------
 
 _CORE_IO = dict(inputs=("anchors", "gt_boxes", "gt_mask"), outputs=("max_overlaps", "argmax"),
@@ -443,6 +570,15 @@ _ASSIGNER_IO = dict(inputs=("anchors", "gt_boxes", "gt_labels", "gt_mask"),
                     parity=(("gt_index", "mmdetection", "gt_inds", _from_mmdet_gt_inds),
                             ("labels", "mmdetection", "labels", _from_mmdet_labels),
                             ("overlaps", "mmdetection", "max_overlaps", None)))
+
+_RESULT = ("gt_index", "labels", "boxes", "overlaps", "target_scores", "weights")
+_MMDET_PARITY = (("gt_index", "mmdetection", "gt_index", None), ("labels", "mmdetection", "labels", None),
+                 ("overlaps", "mmdetection", "overlaps", None))
+_ATSS_IO = dict(inputs=("anchors", "level_ids", "gt_boxes", "gt_labels", "gt_mask"), outputs=_RESULT,
+                dims=(("N", 4), ("N",), ("B", "M", 4), ("B", "M"), ("B", "M")), parity=_MMDET_PARITY)
+_POINT_IO = dict(inputs=("points", "strides", "pred_scores", "pred_boxes", "gt_boxes", "gt_labels", "gt_mask"),
+                 outputs=_RESULT,
+                 dims=(("N", 2), ("N",), ("B", "N", "C"), ("B", "N", 4), ("B", "M", 4), ("B", "M"), ("B", "M")))
 
 SUITES: dict[str, Suite] = {
     "maxiou": Suite(
@@ -468,19 +604,51 @@ SUITES: dict[str, Suite] = {
             "holds B x N x M intermediates.",
         ),
     ),
-    "task_aligned": Suite(
-        name="task_aligned",
-        title="TaskAligned (ultralytics: topk 10, alpha 0.5, beta 6) against ultralytics",
+    "atss": Suite(
+        name="atss",
+        title="ATSS (topk 9) against mmdetection",
+        workloads=("atss-m20", "atss-m100"),
+        prepare=_prepare_atss,
+        peers={"mmdetection": PeerRun(
+            env="mmdet", run=_peer_mmdet_atss,
+            timed="`TASK_UTILS.build(dict(type='ATSSAssigner', topk=9))` `.assign(InstanceData(priors=anchors), "
+                  "num_level_priors, InstanceData(bboxes, labels))`, image by image")},
+        notes=("Inputs: the `atss-m20` / `atss-m100` anchors (one square anchor of side 8 stride per location) and "
+               "`make_workload_batch`, seed 0. Random boxes give distinct IoUs and centre distances except on "
+               "the regular anchor grid, where equal distances can occur: a mismatch count there is a tie order, "
+               "not a different rule (parity is claimed on tie-free inputs).",),
+    ),
+    "simota": Suite(
+        name="simota",
+        title="SimOTA (centre radius 2.5, top-10 dynamic k, IoU weight 3) against mmdetection",
         workloads=("yolox-m20", "yolox-m100"),
         prepare=_prepare_task_aligned,
-        peers={"ultralytics": PeerRun(
-            env="ultralytics", run=_peer_ultralytics_tal,
+        peers={"mmdetection": PeerRun(
+            env="mmdet", run=_peer_mmdet_simota,
+            timed="`TASK_UTILS.build(dict(type='SimOTAAssigner', center_radius=2.5, candidate_topk=10, "
+                  "iou_weight=3.0, cls_weight=1.0))` `.assign(InstanceData(priors=(x, y, stride, stride), bboxes, "
+                  "scores), InstanceData(bboxes, labels))`, image by image")},
+        notes=("Scores are passed as they are (mmdetection's YOLOXHead passes sqrt(cls * obj)); inputs from "
+               "`make_workload_predictions` and `make_workload_batch`, seed 0.",),
+    ),
+    "task_aligned": Suite(
+        name="task_aligned",
+        title="TaskAligned: TOOD (topk 13, alpha 1, beta 6) against mmdetection; ultralytics' variant "
+              "(topk 10, alpha 0.5, beta 6) against ultralytics",
+        workloads=("yolox-m20", "yolox-m100"),
+        prepare=_prepare_task_aligned,
+        peers={"mmdetection": PeerRun(
+            env="mmdet", run=_peer_mmdet_tood,
+            timed="`TASK_UTILS.build(dict(type='TaskAlignedAssigner', topk=13))` `.assign(InstanceData(priors, "
+                  "bboxes, scores), InstanceData(bboxes, labels), alpha=1, beta=6)`, image by image"),
+               "ultralytics": PeerRun(
+            env="ultralytics", run=_peer_ultralytics_tal_ours_encoding,
             timed="`TaskAlignedAssigner(topk=10, num_classes=80, alpha=0.5, beta=6.0, stride=[8, 16, 32])"
                   "(pd_scores, pd_bboxes, anc_points, gt_labels (B, M, 1), gt_bboxes, mask_gt (B, M, 1))`, "
                   "one call on the batch of 16")},
         notes=(
-            "Ours is not measured yet: our TaskAlignedAssigner (`variant=\"ultralytics\"`) lands in a later "
-            "issue; adding it is one entry in `OURS['task_aligned']` of `benchmarks/peers.py`.",
+            "Each peer is compared with our variant of the same name: `ours tood` with mmdetection, "
+            "`ours ultralytics` with ultralytics.",
             "Inputs: `lessons.scenes.make_workload_predictions` (scores uniform in (0, 1), boxes = each point's "
             "square of side 4 stride jittered by +-1 stride) and `make_workload_batch`, seed 0.",
         ),
@@ -504,9 +672,36 @@ OURS: dict[str, dict[str, Ours]] = {
             "onnxruntime", _max_iou_core, **_CORE_IO,
             timed="the exported `AnchorGtMaxIoU` graph, whole batch, onnxruntime CPU EP"),
     },
-    # Our TaskAligned lands in a later issue; then one line here, e.g.
-    # "ours eager": Ours("eager", _task_aligned_ultralytics, inputs=(...), outputs=(...), parity=(...)),
-    "task_aligned": {},
+    "atss": {
+        f"ours ATSSAssigner {b}": Ours(
+            b, _ours("exportable.assigners.atss", "ATSSAssigner", num_classes=80), **_ATSS_IO,
+            timed="`exportable.assigners.atss.ATSSAssigner()(anchors, level_ids, gt_boxes, gt_labels, gt_mask)` on the "
+                  "batch" + (" (eager)" if b == "eager" else ", exported graph on onnxruntime CPU"))
+        for b in ("eager", "onnxruntime")
+    },
+    "simota": {
+        f"ours SimOTAAssigner {b}": Ours(
+            b, _ours("exportable.assigners.simota", "SimOTAAssigner", num_classes=80), **_POINT_IO,
+            parity=_MMDET_PARITY,
+            timed="`exportable.assigners.simota.SimOTAAssigner()(points, strides, pred_scores, pred_boxes, gt_boxes, "
+                  "gt_labels, gt_mask)` on the batch" + (" (eager)" if b == "eager" else ", exported, onnxruntime CPU"))
+        for b in ("eager", "onnxruntime")
+    },
+    "task_aligned": {
+        **{f"ours tood {b}": Ours(
+            b, _ours("exportable.assigners.task_aligned", "TaskAlignedAssigner", num_classes=80), **_POINT_IO,
+            parity=_MMDET_PARITY,
+            timed="`TaskAlignedAssigner(variant='tood')` on the batch" + ("" if b == "eager" else ", onnxruntime CPU"))
+           for b in ("eager", "onnxruntime")},
+        **{f"ours ultralytics {b}": Ours(
+            b, _ours("exportable.assigners.task_aligned", "TaskAlignedAssigner", variant="ultralytics",
+                     num_classes=80), **_POINT_IO,
+            parity=(("gt_index", "ultralytics", "gt_index", None), ("labels", "ultralytics", "labels", None),
+                    ("target_scores", "ultralytics", "target_scores_at_label", None)),
+            timed="`TaskAlignedAssigner(variant='ultralytics')` on the batch" + ("" if b == "eager" else
+                                                                                   ", onnxruntime CPU"))
+           for b in ("eager", "onnxruntime")},
+    },
 }
 
 
