@@ -234,6 +234,15 @@ def _reference_nms(workload: str):
     return lambda: greedy_nms(boxes, scores, thr)
 
 
+def _lessons_reference(lessons_module: str, **params):
+    def reference(workload: str):
+        import importlib
+
+        return importlib.import_module(lessons_module).benchmark_reference(workload, seed=0, **params)
+
+    return reference
+
+
 SUITES: dict[str, Suite] = {
     "iou_max": Suite(
         name="iou_max",
@@ -291,6 +300,25 @@ SUITES: dict[str, Suite] = {
         note="The candidates are the `proposals` workload's first image after decode, clip and top 12,000. "
         "B = 1: times are per call. Reference: `lessons.proposals_and_nms.greedy_nms` (numpy loop over kept "
         "boxes). Goal (issue 5): onnxruntime within 1.25x of eager or faster.",
+    ),
+    "roi_head_targets": Suite(
+        name="roi_head_targets",
+        title="RoI-head sampling (ProposalTargetCreator): 2,000 proposals + gts -> 128 samples, 25 % positives",
+        workloads=("rpn-m20",),
+        build=_lessons_case("roi_head_targets", "lessons.roi_head_sampling"),
+        reference=_lessons_reference("lessons.roi_head_sampling"),
+        note="`lessons.roi_head_sampling.benchmark_case`: the `rpn-m20` gts (B = 8, M = 20) with 2,000 synthetic "
+        "proposals per image (a quarter jittered gts). Reference: `lessons.roi_head_sampling.ProposalTargetCreator` "
+        "once per image, as simple-faster-rcnn calls it.",
+    ),
+    "roi_align": Suite(
+        name="roi_align",
+        title="RoIAlign: 2,000 RoIs (2 images x 1,000), 7 x 7 bins, 256 channels, sampling_ratio 2, aligned",
+        workloads=("proposals",),
+        build=_lessons_case("roi_align", "lessons.roi_head_sampling", component="roi_align"),
+        note="Features `(2, 256, 38, 63)` (a 600 x 1000 image at stride 16), RoIs from the `roi_head_targets` case. "
+        "Eager: one batched bilinear gather (`embedding_bag`); onnxruntime: one `RoiAlign` node (opset 16, "
+        "half_pixel, avg). Times per image (1,000 RoIs).",
     ),
 }
 

@@ -853,6 +853,10 @@ _ENTRIES += (
 # ``catalog_entries() -> tuple[Entry, ...]`` (it imports Entry / TensorSpec from here lazily).
 # Order = the learning path.
 _ENTRY_MODULES: tuple[str, ...] = (
+    "exportable.roi_head",
+    "exportable.assigners.atss",
+    "exportable.assigners.simota",
+    "exportable.assigners.o2f",
 )
 
 

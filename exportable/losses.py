@@ -35,10 +35,14 @@ from torch import Tensor, nn
 from exportable._checks import check_float, check_integer, check_scalar, check_shape, checks_enabled
 
 __all__ = [
+    "O2FLoss",
+    "O2FLosses",
     "RetinaNetLoss",
     "RetinaNetLosses",
+    "centerness_target",
     "flatten_levels",
     "l1_loss",
+    "o2f_classification_loss",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "weight_reduce_loss",
@@ -403,3 +407,186 @@ def _check_loss_inputs(cls_logits, bbox_deltas, labels, label_weights, bbox_targ
         check_shape("num_total_pos", num_total_pos, ())
         if int(num_total_pos) < 1:
             raise ValueError(f"num_total_pos: the avg_factor must be >= 1, got {int(num_total_pos)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# O2F's loss (Li et al., CVPR 2023; the authors' ``strongwolf/o2f`` ``sfl.py`` and ``O2FHead.loss``)
+#
+# On PROBABILITIES p = sigmoid(cls) * sigmoid(ctr) (the score the assigner ranks and inference keeps), with
+# the targets of :class:`exportable.assigners.o2f.O2FAssigner` (``reference/algorithms.md`` §11.3):
+#
+#   1. every (point, class) entry: 0.75 * p^2 * BCE(p, 0)            (QFL's negative term, beta = 2)
+#   2. at (positive point, its class) that entry is REPLACED by w * BCE(p, t): t = 1, w = 1 for the certain
+#      positive, t = p_j / max p * T, w = 0.4 for ambiguous anchors (no |t - p|^beta factor on positives)
+#   3. loss_cls = sum / max(#positives, 1)
+#   4. loss_bbox = 2.0 * sum_pos c * (1 - GIoU(pred, gt)) / max(sum_pos c, 1e-6) over ALL positives, with c
+#      the FCOS centerness of the point in its gt: sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))
+#
+# BCE is torch's ``binary_cross_entropy`` on probabilities: ``(t - 1) max(log1p(-p), -100) - t max(log p, -100)``.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class O2FLosses(NamedTuple):
+    """``loss_cls`` and ``loss_bbox`` of O2F, each a 0-d tensor."""
+
+    loss_cls: Float[Tensor, ""]
+    loss_bbox: Float[Tensor, ""]
+
+
+def _bce_prob(p: Tensor, t: Tensor | float) -> Tensor:
+    """torch's ``binary_cross_entropy(p, t)`` on probabilities, written out (logs clamped at -100)."""
+    log_p = torch.log(p).clamp(min=-100.0)  # (...)
+    log_q = torch.log1p(-p).clamp(min=-100.0)  # (...) log(1 - p)
+    return (t - 1) * log_q - t * log_p  # (...)
+
+
+def o2f_classification_loss(
+    pred_scores: Float[Tensor, "*batch C"],
+    labels: Int[Tensor, " *batch"],
+    target_scores: Float[Tensor, " *batch"],
+    weights: Float[Tensor, " *batch"],
+    *,
+    neg_weight: float = 0.75,
+    beta: float = 2.0,
+) -> Float[Tensor, "*batch C"]:
+    """Elementwise O2F classification loss ``(..., C)`` (the authors' ``quality_focal_loss_with_prob``).
+
+    ``neg_weight * p^beta * BCE(p, 0)`` everywhere, replaced at ``(row, labels[row])`` of positive rows
+    (``labels < C``) by ``weights[row] * BCE(p, target_scores[row])``. ``pred_scores`` are probabilities.
+    """
+    c = pred_scores.shape[-1]
+    p = pred_scores
+    scale = p * p if beta == 2.0 else p.pow(beta)  # (..., C) torch's pow(2) is this product
+    negative = _bce_prob(p, 0.0) * scale * neg_weight  # (..., C)
+    positive = labels < c  # (...)
+    safe = torch.where(positive, labels, 0)  # (...) any class for negatives; masked below
+    p_pos = torch.gather(p, -1, safe.unsqueeze(-1)).squeeze(-1)  # (...) p at the row's class
+    t = target_scores.to(p.dtype)  # (...)
+    pos_term = weights.to(p.dtype) * _bce_prob(p_pos, t)  # (...)
+    onehot = (labels.unsqueeze(-1) == torch.arange(c, device=labels.device)) & positive.unsqueeze(-1)  # (..., C)
+    return torch.where(onehot, pos_term.unsqueeze(-1), negative)  # (..., C)
+
+
+def centerness_target(
+    points: Float[Tensor, "*batch 2"], boxes: Float[Tensor, "*batch 4"]
+) -> Float[Tensor, " *batch"]:
+    """FCOS centerness ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` of points in their boxes.
+
+    ``(l, t, r, b)`` are the distances from the point to the box ``(x1, y1, x2, y2)``'s sides; for a point
+    strictly inside they are all > 0 (O2F's positives). Rows with a zero max give 0 instead of NaN.
+    """
+    left = points[..., 0] - boxes[..., 0]  # (...)
+    top = points[..., 1] - boxes[..., 1]  # (...)
+    right = boxes[..., 2] - points[..., 0]  # (...)
+    bottom = boxes[..., 3] - points[..., 1]  # (...)
+    lr_max = torch.maximum(left, right)  # (...)
+    tb_max = torch.maximum(top, bottom)  # (...)
+    ok = (lr_max > 0) & (tb_max > 0)  # (...)
+    ratio = (torch.minimum(left, right) / torch.where(ok, lr_max, 1.0)) * (
+        torch.minimum(top, bottom) / torch.where(ok, tb_max, 1.0)
+    )  # (...)
+    return torch.where(ok, ratio.clamp(min=0), 0.0).sqrt()  # (...)
+
+
+class O2FLoss(nn.Module):
+    """O2F's loss (the authors' ``SoftFocalLoss`` + centerness-weighted GIoU), batched and exportable.
+
+    Args:
+        neg_weight, beta: the negative term ``neg_weight * p^beta * BCE(p, 0)`` (0.75, 2).
+        loss_cls_weight: weight of ``loss_cls`` (1.0).
+        loss_bbox_weight: weight of the GIoU loss (the authors' config: 2.0).
+        giou_eps: eps of the GIoU's union and enclosing area (mmdetection 1e-6).
+        avg_factor_eps: added to both normalisers (0; later mmdetection 2.x adds float32 eps).
+
+    ``forward(pred_scores (B, N, C), pred_boxes (B, N, 4), points (N, 2), labels (B, N), target_scores (B, N),
+    weights (B, N), target_boxes (B, N, 4))`` returns :class:`O2FLosses`. ``pred_scores`` are PROBABILITIES
+    ``sigmoid(cls) * sigmoid(ctr)``; ``pred_boxes`` the decoded predicted boxes ``(x1, y1, x2, y2)``; the
+    targets are :class:`~exportable.assigners.o2f.O2FAssigner`'s ``labels`` (C = background),
+    ``target_scores``, ``weights`` (read at positives only) and ``boxes``.
+
+    Where it differs from the authors' code on purpose: a batch without any positive gives ``loss_bbox = 0``
+    (theirs returns the sum of all predicted distances, which is not a loss). The box term is computed
+    between ``pred_boxes`` and the gt box decoded back from the point's ``(l, t, r, b)`` target, as theirs.
+    Sums accumulate in float64 per row (as :class:`RetinaNetLoss`), so onnxruntime's reduction order does
+    not show.
+    """
+
+    def __init__(
+        self,
+        neg_weight: float = 0.75,
+        beta: float = 2.0,
+        loss_cls_weight: float = 1.0,
+        loss_bbox_weight: float = 2.0,
+        giou_eps: float = 1e-6,
+        avg_factor_eps: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.neg_weight = check_scalar("neg_weight", neg_weight, low=0.0)
+        self.beta = check_scalar("beta", beta, low=0.0)
+        self.loss_cls_weight = check_scalar("loss_cls_weight", loss_cls_weight)
+        self.loss_bbox_weight = check_scalar("loss_bbox_weight", loss_bbox_weight)
+        self.giou_eps = check_scalar("giou_eps", giou_eps, low=0.0)
+        self.avg_factor_eps = check_scalar("avg_factor_eps", avg_factor_eps, low=0.0)
+
+    def forward(
+        self,
+        pred_scores: Float[Tensor, "B N C"],
+        pred_boxes: Float[Tensor, "B N 4"],
+        points: Float[Tensor, "N 2"],
+        labels: Int[Tensor, "B N"],
+        target_scores: Float[Tensor, "B N"],
+        weights: Float[Tensor, "B N"],
+        target_boxes: Float[Tensor, "B N 4"],
+    ) -> O2FLosses:
+        from exportable.boxes import _box_giou
+
+        if checks_enabled():
+            _check_o2f_inputs(pred_scores, pred_boxes, points, labels, target_scores, weights, target_boxes)
+        c = pred_scores.shape[-1]
+        positive = labels < c  # (B, N)
+        num_pos = positive.sum().to(pred_scores.dtype).clamp(min=1.0)  # () avg_factor, at least 1
+        # 1.-3. classification: negatives everywhere, replaced at (positive, its class)
+        cls = o2f_classification_loss(pred_scores, labels, target_scores, weights, neg_weight=self.neg_weight,
+                                      beta=self.beta)  # (B, N, C)
+        loss_cls = _total(cls) / (num_pos + self.avg_factor_eps) * self.loss_cls_weight  # ()
+        # 4. GIoU on every positive, weighted by the centerness of the point in its gt
+        pos4 = positive.unsqueeze(-1)  # (B, N, 1)
+        unit = target_boxes.new_tensor([0.0, 0.0, 1.0, 1.0])  # (4,) a safe box for non-positive rows
+        gts = torch.where(pos4, target_boxes, unit)  # (B, N, 4)
+        pts = points.unsqueeze(0).expand_as(gts[..., :2])  # (B, N, 2)
+        center = torch.where(positive, centerness_target(pts, gts), 0.0)  # (B, N)
+        ltrb = torch.cat([pts - gts[..., :2], gts[..., 2:] - pts], dim=-1)  # (B, N, 4) the authors' targets
+        decoded = torch.cat([pts - ltrb[..., :2], pts + ltrb[..., 2:]], dim=-1)  # (B, N, 4) decoded back
+        giou = _box_giou(pred_boxes, decoded, aligned=True, eps=self.giou_eps)  # (B, N)
+        box = torch.where(positive, center * (1 - giou), 0.0)  # (B, N)
+        denom = _total(center.unsqueeze(-1)).clamp(min=1e-6)  # () sum of centerness, at least 1e-6
+        loss_bbox = _total(box.unsqueeze(-1)) / (denom + self.avg_factor_eps) * self.loss_bbox_weight  # ()
+        return O2FLosses(loss_cls, loss_bbox)
+
+
+def _check_o2f_inputs(pred_scores, pred_boxes, points, labels, target_scores, weights, target_boxes) -> None:
+    check_float("pred_scores", pred_scores)
+    check_shape("pred_scores", pred_scores, ("B", "N", "C"))
+    b, n, c = pred_scores.shape
+    if c < 1:
+        raise ValueError(f"pred_scores: need C >= 1 classes, got shape {tuple(pred_scores.shape)}")
+    if pred_scores.numel():
+        low, high = torch.aminmax(pred_scores.detach())
+        if float(low) < 0 or float(high) > 1:
+            raise ValueError("pred_scores: expected probabilities in [0, 1] (sigmoid(cls) * sigmoid(ctr), not logits)")
+    check_float("pred_boxes", pred_boxes)
+    check_shape("pred_boxes", pred_boxes, (b, n, 4))
+    check_float("points", points)
+    check_shape("points", points, (n, 2))
+    check_integer("labels", labels)
+    check_shape("labels", labels, (b, n))
+    if labels.numel() and bool(((labels < 0) | (labels > c)).any()):
+        raise ValueError(f"labels: expected classes in [0, {c}] ({c} = background)")
+    check_float("target_scores", target_scores)
+    check_shape("target_scores", target_scores, (b, n))
+    if target_scores.numel() and bool(((target_scores < 0) | (target_scores > 1)).any()):
+        raise ValueError("target_scores: expected soft targets in [0, 1]")
+    check_float("weights", weights)
+    check_shape("weights", weights, (b, n))
+    check_float("target_boxes", target_boxes)
+    check_shape("target_boxes", target_boxes, (b, n, 4))

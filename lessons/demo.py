@@ -229,6 +229,10 @@ SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
 # ``demo_scene_inputs() -> dict[str, Callable[[Context], tuple[Tensor, ...]]]`` (it imports
 # Context's helpers from here lazily).
 _SCENE_INPUT_MODULES: tuple[str, ...] = (
+    "lessons.roi_head_sampling",
+    "lessons.atss",
+    "lessons.simota",
+    "lessons.o2f",
 )
 
 

@@ -30,18 +30,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lessons.rpn_anchor_targets import get_inside_index
+from lessons.rpn_anchor_targets import bbox2loc, bbox_iou, get_inside_index
 
 __all__ = [
+    "CrowdScene",
+    "NMSStep",
     "ProposalCreator",
     "ProposalResult",
     "class_aware_nms",
+    "class_aware_soft_nms",
     "clip_bbox",
+    "crowd_scene",
     "funnel_counts",
     "greedy_nms",
     "iou_one_to_many",
     "loc2bbox",
     "mmdet_proposals",
+    "nms_trace",
+    "oracle_rpn_outputs",
     "soft_nms",
 ]
 
@@ -314,3 +320,143 @@ def funnel_counts(
     f = result.funnel
     return {"anchors": f["anchors"], "inside": inside, "min_size": f["min_size"], "pre_nms": f["pre_nms"],
             "nms": f["nms"], "post_nms": f["post_nms"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 03 helpers: a stand-in RPN, NMS step by step, a crowded scene for Soft-NMS
+# --------------------------------------------------------------------------------------------
+
+
+def oracle_rpn_outputs(
+    anchor: Tensor, bbox: Tensor, seed: int = 0, *, pull: float = 0.5, loc_noise: float = 0.1,
+    score_noise: float = 0.1,
+) -> tuple[Tensor, Tensor]:
+    """A stand-in for a TRAINED RPN on one image (we have none): ``(score (N,), loc (N, 4))``.
+
+    - ``score = clamp(best IoU of the anchor with any gt + U(0, score_noise), 0, 1)``: objectness
+      PROBABILITIES that are high where an anchor fits an object, with a little noise so that no two
+      anchors tie;
+    - ``loc = pull * encode(anchor, its best gt) + N(0, loc_noise^2)`` for anchors that overlap a gt
+      (``pull = 0.5``: each box moves half-way onto its gt), noise only for the others.
+
+    ``anchor (N, 4)``, ``bbox (R, 4)`` ``(x1, y1, x2, y2)`` pixels (``R = 0`` allowed: noise only).
+    Draw order from a ``torch.Generator`` seeded with ``seed``: ``randn(N, 4)``, then ``rand(N)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = anchor.shape[0]
+    jitter = torch.randn(n, 4, generator=g) * loc_noise  # (N, 4)
+    bonus = torch.rand(n, generator=g) * score_noise  # (N,)
+    if bbox.shape[0] == 0 or n == 0:
+        return bonus.clamp(0, 1), jitter
+    ious = bbox_iou(anchor, bbox)  # (N, R)
+    best, arg = ious.max(dim=1)  # (N,)
+    target = bbox2loc(anchor, bbox[arg])  # (N, 4)
+    loc = torch.where((best > 0)[:, None], pull * target, torch.zeros_like(target)) + jitter
+    return (best + bonus).clamp(0, 1), loc
+
+
+@dataclass
+class NMSStep:
+    """One round of greedy NMS: the box ``kept``, the boxes it ``suppressed`` (with their ``ious`` to it)
+    and the boxes still ``remaining`` afterwards, in score order (indices into the input)."""
+
+    kept: int
+    suppressed: list[int]
+    ious: list[float]
+    remaining: list[int]
+
+
+def nms_trace(boxes: Tensor, scores: Tensor, iou_thresh: float = 0.7) -> list[NMSStep]:
+    """:func:`greedy_nms`, one :class:`NMSStep` per kept box (for tables and figures).
+
+    The kept boxes, in order, are exactly ``greedy_nms(boxes, scores, iou_thresh)``.
+    """
+    b = boxes.detach().float().numpy()
+    s = scores.detach().float().tolist()
+    alive = np.array(sorted(range(len(s)), key=lambda i: (-s[i], i)), dtype=np.int64)
+    thr = np.float32(iou_thresh)
+    steps: list[NMSStep] = []
+    while len(alive):
+        best, rest = int(alive[0]), alive[1:]
+        u = iou_one_to_many(b[best], b[rest])
+        gone = u > thr
+        alive = rest[~gone]
+        steps.append(NMSStep(best, rest[gone].tolist(), [float(v) for v in u[gone]], alive.tolist()))
+    return steps
+
+
+def class_aware_soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, **soft_kwargs) -> tuple[Tensor, Tensor]:
+    """:func:`soft_nms` per class: ``(kept indices, decayed scores)``, highest decayed score first.
+
+    Boxes of different classes never decay each other. ``soft_kwargs`` go to :func:`soft_nms`
+    (``method``, ``iou_thresh``, ``sigma``, ``score_thresh``). Equal scores: the lower index first.
+    """
+    keep: list[int] = []
+    kept_scores: list[float] = []
+    for c in sorted(set(labels.tolist())):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        k, s = soft_nms(boxes[idx], scores[idx], **soft_kwargs)
+        keep += idx[k].tolist()
+        kept_scores += s.tolist()
+    order = sorted(range(len(keep)), key=lambda i: (-kept_scores[i], keep[i]))
+    return (torch.tensor([keep[i] for i in order], dtype=torch.int64),
+            torch.tensor([kept_scores[i] for i in order], dtype=torch.float32))
+
+
+@dataclass
+class CrowdScene:
+    """A hand-made scene where plain NMS fails, with a detector's raw (pre-NMS) detections.
+
+    ``hw`` the canvas ``(H, W)``; gts ``gt_boxes (M, 4)``, ``gt_labels (M,)``, ``class_names``;
+    detections ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)`` and ``source (D,)``: the gt each
+    detection was made from. Boxes ``(x1, y1, x2, y2)`` pixels.
+    """
+
+    hw: tuple[int, int]
+    gt_boxes: Tensor
+    gt_labels: Tensor
+    class_names: list[str]
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    source: Tensor
+
+
+def crowd_scene() -> CrowdScene:
+    """Two failure cases of greedy NMS at IoU 0.5, on a 320 x 480 canvas.
+
+    - gt 0 and gt 1: two people, one half behind the other (IoU 0.59, the same class): greedy NMS,
+      class-aware or not, removes the one behind; Soft-NMS only lowers its score.
+    - gt 2 and gt 3: a motorcyclist seen from the front and the motorcycle (IoU 0.56, different classes):
+      class-agnostic NMS removes the motorcycle; class-aware NMS keeps it.
+
+    Each gt gets four detections: a close one (score ``s``) and three sloppier duplicates
+    (``s - 0.15``, ``s - 0.25``, ``s - 0.35``); ``s`` = 0.95, 0.80 (the occluded person), 0.90, 0.85.
+    """
+    gt_boxes = torch.tensor([
+        [60.0, 50.0, 150.0, 290.0],  # 0: person in front
+        [80.0, 60.0, 170.0, 300.0],  # 1: person behind (IoU 0.59 with 0)
+        [300.0, 40.0, 400.0, 250.0],  # 2: motorcyclist
+        [295.0, 100.0, 405.0, 290.0],  # 3: motorcycle (IoU 0.56 with 2)
+    ])
+    gt_labels = torch.tensor([0, 0, 0, 1])
+    best = [0.95, 0.80, 0.90, 0.85]
+    shifts = torch.tensor([  # (x1, y1, x2, y2) offsets of the four detections of a gt, in px
+        [2.0, -2.0, 1.0, 2.0],
+        [5.0, -4.0, 6.0, 3.0],
+        [-4.0, 4.0, -3.0, -5.0],
+        [6.0, 5.0, 3.0, 7.0],
+    ])
+    drops = [0.0, 0.15, 0.25, 0.35]
+    boxes, scores, labels, source = [], [], [], []
+    for j in range(len(gt_boxes)):
+        for shift, drop in zip(shifts, drops):
+            boxes.append(gt_boxes[j] + shift)
+            scores.append(best[j] - drop)
+            labels.append(int(gt_labels[j]))
+            source.append(j)
+    return CrowdScene(
+        hw=(320, 480), gt_boxes=gt_boxes, gt_labels=gt_labels, class_names=["person", "motorcycle"],
+        boxes=torch.stack(boxes), scores=torch.tensor(scores, dtype=torch.float32),
+        labels=torch.tensor(labels, dtype=torch.int64), source=torch.tensor(source, dtype=torch.int64),
+    )

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from exportable.anchors import AnchorGenerator
 from lessons.retinanet_targets import max_iou_assign
@@ -43,6 +45,8 @@ from lessons.retinanet_targets import max_iou_assign
 __all__ = [
     "AnchorTargetCreator",
     "AnchorTargets",
+    "RPNHead",
+    "RPNHeadOutput",
     "bbox2loc",
     "bbox_iou",
     "choose_by_noise",
@@ -354,3 +358,67 @@ def count_inside(image_hw: tuple[int, int] = (600, 1000), center_offset: float =
         key = f"inside_{round(float(base[2] - base[0]))}x{round(float(base[3] - base[1]))}"
         out[key] = int(flags[k::a].sum())
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# What the RPN outputs: the 18 and 36 channels (notebook 02, section 1)
+# --------------------------------------------------------------------------------------------
+
+
+class RPNHeadOutput(NamedTuple):
+    """The RPN head's outputs for ``B`` images, one row per anchor in the anchors' order.
+
+    ``rpn_locs (B, H * W * A, 4)`` predicted ``(dx, dy, dw, dh)``; ``rpn_scores (B, H * W * A, 2)``
+    logits ``(background, foreground)``; ``rpn_fg_scores (B, H * W * A)`` the softmax foreground
+    probability, the one number per anchor that :class:`lessons.proposals_and_nms.ProposalCreator` and
+    :class:`exportable.rpn.ProposalCreator` read. Row ``(y * W + x) * A + a`` belongs to anchor ``a`` of
+    feature-map cell ``(y, x)``.
+    """
+
+    rpn_locs: Tensor
+    rpn_scores: Tensor
+    rpn_fg_scores: Tensor
+
+
+class RPNHead(nn.Module):
+    """The head of simple-faster-rcnn's ``RegionProposalNetwork``: where the 18 and 36 channels come from.
+
+    A 3 x 3 conv (``in_channels -> mid_channels``, ReLU) slides over the backbone's feature map
+    ``(B, 512, H, W)``; two 1 x 1 convs read every cell:
+
+    - ``score``: ``2 * A`` channels (18 for A = 9): a (background, foreground) pair of logits per anchor,
+      channel ``2 * a + k``;
+    - ``loc``: ``4 * A`` channels (36): ``(dx, dy, dw, dh)`` per anchor, channel ``4 * a + c``.
+
+    ``forward`` moves the channels last and flattens ``(B, H, W, A, k)`` to ``(B, H * W * A, k)``:
+    location-major, anchor-minor, the order of :func:`faster_rcnn_anchors`. Weights are drawn from
+    N(0, 0.01^2) as simple-faster-rcnn initialises them (``seed`` makes them reproducible), biases 0;
+    an untrained head therefore says "foreground: 0.5" everywhere.
+
+    Peers: torchvision's ``RPNHead`` (``conv``, ``cls_logits`` with A channels, ``bbox_pred`` with 4A)
+    and mmdetection's ``RPNHead`` (``rpn_conv``, ``rpn_cls`` with A channels, ``rpn_reg`` with 4A) use
+    one sigmoid logit per anchor instead of a softmax pair: 9 + 36 channels. softmax of a pair is the
+    sigmoid of the difference of its logits, so both give one probability per anchor.
+    py-faster-rcnn (Caffe) orders its 18 channels differently: all 9 background logits, then all 9
+    foreground logits.
+    """
+
+    def __init__(self, in_channels: int = 512, mid_channels: int = 512, n_anchor: int = 9, seed: int = 0) -> None:
+        super().__init__()
+        self.n_anchor = n_anchor
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, 1, 1)
+        self.score = nn.Conv2d(mid_channels, n_anchor * 2, 1, 1, 0)
+        self.loc = nn.Conv2d(mid_channels, n_anchor * 4, 1, 1, 0)
+        g = torch.Generator().manual_seed(seed)
+        for layer in (self.conv1, self.score, self.loc):
+            nn.init.normal_(layer.weight, 0.0, 0.01, generator=g)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> RPNHeadOutput:
+        """``x (B, C, H, W)`` feature map -> :class:`RPNHeadOutput` with ``H * W * A`` rows per image."""
+        n, _, hh, ww = x.shape
+        h = F.relu(self.conv1(x))  # (B, mid, H, W)
+        rpn_locs = self.loc(h).permute(0, 2, 3, 1).reshape(n, -1, 4)  # (B, 4A, H, W) -> (B, H * W * A, 4)
+        rpn_scores = self.score(h).permute(0, 2, 3, 1).reshape(n, hh, ww, self.n_anchor, 2)  # (B, H, W, A, 2)
+        rpn_fg_scores = F.softmax(rpn_scores, dim=4)[..., 1].reshape(n, -1)  # (B, H * W * A)
+        return RPNHeadOutput(rpn_locs, rpn_scores.reshape(n, -1, 2), rpn_fg_scores)

@@ -1,0 +1,613 @@
+"""O2F: one-to-few label assignment (Li et al., CVPR 2023), batched and exportable.
+
+Shape shorthand: ``B`` images, ``N`` points (all FPN levels concatenated, shared by the batch), ``M`` gts
+per image (padded), ``C`` classes, ``K`` = ``min(topk, N)`` slots per gt. Boxes are ``(x1, y1, x2, y2)``
+in absolute pixels, float32, ``x1 <= x2``; points are ``(x, y)`` cell centres. Returns
+:class:`~exportable.assigners.result.AssignResult` (``gt_index`` 0-based, -1 negative; no ignored
+points; ``labels`` = ``num_classes`` for every non-positive).
+
+The steps are the authors' ``O2FHead._get_target_single_o2o`` (``strongwolf/o2f``; numbers as in
+``reference/algorithms.md`` §11.2), with ``p`` = ``sigmoid(cls) * sigmoid(ctr)`` (``pred_scores``):
+
+1. ``p[m, n]`` = the score of point n at gt m's class; ``u[m, n]`` = IoU(predicted box n, gt m).
+2. Matching quality ``q = p^(1 - alpha) * u^alpha``, ``alpha = 0.8``.
+3. Candidates: FCOS centre sampling. The square of half-side ``1.5 * stride`` (the point's own stride)
+   around the gt's centre, clipped to the gt box; the point must lie strictly inside. Points of every
+   level qualify. ``q`` and ``u`` are 0 outside.
+4. Per gt: ``k = min(#{candidates with u > 0}, topk)`` (``topk = 7``); the ``k`` largest ``q`` are the
+   gt's picks (one top-k of constant ``K`` plus the rank mask ``rank < k``).
+5. Conflicts: a point picked by several gts goes to the one with the largest ``q`` (first gt on ties);
+   points whose best picked ``q`` is ``> 0`` are positive.
+6. Per gt, over the positives it finally keeps: the **certain** positive is the one with the highest ``q``
+   (target 1, weight 1); the others are **ambiguous** (target ``p_j / max_{ambiguous} p * T``, weight
+   0.4). ``T`` = ``soft_ceiling``, the epoch's ceiling (:func:`soft_ceiling`, 0.6 -> 0.2).
+7. Targets: ``labels`` = the gt's class, ``boxes`` = the gt box, ``overlaps`` = IoU of the predicted box
+   with that gt, ``target_scores`` = 1 / soft label, ``weights`` = 1 / 0.4 for positives; negatives get
+   target 0 and weight 1 (their loss term ``0.75 p^2 BCE(p, 0)`` is not weighted).
+
+How the batched version gets the authors' numbers (decisions):
+
+- **Ranking key.** ``q`` is only ever compared (top-k, conflicts, certain pick), never output, so any
+  strictly increasing function of it ranks the same. We rank by ``q^(1/(1-alpha)) = p * u^(alpha/(1-alpha))``
+  (``p * u^4`` at alpha 0.8) in float64, built from multiplications only: the same order as the authors'
+  ``q`` in exact arithmetic, bit-identical in eager and onnxruntime (``Pow`` differs by an ulp between
+  them), and no underflow (``u^4`` of a float32 IoU stays far above float64's smallest number). The
+  authors' float32 ``q`` can tie or swap two candidates within an ulp; their order there is the
+  backend's sort order anyway. A non-integer ``alpha/(1-alpha)`` falls back to a float64 ``pow``.
+- **Centre region.** ``px - max(cx - r, x1) > 0`` (the authors' form) is evaluated as
+  ``px > max(cx - r, x1)``: the same for IEEE floats, one pass fewer.
+- **Certain pick after conflicts.** The positives a gt keeps are a subset of its own top-k list, which
+  is already sorted by ``q`` (ties: lower point index first): the certain positive is the first
+  surviving slot of that list (a cumulative count), the ambiguous ones the other survivors; their max
+  ``p`` is a masked max over ``K`` slots. No sort after the top-k.
+- **Writing back.** Each positive point has exactly one surviving (gt, slot) entry; one scatter writes
+  the survivors' soft label, weight and IoU into ``(B, N + 1)`` (non-survivors go to the extra column,
+  which is dropped).
+- **Ties** follow the package's rule everywhere (lower index first): top-k by point index, conflicts by
+  gt index. The authors' ``torch.topk`` / ``max`` / ``sort`` leave ties to the backend.
+
+Two paths, one set of numbers. The exported graph is dense and static: ``(B, M, N)`` pairs, one top-k
+per gt, masks (:meth:`O2FAssigner._assign_dense`). Eager visits only the points in an x-strip around each
+gt (points sorted by x once, ``searchsorted``), runs the exact region test there, and does steps 4-6 with
+stable sorts on the few candidate pairs (a few dozen per gt instead of all N;
+:meth:`O2FAssigner._assign_sparse`). Every float is computed by the same elementwise operations on the
+same values in both, so the results are bit-identical (tests compare both paths and onnxruntime).
+Edge cases: no gts / all-padding images / gts whose region holds no point with ``u > 0`` get no
+positive (the authors' code crashes on images without gts, §11.2 step 8); zero-area gts have an empty
+region.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from exportable._checks import (
+    check_boxes,
+    check_float,
+    check_scalar,
+    check_shape,
+    check_tensor,
+    checks_enabled,
+    exporting,
+)
+from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
+from exportable.batching import check_gt_batch, ensure_gt_rows
+from exportable.boxes import _box_iou
+from exportable.ordering import _topk, rank_mask
+
+__all__ = ["O2FAssigner", "soft_ceiling", "quality_key", "center_region"]
+
+MAX_T, MIN_T = 0.6, 0.2  # the authors' soft-label ceiling at the first and at the last epoch
+
+
+def soft_ceiling(
+    epoch: int, max_epoch: int, max_t: float = MAX_T, min_t: float = MIN_T, *, dtype: torch.dtype = torch.float32
+) -> Float[Tensor, ""]:
+    """``T(e) = (min_t - max_t) / (max_epoch - 1) * e + max_t`` as a 0-d tensor (the assigner's input).
+
+    ``epoch`` is 0-based and constant within an epoch (the authors' ``HeadHook`` sets it before each
+    epoch): 0.6 in the first epoch, 0.2 in the last (``max_epoch - 1``), linear in between. The value is
+    computed in Python floats as the authors' ``ff`` lambda does, then rounded to ``dtype``.
+    """
+    if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 2:
+        raise ValueError(f"max_epoch: expected an int >= 2 (T divides by max_epoch - 1), got {max_epoch!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < max_epoch:
+        raise ValueError(f"epoch: expected a 0-based int in [0, {max_epoch - 1}], got {epoch!r}")
+    max_t = check_scalar("max_t", max_t, low=0.0, high=1.0)
+    min_t = check_scalar("min_t", min_t, low=0.0, high=1.0)
+    return torch.tensor((min_t - max_t) / (max_epoch - 1) * epoch + max_t, dtype=dtype)
+
+
+def quality_key(prob: Tensor, iou: Tensor, alpha: float = 0.8) -> Tensor:
+    """The ranking key ``q^(1/(1-alpha)) = prob * iou^(alpha/(1-alpha))`` in float64 (see the module doc).
+
+    Strictly increasing in the authors' ``q = prob^(1-alpha) * iou^alpha`` for ``prob, iou >= 0``, and 0
+    exactly where ``q`` is 0. Integer exponents are computed by repeated squaring (multiplications only).
+    """
+    p = prob.to(torch.float64)
+    u = iou.to(torch.float64)
+    beta = alpha / (1.0 - alpha)
+    if abs(beta - round(beta)) < 1e-9 and round(beta) >= 0:
+        return p * _int_pow(u, int(round(beta)))
+    return p * u.pow(beta)
+
+
+def _int_pow(x: Tensor, e: int) -> Tensor:
+    """``x ** e`` for an int ``e >= 0`` by repeated squaring: IEEE multiplications only."""
+    result: Tensor | None = None
+    base = x
+    while e:
+        if e & 1:
+            result = base if result is None else result * base
+        e >>= 1
+        if e:
+            base = base * base
+    return torch.ones_like(x) if result is None else result
+
+
+def center_region(
+    points: Float[Tensor, "N 2"],
+    radius: Float[Tensor, " N"],
+    gt_boxes: Float[Tensor, "B M 4"],
+) -> Bool[Tensor, "B M N"]:
+    """FCOS centre sampling: point n lies strictly inside gt m's centre square clipped to the box.
+
+    The square has half-side ``radius[n]`` (``1.5 * stride`` of the point's level) around the box centre
+    ``((x1 + x2) / 2, (y1 + y2) / 2)``; it is clipped to the box, so a point inside the region is inside
+    the gt. The authors test ``px - max(cx - r, x1) > 0`` etc.; ``px > max(cx - r, x1)`` is the same.
+    """
+    px = points[:, 0]  # (N,)
+    py = points[:, 1]  # (N,)
+    x1, y1, x2, y2 = (gt_boxes[..., i].unsqueeze(-1) for i in range(4))  # 4 x (B, M, 1)
+    cx = (x1 + x2) / 2  # (B, M, 1)
+    cy = (y1 + y2) / 2  # (B, M, 1)
+    inside = px > torch.maximum(cx - radius, x1)  # (B, M, N) left side
+    inside &= px < torch.minimum(cx + radius, x2)  # (B, M, N) right side
+    inside &= py > torch.maximum(cy - radius, y1)  # (B, M, N) top side
+    inside &= py < torch.minimum(cy + radius, y2)  # (B, M, N) bottom side
+    return inside
+
+
+class O2FAssigner(nn.Module):
+    """One certain positive and a few ambiguous anchors per gt, with soft labels that decay over training.
+
+    Args:
+        topk: K, the most points a gt picks (certain + ambiguous): 7 on COCO, 4 on CrowdHuman
+            (the authors' ``o2f_topk``).
+        alpha: ``q = p^(1 - alpha) * IoU^alpha`` (the authors' ``poto_alpha``, 0.8); ``0 < alpha < 1``.
+        center_radius: half-side of the centre square in strides (FCOS ``center_sample_radius``, 1.5).
+        certain_weight: classification weight of the certain positive (``max_soft_weight``, 1.0).
+        ambiguous_weight: classification weight of ambiguous anchors (``soft_weight``, 0.4).
+        num_classes: C, the ``labels`` value of every non-positive point.
+
+    ``forward(points (N, 2), strides (N,), pred_scores (B, N, C), pred_boxes (B, N, 4), gt_boxes (B, M, 4),
+    gt_labels (B, M), gt_mask (B, M), soft_ceiling ())`` returns :class:`AssignResult`. ``pred_scores``
+    are ``sigmoid(cls) * sigmoid(ctr)`` (probabilities), ``pred_boxes`` the decoded predicted boxes,
+    ``strides`` each point's level stride, ``soft_ceiling`` = ``T(e)`` (:func:`soft_ceiling`).
+    """
+
+    def __init__(
+        self,
+        topk: int = 7,
+        alpha: float = 0.8,
+        center_radius: float = 1.5,
+        certain_weight: float = 1.0,
+        ambiguous_weight: float = 0.4,
+        num_classes: int = 80,
+    ) -> None:
+        super().__init__()
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk: expected an int >= 1, got {topk!r}")
+        self.topk = topk
+        self.alpha = check_scalar("alpha", alpha)
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha}")
+        self.center_radius = check_scalar("center_radius", center_radius, low=0.0)
+        self.certain_weight = check_scalar("certain_weight", certain_weight, low=0.0)
+        self.ambiguous_weight = check_scalar("ambiguous_weight", ambiguous_weight, low=0.0)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes: expected an int >= 1, got {num_classes!r}")
+        self.num_classes = num_classes
+
+    def forward(
+        self,
+        points: Float[Tensor, "N 2"],
+        strides: Float[Tensor, " N"],
+        pred_scores: Float[Tensor, "B N C"],
+        pred_boxes: Float[Tensor, "B N 4"],
+        gt_boxes: Float[Tensor, "B M 4"],
+        gt_labels: Int[Tensor, "B M"],
+        gt_mask: Bool[Tensor, "B M"],
+        soft_ceiling: Float[Tensor, ""],
+    ) -> AssignResult:
+        if checks_enabled():
+            _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, soft_ceiling)
+        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
+        labels = torch.where(mask, labels, 0)  # (B, M') padding reads class 0, never used
+        if exporting():
+            return self._assign_dense(points, strides, pred_scores, pred_boxes, boxes, labels, mask, soft_ceiling)
+        if pred_scores.shape[1] == 0:
+            return empty_result(pred_scores.shape[0], 0, self.num_classes, like=pred_boxes)  # no points
+        return self._assign_sparse(points, strides, pred_scores, pred_boxes, boxes, labels, mask, soft_ceiling)
+
+    # -- the exported graph: dense (B, M, N) --------------------------------------------------------------------
+
+    def _assign_dense(
+        self,
+        points: Tensor,
+        strides: Tensor,
+        pred_scores: Tensor,
+        pred_boxes: Tensor,
+        boxes: Tensor,
+        labels: Tensor,
+        mask: Tensor,
+        ceiling: Tensor,
+    ) -> AssignResult:
+        """Static shapes: every (gt, point) pair, one top-k per gt, masks. ``boxes`` has >= 1 row."""
+        b, n, c = pred_scores.shape
+        m = boxes.shape[1]
+        # 3. candidates: the centre region of each real gt (padding has none)
+        region = center_region(points, strides * self.center_radius, boxes) & mask.unsqueeze(-1)  # (B, M, N)
+        # 1. + 2. IoU and p on every pair; the ranking key (q^(1/(1-alpha)), float64), 0 outside the region
+        iou = torch.where(region, _box_iou(boxes, pred_boxes), 0.0)  # (B, M, N)
+        prob = torch.gather(pred_scores.transpose(1, 2), 1, labels.unsqueeze(-1).expand(b, m, n))  # (B, M, N)
+        key = torch.where(region, quality_key(prob, iou, self.alpha), 0.0)  # (B, M, N) float64
+        count = (iou > 0).sum(dim=2)  # (B, M) candidates with IoU > 0
+        # 4. per gt: the K best keys, kept where rank < k_g = min(count, topk)
+        vals, idx = _topk(key, self.topk, dim=2)  # (B, M, K), (B, M, K) best first, ties by point index
+        k = vals.shape[2]
+        keep = rank_mask(count, k)  # (B, M, K) rank < count (a count >= K keeps all K)
+        stored = torch.where(keep, vals, 0.0)  # (B, M, K) the authors' matching_matrix entries
+        # 5. conflicts: each point goes to the gt with the largest stored key (first gt on ties)
+        matching = torch.zeros_like(key).scatter(2, idx, stored)  # (B, M, N) unique indices per row
+        best, winner = matching.max(dim=1)  # (B, N), (B, N)
+        positive = best > 0  # (B, N)
+        gt_index = torch.where(positive, winner, NEGATIVE)  # (B, N)
+        # 6. the survivors of each gt's list (already sorted by q): the first is certain, the rest ambiguous
+        flat_idx = idx.reshape(b, m * k)  # (B, M * K)
+        owner = torch.gather(gt_index, 1, flat_idx).reshape(b, m, k)  # (B, M, K)
+        gt_ids = torch.arange(m, device=idx.device).reshape(1, m, 1)  # (1, M, 1)
+        survive = keep & (owner == gt_ids)  # (B, M, K)
+        certain = survive & (survive.to(torch.int64).cumsum(dim=2) == 1)  # (B, M, K) first survivor
+        ambiguous = survive & ~certain  # (B, M, K)
+        cls_idx = flat_idx * c + labels.unsqueeze(-1).expand(b, m, k).reshape(b, m * k)  # (B, M * K) n * C + class
+        slot_prob = torch.gather(pred_scores.reshape(b, n * c), 1, cls_idx).reshape(b, m, k)  # (B, M, K) p_j
+        amb_max = torch.where(ambiguous, slot_prob, 0.0).amax(dim=2, keepdim=True)  # (B, M, 1) max p, ambiguous
+        safe_max = torch.where(amb_max > 0, amb_max, 1.0)  # (B, M, 1) no 0 / 0 where there is none
+        t = ceiling.to(slot_prob.dtype)  # ()
+        soft = torch.where(ambiguous, slot_prob / safe_max * t, 0.0)  # (B, M, K) p_j / max p * T
+        soft = torch.where(certain, 1.0, soft)  # (B, M, K)
+        weight = torch.where(certain, self.certain_weight, torch.where(ambiguous, self.ambiguous_weight, 0.0))
+        # 7. IoU of each slot's predicted box with its gt (the same floats as the pairwise IoU)
+        slot_pred = torch.gather(pred_boxes, 1, flat_idx.unsqueeze(-1).expand(b, m * k, 4))  # (B, M * K, 4)
+        slot_gt = boxes.unsqueeze(2).expand(b, m, k, 4).reshape(b, m * k, 4)  # (B, M * K, 4)
+        slot_iou = _box_iou(slot_gt, slot_pred, aligned=True).reshape(b, m, k)  # (B, M, K)
+        # write the survivors back per point; everything else lands in the dropped column N
+        dest = torch.where(survive, idx, n).reshape(b, m * k, 1).expand(b, m * k, 3)  # (B, M * K, 3)
+        src = torch.stack([soft, weight.to(soft.dtype), slot_iou], dim=-1).reshape(b, m * k, 3)  # (B, M * K, 3)
+        per_point = pred_boxes.new_zeros(b, n + 1, 3).scatter(1, dest, src)[:, :n]  # (B, N, 3)
+        safe = gt_index.clamp(min=0)  # (B, N) any row for negatives; masked below
+        matched_boxes = torch.gather(boxes, 1, safe.unsqueeze(-1).expand(b, n, 4))  # (B, N, 4)
+        return AssignResult(
+            gt_index=gt_index,
+            labels=torch.where(positive, torch.gather(labels, 1, safe), self.num_classes),  # (B, N)
+            boxes=torch.where(positive.unsqueeze(-1), matched_boxes, 0.0),  # (B, N, 4)
+            overlaps=torch.where(positive, per_point[..., 2], 0.0),  # (B, N)
+            target_scores=torch.where(positive, per_point[..., 0], 0.0),  # (B, N)
+            weights=torch.where(positive, per_point[..., 1], 1.0),  # (B, N) negatives weigh 1
+        )
+
+    # -- eager: the same steps on the candidate pairs only ------------------------------------------------------
+
+    def _assign_sparse(
+        self,
+        points: Tensor,
+        strides: Tensor,
+        pred_scores: Tensor,
+        pred_boxes: Tensor,
+        boxes: Tensor,
+        labels: Tensor,
+        mask: Tensor,
+        ceiling: Tensor,
+    ) -> AssignResult:
+        """Eager: candidate pairs as flat lists (P of them), sorts instead of top-k over N. Same numbers.
+
+        Shape letters: G = B * M gts of the batch, P0 pairs in each gt's x-strip, P candidate pairs.
+        """
+        b, n, c = pred_scores.shape
+        m = boxes.shape[1]
+        dev = pred_boxes.device
+        flat_boxes = boxes.reshape(b * m, 4)  # (G, 4)
+        x1, y1, x2, y2 = flat_boxes.unbind(-1)  # 4 x (G,)
+        cx = (x1 + x2) / 2  # (G,)
+        cy = (y1 + y2) / 2  # (G,)
+        radius = strides * self.center_radius  # (N,)
+        px, py = points[:, 0], points[:, 1]  # (N,)
+        # 3a. A superset of each gt's region: the x-strip (max(cx - r_max, x1), min(cx + r_max, x2)).
+        #     Rounding is monotone, so r <= r_max gives fl(cx - r) >= fl(cx - r_max): nothing is lost.
+        r_max = radius.max()  # ()
+        lo = torch.maximum(cx - r_max, x1)  # (G,)
+        hi = torch.minimum(cx + r_max, x2)  # (G,)
+        sorted_px, by_x = torch.sort(px)  # (N,), (N,)
+        start = torch.searchsorted(sorted_px, lo, right=True)  # (G,) first point with px > lo
+        end = torch.searchsorted(sorted_px, hi, right=False)  # (G,) first point with px >= hi
+        length = (end - start).clamp(min=0) * mask.reshape(-1)  # (G,) padding: none
+        gid = torch.repeat_interleave(torch.arange(b * m, device=dev), length)  # (P0,)
+        offset = length.cumsum(0) - length  # (G,) exclusive
+        pn = by_x[torch.arange(gid.numel(), device=dev) - offset[gid] + start[gid]]  # (P0,) point index
+        # 3b. the exact region test on the strip's pairs (the same float ops as center_region)
+        r = radius[pn]  # (P0,)
+        inside = px[pn] > torch.maximum(cx[gid] - r, x1[gid])  # (P0,)
+        inside &= px[pn] < torch.minimum(cx[gid] + r, x2[gid])
+        inside &= py[pn] > torch.maximum(cy[gid] - r, y1[gid])
+        inside &= py[pn] < torch.minimum(cy[gid] + r, y2[gid])
+        gid, pn = gid[inside], pn[inside]  # (P,)
+        bi = torch.div(gid, m, rounding_mode="floor")  # (P,) image
+        # 1. + 2. IoU, p at the gt's class, ranking key; candidates with IoU > 0 per gt
+        iou = _box_iou(flat_boxes[gid], pred_boxes[bi, pn], aligned=True)  # (P,)
+        prob = pred_scores[bi, pn, labels.reshape(-1)[gid]]  # (P,)
+        key = quality_key(prob, iou, self.alpha)  # (P,) float64
+        count = torch.zeros(b * m, dtype=torch.int64, device=dev).index_add_(0, gid, (iou > 0).to(torch.int64))
+        # 4. each gt's list sorted by key (ties: lower point index), ranks < min(count, topk) are picked
+        order = torch.argsort(pn, stable=True)  # (P,)
+        order = order[torch.argsort(key[order], descending=True, stable=True)]
+        order = order[torch.argsort(gid[order], stable=True)]  # (gt, key desc, point) order
+        gid, pn, bi, iou, prob, key = (t[order] for t in (gid, pn, bi, iou, prob, key))
+        sizes = torch.bincount(gid, minlength=b * m)  # (G,)
+        rank = torch.arange(gid.numel(), device=dev) - (sizes.cumsum(0) - sizes)[gid]  # (P,)
+        picked = ((rank < count[gid].clamp(max=self.topk)) & (key > 0)).nonzero().squeeze(1)  # (S,)
+        # 5. conflicts: per point the picked entry with the largest key, lowest gt index on ties
+        point = bi[picked] * n + pn[picked]  # (S,) flat (image, point)
+        o2 = torch.argsort(key[picked], descending=True, stable=True)  # ties keep gt order
+        o2 = o2[torch.argsort(point[o2], stable=True)]  # (point, key desc, gt) order
+        first = torch.ones_like(o2, dtype=torch.bool)  # (S,)
+        first[1:] = point[o2][1:] != point[o2][:-1]
+        wins = torch.zeros_like(first)
+        wins[o2] = first
+        sv = picked[wins]  # (Q,) survivors, still in (gt, key desc, point) order
+        # 6. the first survivor of each gt is certain, the rest ambiguous
+        g_sv = gid[sv]  # (Q,)
+        certain = torch.ones_like(g_sv, dtype=torch.bool)  # (Q,)
+        certain[1:] = g_sv[1:] != g_sv[:-1]
+        p_sv = prob[sv]  # (Q,)
+        amb_p = torch.where(certain, 0.0, p_sv)  # (Q,)
+        amb_max = torch.zeros(b * m, dtype=p_sv.dtype, device=dev).scatter_reduce_(0, g_sv, amb_p, "amax")  # (G,)
+        safe_max = torch.where(amb_max > 0, amb_max, 1.0)[g_sv]  # (Q,)
+        soft = torch.where(certain, 1.0, p_sv / safe_max * ceiling.to(p_sv.dtype))  # (Q,)
+        weight = torch.where(certain, self.certain_weight, self.ambiguous_weight).to(p_sv.dtype)  # (Q,)
+        # 7. write the survivors into the per-point outputs
+        target = bi[sv] * n + pn[sv]  # (Q,) flat (image, point)
+        m_sv = g_sv - bi[sv] * m  # (Q,) gt index within its image
+        gt_index = torch.full((b * n,), NEGATIVE, dtype=torch.int64, device=dev)
+        gt_index[target] = m_sv
+        out_labels = torch.full((b * n,), self.num_classes, dtype=torch.int64, device=dev)
+        out_labels[target] = labels.reshape(-1)[g_sv]
+        out_boxes = pred_boxes.new_zeros(b * n, 4)
+        out_boxes[target] = flat_boxes[g_sv]
+        overlaps = pred_boxes.new_zeros(b * n)
+        overlaps[target] = iou[sv]
+        scores = pred_boxes.new_zeros(b * n)
+        scores[target] = soft.to(scores.dtype)
+        weights = pred_boxes.new_ones(b * n)
+        weights[target] = weight.to(weights.dtype)
+        return AssignResult(
+            gt_index=gt_index.reshape(b, n),
+            labels=out_labels.reshape(b, n),
+            boxes=out_boxes.reshape(b, n, 4),
+            overlaps=overlaps.reshape(b, n),
+            target_scores=scores.reshape(b, n),
+            weights=weights.reshape(b, n),
+        )
+
+
+def _check_scores(scores: Tensor) -> None:
+    """Probabilities in [0, 1], no NaN: one ``aminmax`` pass (NaN propagates into both) instead of four."""
+    check_tensor("pred_scores", scores)
+    if not scores.is_floating_point():
+        raise TypeError(f"pred_scores: expected a floating-point tensor, got dtype {scores.dtype}")
+    if scores.numel() == 0:
+        return
+    low, high = torch.aminmax(scores)
+    if bool(torch.isnan(low)) or bool(torch.isnan(high)):
+        raise ValueError(f"pred_scores: contains NaN (got shape {tuple(scores.shape)})")
+    if float(low) < 0 or float(high) > 1:
+        raise ValueError(
+            "pred_scores: expected probabilities in [0, 1] (sigmoid(cls) * sigmoid(ctr), not logits), got values in "
+            f"[{float(low)}, {float(high)}]"
+        )
+
+
+def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, ceiling) -> None:
+    check_float("points", points)
+    check_shape("points", points, ("N", 2))
+    n = points.shape[0]
+    check_float("strides", strides)
+    check_shape("strides", strides, (n,))
+    if strides.numel() and bool((strides <= 0).any()):
+        raise ValueError("strides: every point's stride must be > 0")
+    _check_scores(pred_scores)
+    check_shape("pred_scores", pred_scores, ("B", n, "C"))
+    if pred_scores.shape[2] < 1:
+        raise ValueError(f"pred_scores: expected C >= 1 classes, got shape {tuple(pred_scores.shape)}")
+    check_boxes("pred_boxes", pred_boxes, ndim=3)
+    b = pred_scores.shape[0]
+    check_shape("pred_boxes", pred_boxes, (b, n, 4))
+    check_gt_batch(gt_boxes, gt_labels, gt_mask)
+    if gt_boxes.shape[0] != b:
+        raise ValueError(f"gt_boxes: batch {gt_boxes.shape[0]} does not match pred_scores' B = {b}")
+    c = pred_scores.shape[2]
+    real = gt_labels[gt_mask]  # (real gts,)
+    if real.numel() and bool(((real < 0) | (real >= c)).any()):
+        raise ValueError(
+            f"gt_labels: real gts need classes in [0, {c}) (pred_scores has C = {c}), got values in "
+            f"[{int(real.min())}, {int(real.max())}]"
+        )
+    check_float("soft_ceiling", ceiling)
+    check_shape("soft_ceiling", ceiling, ())
+    value = float(ceiling)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"soft_ceiling: expected T in [0, 1] (0.6 -> 0.2 over training), got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Catalog entries: the assigner, the loss (exportable/losses.py) and the NMS-free inference
+# (exportable/o2f_inference.py). Example inputs are seeded and tie-heavy on purpose.
+
+
+def _example_points(g: torch.Generator, n: int, extent: float = 128.0) -> tuple[Tensor, Tensor]:
+    """``n`` cell-centre points of random levels (strides 8 / 16 / 32) in an ``extent`` square; repeats allowed."""
+    level_strides = torch.tensor([8.0, 16.0, 32.0])
+    strides = level_strides[torch.randint(0, 3, (n,), generator=g)]  # (N,)
+    cells = torch.floor(torch.rand(n, 2, generator=g) * (extent / strides).unsqueeze(1))  # (N, 2)
+    return (cells + 0.5) * strides.unsqueeze(1), strides  # (N, 2), (N,)
+
+
+def _example_pred_boxes(g: torch.Generator, points: Tensor, strides: Tensor, b: int) -> Tensor:
+    """Boxes around each point, side 1..4 strides, on a 0.5 px grid (equal boxes are common: ties)."""
+    n = points.shape[0]
+    half = (torch.rand(b, n, 4, generator=g) * 1.5 + 0.5) * strides.reshape(1, n, 1)  # (B, N, 4)
+    centre = torch.cat([points, points], dim=-1).unsqueeze(0)  # (1, N, 4)
+    boxes = centre + half * torch.tensor([-1.0, -1.0, 1.0, 1.0])  # (B, N, 4)
+    return (boxes * 2).round() / 2
+
+
+def _inputs_o2f_assigner(s: dict[str, int], g: torch.Generator) -> tuple[Tensor, ...]:
+    from exportable.catalog import _boxes, _gt_mask
+
+    b, n, m, c = s["B"], s["N"], s["M"], s["C"]
+    points, strides = _example_points(g, n)
+    scores = (torch.randint(0, 8, (b, n, c), generator=g).float() + 0.5) / 8  # (B, N, C) ties
+    scores = torch.where(torch.rand(b, n, c, generator=g) < 0.05, 0.0, scores)  # a few exact zeros
+    pred_boxes = _example_pred_boxes(g, points, strides, b)
+    gt_boxes = _boxes(g, (b, m), extent=128.0, max_side=64.0)  # (B, M, 4) zero-area and outside ones too
+    labels = torch.randint(0, c, (b, m), generator=g)  # (B, M)
+    ceiling = (torch.rand((), generator=g) * 0.4 + 0.2).reshape(())  # T in [0.2, 0.6)
+    return points, strides, scores, pred_boxes, gt_boxes, labels, _gt_mask(g, b, m), ceiling
+
+
+def _inputs_o2f_loss(s: dict[str, int], g: torch.Generator) -> tuple[Tensor, ...]:
+    b, n, c = s["B"], s["N"], s["C"]
+    points, strides = _example_points(g, n)
+    scores = torch.rand(b, n, c, generator=g)  # (B, N, C)
+    scores = torch.where(torch.rand(b, n, c, generator=g) < 0.02, torch.randint(0, 2, (b, n, c), generator=g).float(),
+                         scores)  # some exact 0 and 1 (the -100 log clamp)
+    pred_boxes = _example_pred_boxes(g, points, strides, b)
+    positive = torch.rand(b, n, generator=g) < 0.25  # (B, N)
+    labels = torch.where(positive, torch.randint(0, c, (b, n), generator=g), c)  # (B, N)
+    certain = positive & (torch.rand(b, n, generator=g) < 0.4)  # (B, N)
+    target = torch.where(certain, 1.0, torch.where(positive, torch.rand(b, n, generator=g) * 0.6, 0.0))  # (B, N)
+    weights = torch.where(positive & ~certain, 0.4, 1.0)  # (B, N)
+    sides = torch.rand(b, n, 4, generator=g) * 40 + 0.5  # (B, N, 4) the point strictly inside its gt
+    gts = torch.cat([points - sides[..., :2], points + sides[..., 2:]], dim=-1)  # (B, N, 4)
+    gts = torch.where(positive.unsqueeze(-1), gts, 0.0)
+    return scores, pred_boxes, points, labels, target, weights, gts
+
+
+def _inputs_o2f_postprocess(s: dict[str, int], g: torch.Generator) -> tuple[Tensor, ...]:
+    """Head outputs of a C = 80 FCOS/O2F head for images (H, W): logits on a 0.25 grid (many exact ties),
+    a few percent of pairs above 0.05 (more than nms_pre on the fine levels of large images), distances up
+    to 4 strides (boxes leave the image and get clipped), images smaller than the batch, and with B >= 2 an
+    image (index 1) where nothing passes score_thr."""
+    from exportable.catalog import _image_sizes
+
+    b = s["B"]
+    cls, box, ctr = [], [], []
+    for stride in (8, 16, 32, 64, 128):
+        h, w = math.ceil(s["H"] / stride), math.ceil(s["W"] / stride)
+        logits = ((torch.randn(b, 80, h, w, generator=g) * 1.5 - 4.0) * 4).round() / 4  # (B, C, H, W)
+        if b >= 2:
+            logits[1] = -8.0 - torch.rand(80, h, w, generator=g)  # nothing above the threshold
+        cls.append(logits)
+        box.append((torch.rand(b, 4, h, w, generator=g) * 4 * stride).round(decimals=1))  # (B, 4, H, W)
+        ctr.append((torch.randn(b, 1, h, w, generator=g) * 4).round() / 4)  # (B, 1, H, W)
+    return (*cls, *box, *ctr, _image_sizes(g, b, s["H"], s["W"]))
+
+
+def catalog_entries() -> tuple:
+    from exportable.catalog import Entry, TensorSpec
+    from exportable.losses import O2FLoss
+    from exportable.o2f_inference import O2FPostProcess
+
+    f, i, bo = "float32", "int64", "bool"
+    assigner = Entry(
+        name="o2f_assigner",
+        summary="O2F one-to-few assignment (the authors' code): centre region, top-7 by p^0.2 IoU^0.8, one "
+        "certain positive (1, weight 1) and ambiguous ones (p / max p * T, weight 0.4) per gt.",
+        source="exportable/assigners/o2f.py",
+        factory=O2FAssigner,
+        params={"topk": 7, "alpha": 0.8, "center_radius": 1.5, "certain_weight": 1.0, "ambiguous_weight": 0.4,
+                "num_classes": 80},
+        inputs=(
+            TensorSpec("points", f, ("N", 2), "(x, y) cell-centre points of all levels, shared by the batch"),
+            TensorSpec("strides", f, ("N",), "each point's level stride"),
+            TensorSpec("pred_scores", f, ("B", "N", "C"), "sigmoid(cls) * sigmoid(ctr), probabilities"),
+            TensorSpec("pred_boxes", f, ("B", "N", 4), "decoded predicted boxes (x1, y1, x2, y2)"),
+            TensorSpec("gt_boxes", f, ("B", "M", 4), "padded gt boxes"),
+            TensorSpec("gt_labels", i, ("B", "M"), "gt classes in [0, C)"),
+            TensorSpec("gt_mask", bo, ("B", "M"), "True for real gts"),
+            TensorSpec("soft_ceiling", f, (), "T(e): 0.6 in the first epoch -> 0.2 in the last"),
+        ),
+        outputs=(
+            TensorSpec("gt_index", i, ("B", "N"), "matched gt (0-based); -1 negative"),
+            TensorSpec("labels", i, ("B", "N"), "matched gt's class; num_classes for negatives"),
+            TensorSpec("boxes", f, ("B", "N", 4), "matched gt box; 0 for negatives"),
+            TensorSpec("overlaps", f, ("B", "N"), "IoU of the predicted box with its gt; 0 for negatives"),
+            TensorSpec("target_scores", f, ("B", "N"), "1 certain, p / max p * T ambiguous, 0 negatives"),
+            TensorSpec("weights", f, ("B", "N"), "1 certain, 0.4 ambiguous, 1 negatives"),
+        ),
+        make_inputs=_inputs_o2f_assigner,
+        export_sizes={"B": 2, "N": 40, "M": 4, "C": 3},
+        test_sizes=({"B": 1, "N": 7, "M": 1, "C": 3}, {"B": 3, "N": 500, "M": 9, "C": 80},
+                    {"B": 2, "N": 50, "M": 0, "C": 2}, {"B": 4, "N": 300, "M": 30, "C": 5},
+                    {"B": 2, "N": 1, "M": 3, "C": 1}),
+        atol=1e-6,
+        rtol=0.0,
+        notes="Ranks by p * IoU^4 in float64 (the same order as p^0.2 IoU^0.8, no Pow): indices exact in "
+        "onnxruntime. Eager computes only the centre-region pairs; the graph is dense (B, M, N).",
+    )
+    loss = Entry(
+        name="o2f_loss",
+        summary="O2F's loss (the authors' SoftFocalLoss + GIoU): 0.75 p^2 BCE(p, 0) everywhere, w BCE(p, t) at "
+        "positives, / #positives; 2.0 x centerness-weighted GIoU on all positives.",
+        source="exportable/losses.py",
+        factory=O2FLoss,
+        params={"neg_weight": 0.75, "beta": 2.0, "loss_cls_weight": 1.0, "loss_bbox_weight": 2.0, "giou_eps": 1e-6,
+                "avg_factor_eps": 0.0},
+        inputs=(
+            TensorSpec("pred_scores", f, ("B", "N", "C"), "sigmoid(cls) * sigmoid(ctr), probabilities"),
+            TensorSpec("pred_boxes", f, ("B", "N", 4), "decoded predicted boxes (x1, y1, x2, y2)"),
+            TensorSpec("points", f, ("N", 2), "(x, y) points"),
+            TensorSpec("labels", i, ("B", "N"), "target class; C = background"),
+            TensorSpec("target_scores", f, ("B", "N"), "soft target at the label (O2FAssigner.target_scores)"),
+            TensorSpec("weights", f, ("B", "N"), "positive's loss weight (O2FAssigner.weights)"),
+            TensorSpec("target_boxes", f, ("B", "N", 4), "matched gt box (O2FAssigner.boxes)"),
+        ),
+        outputs=(
+            TensorSpec("loss_cls", f, (), "classification loss / max(#positives, 1)"),
+            TensorSpec("loss_bbox", f, (), "2.0 * sum c (1 - GIoU) / sum c over positives"),
+        ),
+        make_inputs=_inputs_o2f_loss,
+        export_sizes={"B": 2, "N": 30, "C": 4},
+        test_sizes=({"B": 1, "N": 5, "C": 3}, {"B": 2, "N": 0, "C": 2}, {"B": 2, "N": 64, "C": 1},
+                    {"B": 3, "N": 700, "C": 80}),
+        atol=1e-5,
+        rtol=1e-5,
+        notes="log1p has no ONNX operator (it becomes Log(1 + x)) and Log differs by an ulp: the losses agree "
+        "to ~1e-7 relative; sums accumulate in float64.",
+    )
+    post = Entry(
+        name="o2f_postprocess",
+        summary="O2F test time without NMS: sigmoid(cls) * sigmoid(ctr), per-level score_thr 0.05 + top 1000, "
+        "top 100 overall, distances decoded and clipped, padded.",
+        source="exportable/o2f_inference.py",
+        factory=O2FPostProcess,
+        params={"num_classes": 80, "strides": (8, 16, 32, 64, 128), "nms_pre": 1000, "score_thr": 0.05,
+                "max_per_img": 100},
+        inputs=tuple(
+            TensorSpec(f"cls_{k}", f, ("B", 80, f"H{k}", f"W{k}"), f"level-{k} class logits") for k in range(5)
+        ) + tuple(
+            TensorSpec(f"box_{k}", f, ("B", 4, f"H{k}", f"W{k}"), f"level-{k} (l, t, r, b) distances in pixels")
+            for k in range(5)
+        ) + tuple(
+            TensorSpec(f"ctr_{k}", f, ("B", 1, f"H{k}", f"W{k}"), f"level-{k} centerness logits") for k in range(5)
+        ) + (TensorSpec("image_sizes", i, ("B", 2), "(H, W) of each unpadded image: boxes are clipped to it"),),
+        outputs=(
+            TensorSpec("boxes", f, ("B", 100, 4), "(x1, y1, x2, y2) detections, best first; padding 0"),
+            TensorSpec("scores", f, ("B", 100), "sigmoid(cls) * sigmoid(ctr); padding 0"),
+            TensorSpec("labels", i, ("B", 100), "class; padding -1"),
+            TensorSpec("counts", i, ("B",), "detections per image (slots [0, count) are filled)"),
+        ),
+        make_inputs=_inputs_o2f_postprocess,
+        export_sizes={"B": 2, "H": 256, "W": 320},
+        test_sizes=({"B": 1, "H": 64, "W": 96}, {"B": 3, "H": 40, "W": 40}, {"B": 2, "H": 8, "W": 8},
+                    {"B": 2, "H": 128, "W": 96}),
+        atol=1e-5,
+        rtol=1e-6,
+        notes="C = 80 is baked in the channel dim; max_per_img (100) is the static output dim. Scores are ranked "
+        "in float64 (onnxruntime's float32 Sigmoid differs from torch's by up to 1.8e-7).",
+    )
+    return (assigner, loss, post)
