@@ -681,7 +681,7 @@ OURS: dict[str, dict[str, Ours]] = {
     },
     "simota": {
         f"ours SimOTAAssigner {b}": Ours(
-            b, _ours("exportable.assigners.simota", "SimOTAAssigner", num_classes=80), **_POINT_IO,
+            b, _ours("exportable.assigners.simota", "SimOTAAssigner"), **_POINT_IO,
             parity=_MMDET_PARITY,
             timed="`exportable.assigners.simota.SimOTAAssigner()(points, strides, pred_scores, pred_boxes, gt_boxes, "
                   "gt_labels, gt_mask)` on the batch" + (" (eager)" if b == "eager" else ", exported, onnxruntime CPU"))

@@ -85,8 +85,9 @@ def _catalog_case(entry_name: str, module, inputs: tuple) -> Case:
     from exportable import catalog
 
     entry = catalog.get(entry_name)
-    batch = next((int(x.shape[spec.dims.index("B")]) for x, spec in zip(inputs, entry.inputs) if "B" in spec.dims), 1)
-    return Case(module, tuple(inputs), [s.name for s in entry.inputs], [s.dims for s in entry.inputs],
+    specs = entry.inputs[: len(inputs)]  # a case may leave out trailing optional inputs (e.g. anchor_mask)
+    batch = next((int(x.shape[spec.dims.index("B")]) for x, spec in zip(inputs, specs) if "B" in spec.dims), 1)
+    return Case(module, tuple(inputs), [s.name for s in specs], [s.dims for s in specs],
                 [s.name for s in entry.outputs], batch)
 
 
@@ -300,6 +301,36 @@ SUITES: dict[str, Suite] = {
         note="The candidates are the `proposals` workload's first image after decode, clip and top 12,000. "
         "B = 1: times are per call. Reference: `lessons.proposals_and_nms.greedy_nms` (numpy loop over kept "
         "boxes). Goal (issue 5): onnxruntime within 1.25x of eager or faster.",
+    ),
+    "atss": Suite(
+        name="atss",
+        title="ATSS (topk 9, mmdetection 3.3 / official rules), B = 8",
+        workloads=("atss-m20", "atss-m100"),
+        build=_lessons_case("atss_assigner", "lessons.atss"),
+        reference=_lessons_reference("lessons.atss"),
+        note="`lessons.atss.benchmark_case`: 20,267 anchors (one square of side 8 stride per location, strides "
+        "8-128 at 800 x 1216) and the workload's gts. The reference column is `lessons.atss.mmdet_atss_assign`, "
+        "mmdetection's per-image steps transcribed (the mmdetection package itself: `make bench-peers`).",
+    ),
+    "simota": Suite(
+        name="simota",
+        title="SimOTA (mmdetection 3.3 settings: radius 2.5, top-10 dynamic k, IoU weight 3), B = 16",
+        workloads=("yolox-m20", "yolox-m100"),
+        build=_lessons_case("simota_assigner", "lessons.simota"),
+        note="`lessons.simota.benchmark_case`: the points and seeded predictions of `make_workload_predictions`. "
+        "Eager (CPU) works image by image on each image's candidate points; the graph is fully batched with "
+        "non-candidates at +inf cost. mmdetection 3.3 for orientation (WORKLOADS.md): 170-190 ms/img at M = 20, "
+        "750-1,030 at M = 100; `make bench-peers` measures it side by side.",
+    ),
+    "o2f": Suite(
+        name="o2f",
+        title="O2F one-to-few assignment (top 7, centre radius 1.5 stride, T = 0.6), B = 16",
+        workloads=("yolox-m20", "yolox-m100"),
+        build=_lessons_case("o2f_assigner", "lessons.o2f"),
+        note="`lessons.o2f.benchmark_case`: the points and seeded predictions of `make_workload_predictions`, "
+        "T = 0.6. Eager finds the centre-region pairs level by level and works on those pairs; the graph is dense "
+        "over (B, M, N) with a float64 ranking key (the memory column). Run beside `task_aligned` "
+        "(`python benchmarks/run.py --suite task_aligned --suite task_aligned_ultralytics --suite o2f`).",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",

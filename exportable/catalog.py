@@ -857,6 +857,7 @@ _ENTRY_MODULES: tuple[str, ...] = (
     "exportable.assigners.atss",
     "exportable.assigners.simota",
     "exportable.assigners.o2f",
+    "exportable.assigners.task_aligned",
 )
 
 

@@ -233,6 +233,7 @@ _SCENE_INPUT_MODULES: tuple[str, ...] = (
     "lessons.atss",
     "lessons.simota",
     "lessons.o2f",
+    "lessons.task_aligned",
 )
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "draw_certain_ambiguous",
     "fcos_points",
     "greedy_match",
+    "nms_free_vs_nms",
     "o2f_assign_single",
     "o2f_loss_reference",
     "o2f_postprocess_single",

@@ -253,6 +253,20 @@ def test_reference_parity_on_tie_heavy_random_scenes(variant, seed):
     assert torch.equal(gt_index, res.gt_index) and torch.equal(overlaps, res.overlaps)
 
 
+def test_eager_chunks_do_not_change_results(monkeypatch):
+    import exportable.assigners.atss as atss_module
+
+    g = torch.Generator().manual_seed(7)
+    args = example_inputs({"B": 5, "N": 400, "M": 9}, g, preds=True)
+    for variant in ("mmdet", "paddle"):
+        a = ATSSAssigner(variant=variant)
+        whole = a(*args)  # 45 rows: one chunk
+        monkeypatch.setattr(atss_module, "_EAGER_ROWS", 20)  # two images per chunk
+        chunked = a(*args)
+        monkeypatch.undo()
+        assert all(torch.equal(x, y) for x, y in zip(whole, chunked))
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_unsorted_level_ids(seed):
     g = torch.Generator().manual_seed(100 + seed)

@@ -33,7 +33,8 @@ How the batched version gets the authors' numbers (decisions):
   ``q`` in exact arithmetic, bit-identical in eager and onnxruntime (``Pow`` differs by an ulp between
   them), and no underflow (``u^4`` of a float32 IoU stays far above float64's smallest number). The
   authors' float32 ``q`` can tie or swap two candidates within an ulp; their order there is the
-  backend's sort order anyway. A non-integer ``alpha/(1-alpha)`` falls back to a float64 ``pow``.
+  backend's sort order anyway. A non-integer ``alpha/(1-alpha)`` falls back to a float64 ``pow`` (then
+  onnxruntime may differ from eager by an ulp of the key).
 - **Centre region.** ``px - max(cx - r, x1) > 0`` (the authors' form) is evaluated as
   ``px > max(cx - r, x1)``: the same for IEEE floats, one pass fewer.
 - **Certain pick after conflicts.** The positives a gt keeps are a subset of its own top-k list, which
@@ -47,10 +48,10 @@ How the batched version gets the authors' numbers (decisions):
   gt index. The authors' ``torch.topk`` / ``max`` / ``sort`` leave ties to the backend.
 
 Two paths, one set of numbers. The exported graph is dense and static: ``(B, M, N)`` pairs, one top-k
-per gt, masks (:meth:`O2FAssigner._assign_dense`). Eager visits only the points in an x-strip around each
-gt (points sorted by x once, ``searchsorted``), runs the exact region test there, and does steps 4-6 with
-stable sorts on the few candidate pairs (a few dozen per gt instead of all N;
-:meth:`O2FAssigner._assign_sparse`). Every float is computed by the same elementwise operations on the
+per gt, masks (:meth:`O2FAssigner._assign_dense`). Eager lists the centre-region pairs level by level with
+range searches (the x-test picks a run of columns, the y-test a run in each column; ``searchsorted`` on the
+exact values), then does steps 1-6 with stable sorts on those few pairs (a few dozen per gt instead of all
+N; :meth:`O2FAssigner._assign_sparse`). Every float is computed by the same elementwise operations on the
 same values in both, so the results are bit-identical (tests compare both paths and onnxruntime).
 Edge cases: no gts / all-padding images / gts whose region holds no point with ``u > 0`` get no
 positive (the authors' code crashes on images without gts, §11.2 step 8); zero-area gts have an empty
@@ -234,9 +235,12 @@ class O2FAssigner(nn.Module):
         region = center_region(points, strides * self.center_radius, boxes) & mask.unsqueeze(-1)  # (B, M, N)
         # 1. + 2. IoU and p on every pair; the ranking key (q^(1/(1-alpha)), float64), 0 outside the region
         iou = torch.where(region, _box_iou(boxes, pred_boxes), 0.0)  # (B, M, N)
-        prob = torch.gather(pred_scores.transpose(1, 2), 1, labels.unsqueeze(-1).expand(b, m, n))  # (B, M, N)
-        key = torch.where(region, quality_key(prob, iou, self.alpha), 0.0)  # (B, M, N) float64
-        count = (iou > 0).sum(dim=2)  # (B, M) candidates with IoU > 0
+        # p at each gt's class: rows b * C + label of the (B * C, N) class-major scores (a Gather of B * M rows;
+        # a gather with a (B, M, N) index would materialise that index in the graph)
+        rows = (torch.arange(b, device=labels.device).unsqueeze(1) * c + labels).reshape(b * m)  # (B * M,)
+        prob = pred_scores.transpose(1, 2).reshape(b * c, n).index_select(0, rows).reshape(b, m, n)  # (B, M, N)
+        key = quality_key(prob, iou, self.alpha)  # (B, M, N) float64; 0 outside the region (IoU is)
+        count = (iou > 0).to(iou.dtype).sum(dim=2).to(torch.int64)  # (B, M) candidates with IoU > 0 (exact)
         # 4. per gt: the K best keys, kept where rank < k_g = min(count, topk)
         vals, idx = _topk(key, self.topk, dim=2)  # (B, M, K), (B, M, K) best first, ties by point index
         k = vals.shape[2]
@@ -296,36 +300,13 @@ class O2FAssigner(nn.Module):
     ) -> AssignResult:
         """Eager: candidate pairs as flat lists (P of them), sorts instead of top-k over N. Same numbers.
 
-        Shape letters: G = B * M gts of the batch, P0 pairs in each gt's x-strip, P candidate pairs.
+        Shape letters: G = B * M gts of the batch, P candidate (gt, point) pairs.
         """
         b, n, c = pred_scores.shape
         m = boxes.shape[1]
         dev = pred_boxes.device
         flat_boxes = boxes.reshape(b * m, 4)  # (G, 4)
-        x1, y1, x2, y2 = flat_boxes.unbind(-1)  # 4 x (G,)
-        cx = (x1 + x2) / 2  # (G,)
-        cy = (y1 + y2) / 2  # (G,)
-        radius = strides * self.center_radius  # (N,)
-        px, py = points[:, 0], points[:, 1]  # (N,)
-        # 3a. A superset of each gt's region: the x-strip (max(cx - r_max, x1), min(cx + r_max, x2)).
-        #     Rounding is monotone, so r <= r_max gives fl(cx - r) >= fl(cx - r_max): nothing is lost.
-        r_max = radius.max()  # ()
-        lo = torch.maximum(cx - r_max, x1)  # (G,)
-        hi = torch.minimum(cx + r_max, x2)  # (G,)
-        sorted_px, by_x = torch.sort(px)  # (N,), (N,)
-        start = torch.searchsorted(sorted_px, lo, right=True)  # (G,) first point with px > lo
-        end = torch.searchsorted(sorted_px, hi, right=False)  # (G,) first point with px >= hi
-        length = (end - start).clamp(min=0) * mask.reshape(-1)  # (G,) padding: none
-        gid = torch.repeat_interleave(torch.arange(b * m, device=dev), length)  # (P0,)
-        offset = length.cumsum(0) - length  # (G,) exclusive
-        pn = by_x[torch.arange(gid.numel(), device=dev) - offset[gid] + start[gid]]  # (P0,) point index
-        # 3b. the exact region test on the strip's pairs (the same float ops as center_region)
-        r = radius[pn]  # (P0,)
-        inside = px[pn] > torch.maximum(cx[gid] - r, x1[gid])  # (P0,)
-        inside &= px[pn] < torch.minimum(cx[gid] + r, x2[gid])
-        inside &= py[pn] > torch.maximum(cy[gid] - r, y1[gid])
-        inside &= py[pn] < torch.minimum(cy[gid] + r, y2[gid])
-        gid, pn = gid[inside], pn[inside]  # (P,)
+        gid, pn = self._candidate_pairs(points, strides, flat_boxes, mask.reshape(-1))  # (P,), (P,)
         bi = torch.div(gid, m, rounding_mode="floor")  # (P,) image
         # 1. + 2. IoU, p at the gt's class, ranking key; candidates with IoU > 0 per gt
         iou = _box_iou(flat_boxes[gid], pred_boxes[bi, pn], aligned=True)  # (P,)
@@ -383,6 +364,54 @@ class O2FAssigner(nn.Module):
             weights=weights.reshape(b, n),
         )
 
+
+    def _candidate_pairs(
+        self, points: Tensor, strides: Tensor, flat_boxes: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Step 3 in eager: every (gt, point) pair of the centre regions, as ``(gid (P,), point (P,))``.
+
+        Level by level (the points that share a stride share the radius r), with range searches instead
+        of a test per pair. The level's points are ranked by x and by y (``unique``) and sorted by the
+        integer key ``x_rank * K + y_rank`` (columns of equal x, each sorted by y). For a gt the x-test
+        ``max(cx - r, x1) < px < min(cx + r, x2)`` is a range of columns (``searchsorted`` on the sorted x
+        values), and in each column the y-test is a range of that sorted key: only the pairs inside the
+        region are ever listed. The bounds are the same float32 operations as :func:`center_region`, and
+        ``a < x`` is decided by ``searchsorted`` on exact values, so the pairs are exactly its True
+        entries, for any points; on a grid a gt touches about three columns per level.
+        """
+        dev = points.device
+        x1, y1, x2, y2 = flat_boxes.unbind(-1)  # 4 x (G,)
+        cx = (x1 + x2) / 2  # (G,)
+        cy = (y1 + y2) / 2  # (G,)
+        radius = strides * self.center_radius  # (N,) the same values as the dense path's
+        gts = torch.arange(flat_boxes.shape[0], device=dev)  # (G,)
+        gids, pns = [], []
+        for r in torch.unique(radius):  # one pass per level
+            level = (radius == r).nonzero().squeeze(1)  # (N_l,)
+            ux, x_rank = torch.unique(points[level, 0], return_inverse=True)  # (X,) sorted, (N_l,)
+            uy, y_rank = torch.unique(points[level, 1], return_inverse=True)  # (Y,) sorted, (N_l,)
+            k = uy.numel() + 1
+            code, order = torch.sort(x_rank * k + y_rank)  # (N_l,) by column, then by y
+            idx = level[order]  # (N_l,) point index in code order
+            # columns with max(cx - r, x1) < x < min(cx + r, x2), and the y-ranks inside the y bounds
+            c_lo = torch.searchsorted(ux, torch.maximum(cx - r, x1), right=True)  # (G,) first x > lo
+            c_hi = torch.searchsorted(ux, torch.minimum(cx + r, x2))  # (G,) first x >= hi
+            y_lo = torch.searchsorted(uy, torch.maximum(cy - r, y1), right=True)  # (G,) first y-rank with y > lo
+            y_hi = torch.searchsorted(uy, torch.minimum(cy + r, y2))  # (G,) first y-rank with y >= hi
+            n_col = (c_hi - c_lo).clamp(min=0) * valid  # (G,) padding: none
+            col_gt = torch.repeat_interleave(gts, n_col)  # (Q,) one row per (gt, column)
+            col = torch.arange(col_gt.numel(), device=dev) + (c_lo - (n_col.cumsum(0) - n_col))[col_gt]  # (Q,)
+            first = torch.searchsorted(code, col * k + y_lo[col_gt])  # (Q,) the column's run of y in range
+            last = torch.searchsorted(code, col * k + y_hi[col_gt])  # (Q,)
+            count = (last - first).clamp(min=0)  # (Q,)
+            run = torch.repeat_interleave(torch.arange(col_gt.numel(), device=dev), count)  # (P_l,)
+            pos = torch.arange(run.numel(), device=dev) + (first - (count.cumsum(0) - count))[run]  # (P_l,)
+            gids.append(col_gt[run])
+            pns.append(idx[pos])
+        if not gids:
+            empty = torch.zeros(0, dtype=torch.int64, device=dev)
+            return empty, empty
+        return torch.cat(gids), torch.cat(pns)  # (P,), (P,)
 
 def _check_scores(scores: Tensor) -> None:
     """Probabilities in [0, 1], no NaN: one ``aminmax`` pass (NaN propagates into both) instead of four."""

@@ -16,9 +16,9 @@ The steps are mmdetection 3.3's ``SimOTAAssigner`` (= the old official YOLOX pri
    + penalty * not(pair prior)``, in float32.
 4. dynamic k: ``k_g = max(1, int(sum of gt g's top-10 IoUs over the candidates))``.
 5. each gt marks its ``k_g`` cheapest candidates (ties: lower index first, the package's rule).
-6. a prior marked by several gts goes to ``argmin_g cost`` over ALL gt rows (ties: lower gt index);
-   no second round, so the losing gts keep fewer positives -- possibly none
-   (``open-mmlab/mmdetection issue #8628``).
+6. a prior marked by several gts goes to ``argmin_g cost`` over ALL gt rows (ties: lower gt index), which
+   need not be a gt that marked it (so a gt can end with more than k positives); no second round, so the
+   losing gts keep fewer positives -- possibly none (``open-mmlab/mmdetection issue #8628``).
 7. ``gt_index``, ``labels`` = the gt's class, ``overlaps`` = IoU with that gt (mmdetection fills -1e5
    elsewhere, we fill 0, as every package assigner does).
 
@@ -42,8 +42,11 @@ How it stays fast and static (the peers' costs are dominated by an ``(N, M, C)``
 - dynamic k (step 4): the top-10 IoUs are summed in rank order, one add at a time, as mmdetection's
   column sum does (so ``int()`` truncates the very same float); non-candidates count as IoU 0.
 - step 5 without a per-gt loop: one top-k of ``K = 10`` smallest costs per gt row, keep rank ``< k_g``.
-- eager processes one image at a time on its candidate priors only (gathered, as mmdetection does);
-  the exported graph keeps all ``N`` priors with non-candidates at cost ``+inf``. Same assignment.
+- eager on the CPU goes one image at a time over that image's candidates only (gathered, as mmdetection
+  does; about one image's ``(M, N)`` in memory), and step 6 lists the at most ``M * K`` marks, looking at
+  every gt's cost only for priors marked twice. The exported graph (and eager on other devices) keeps all
+  ``N`` priors, non-candidates at cost ``+inf``, with a dense ``(B, M, N)`` mark matrix. Same assignment
+  (tested); no ``(N, M, C)`` tensor on either path.
 """
 
 from __future__ import annotations

@@ -45,14 +45,20 @@ deletes constants <= 1e-8 and turns ``0 / (0 + 1e-9)`` into NaN): a gt whose met
 How it stays fast (the peers build several ``(B, M, N)`` masks and, in mmdetection, ``(N, M)`` per image):
 
 - the score at each gt's class is gathered as ``(B, M, N)``; ``(B, M, N, C)`` never exists.
-- the top-k keeps ``(B, M, K)`` candidate lists; TOOD's in-gt test, the per-gt maxima of ``t_hat`` and the
-  targets work on them. Only the IoU, the metric, one scatter of candidate IoUs and the max over gts are
-  ``(B, M, N)``.
-- eager: one image at a time (peak memory near one image's ``M x N``); the top-k set is taken with
-  ``torch.topk`` and repaired to the tie rule only where a tie straddles the k-th place at a value that
-  matters (zero ties never matter for TOOD; for ultralytics they are resolved from the first K points).
-  ultralytics' CIoU is computed on the candidate pairs only. The exported graph is batched and dense.
-  Same assignments either way.
+- ``u^6`` by repeated squaring (three multiplications; ``torch.pow`` costs about 20x more on a CPU).
+- after the top-k everything works on ``(B, M, K)`` candidate lists: TOOD's in-gt test, the conflicts (in
+  eager as scatter-reductions over the lists, exported as one ``(B, M, N)`` scatter and a max over M), the
+  per-gt maxima of ``t_hat``.
+- eager: TOOD's IoU and metric a few images at a time (``eager_rows`` gt rows per step: one image at M >= 20,
+  peak memory near one image's ``M x N``); ultralytics' CIoU and metric only on the candidate pairs (as
+  ultralytics does), up to 320 gt rows per step. The top-k set is taken with ``torch.topk`` and repaired to
+  the tie rule only where a tie straddles the k-th place at a value that matters (zero ties never matter for
+  TOOD; for ultralytics they are resolved from the first K points).
+- the exported graph is one batched, dense step. Same assignments either way (the tests run both).
+
+STAL is ultralytics 8.4.190's rule (sides below ``stride[1]`` = 16 become 16). Earlier 8.x releases widened
+only sides below ``stride[0]`` = 8 (to 16), as ``reference/algorithms.md`` §10.3 describes; that rule is
+not reproduced.
 
 ``strides`` is part of the common point-assigner signature; neither variant reads it (STAL's size is the
 constructor's ``stal_side``, as ultralytics takes it from its ``stride`` list).
@@ -70,9 +76,9 @@ from torch import Tensor, nn
 from exportable._checks import (
     check_boxes,
     check_float,
-    check_probabilities,
     check_scalar,
     check_shape,
+    check_tensor,
     checks_enabled,
 )
 from exportable._checks import exporting as _exporting
@@ -99,6 +105,8 @@ VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
     "ultralytics": {"topk": 10, "alpha": 0.5, "beta": 6.0, "eps": 1e-9, "center_margin": 1e-9, "stal_side": 16.0},
 }
 """Each variant's defaults (TOOD / mmdetection 3.3 configs; ultralytics 8.4's ``v8DetectionLoss``)."""
+
+EAGER_ROWS = {"tood": 20, "ultralytics": 320}  # gt rows per eager step (measured on 2 CPU cores, N = 8,400)
 
 IOU_EPS = 1e-6  # mmdetection's bbox_overlaps: IoU = inter / max(union, eps)
 CIOU_EPS = 1e-7  # ultralytics' bbox_iou default eps
@@ -133,7 +141,8 @@ def _pow(x: Tensor, exponent: float) -> Tensor:
     Whole exponents go by repeated squaring (``u^6 = u^4 * u^2``; 1 is a copy), 0.5 is ``sqrt``; those are
     plain multiplications, so eager, the exported graph and the lessons' reference give the same bits.
     (``torch.pow`` itself differs by 1 ulp between its vectorised and scalar paths, and onnxruntime's
-    ``Pow`` from both; ``u^6`` by squaring is within 2 ulp of it, and 20x faster on a CPU.)
+    ``Pow`` from both; ``u^6`` by squaring is within 3.5 ulp (3e-7 relative) of the exact power, and about
+    20x faster than ``torch.pow`` on a CPU.)
     Other exponents use ``torch.pow``.
     """
     if exponent == 0.5:
@@ -164,7 +173,9 @@ def alignment_metric(
 
     Whole exponents by repeated squaring (see :func:`_pow`): the same bits in eager and onnxruntime.
     """
-    return _pow(scores, alpha).mul_(_pow(overlaps, beta))
+    if alpha == 1.0:
+        return scores * overlaps if beta == 1.0 else _pow(overlaps, beta).mul_(scores)  # one pass, no copy of s
+    return _pow(scores, alpha).mul_(_pow(overlaps, beta) if beta != 1.0 else overlaps)
 
 
 def box_ciou(
@@ -254,7 +265,7 @@ def points_inside(
 ) -> Bool[Tensor, "B M N"]:
     """``(B, M, N)``: point n lies inside box m by more than ``margin`` on every side (``px - x1 > margin``,
     ``y2 - py > margin`` ...), the test of mmdetection's TOOD (0.01) and ultralytics' TAL (1e-9)."""
-    px, py = points[:, 0], points[:, 1]  # (N,) each
+    px, py = points.t().contiguous().unbind(0)  # (N,) each, contiguous (a strided view halves the speed)
     x1, y1, x2, y2 = (c.unsqueeze(-1) for c in boxes.unbind(-1))  # 4 x (B, M, 1)
     inside = (px - x1) > margin  # (B, M, N)
     inside &= (py - y1) > margin
@@ -328,7 +339,11 @@ class TaskAlignedAssigner(nn.Module):
     ``forward(points (N, 2), strides (N,), pred_scores (B, N, C), pred_boxes (B, N, 4), gt_boxes (B, M, 4),
     gt_labels (B, M), gt_mask (B, M)) -> AssignResult``: ``pred_scores`` are class probabilities (sigmoid
     outputs, never logits), ``pred_boxes`` decoded boxes in pixels. ``overlaps`` is the IoU (TOOD) or
-    clamped CIoU (ultralytics) of each positive with its gt, ``target_scores`` its ``t_hat``.
+    clamped CIoU (ultralytics) of each positive with its gt, ``target_scores`` its ``t_hat``
+    (``result.dense_scores(C)`` is the ``(B, N, C)`` classification target). N = 0 works in eager.
+
+    Attribute ``eager_rows`` (eager only): gt rows (images x M) per step of the ``(M, N)`` work; lower it to
+    save memory, raise it for fewer steps. It never changes a result; the exported graph is one step.
     """
 
     def __init__(
@@ -360,6 +375,9 @@ class TaskAlignedAssigner(nn.Module):
         self.center_margin = check_scalar(
             "center_margin", d["center_margin"] if center_margin is None else center_margin)
         self.stal_side = check_scalar("stal_side", d["stal_side"] if stal_side is None else stal_side, low=0.0)
+        # Eager only: how many gt rows (images x M) one step of the (M, N) work takes. Smaller: less memory;
+        # larger: fewer, bigger steps. Never changes a result; the exported graph is one batched step.
+        self.eager_rows = EAGER_ROWS[variant]
 
     @classmethod
     def tood(cls, **kwargs) -> TaskAlignedAssigner:
@@ -387,22 +405,16 @@ class TaskAlignedAssigner(nn.Module):
     ) -> AssignResult:
         if checks_enabled():
             _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, self.num_classes)
-        if not _exporting() and gt_boxes.shape[0] > 1:
-            # Eager: one image at a time keeps peak memory near one image's (M, N). Same numbers.
-            parts = [
-                self._assign(points, pred_scores[i : i + 1], pred_boxes[i : i + 1], gt_boxes[i : i + 1],
-                             gt_labels[i : i + 1], gt_mask[i : i + 1])
-                for i in range(gt_boxes.shape[0])
-            ]
-            return AssignResult(*(torch.cat(fields) for fields in zip(*parts)))
         return self._assign(points, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
 
     def _assign(
         self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
         gt_mask: Tensor, *, dense: bool | None = None,
     ) -> AssignResult:
-        """One chunk. ``dense`` (default: only under export) keeps every step ``(B, M', N)``; eager's sparse
-        steps give the same result (the tests run both)."""
+        """``dense`` (default: only under export) runs every step on the whole batch with ``(B, M', N)``
+        tensors. Otherwise (eager) the ``(M', N)`` work runs one image at a time and the rest on the
+        ``(B, M', K)`` candidate lists, with scatter-reductions instead of ``(B, M', N)`` masks. Same result
+        (the tests run both)."""
         dense = _exporting() if dense is None else dense
         b, n, c = pred_scores.shape
         num_classes = c if self.num_classes is None else self.num_classes
@@ -410,8 +422,19 @@ class TaskAlignedAssigner(nn.Module):
             return empty_result(b, 0, num_classes, like=pred_boxes)  # no points: nothing to assign
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
         labels = torch.where(mask, labels, 0)  # (B, M') padded rows may hold any label
-        step = self._tood if self.variant == "tood" else self._ultralytics
-        gt_index, overlaps, target = step(points, pred_scores, pred_boxes, boxes, labels, mask, dense)
+        if self.variant == "tood":
+            stage, finish = self._tood_candidates, self._tood_finish
+        else:
+            stage, finish = self._ultralytics_candidates, self._ultralytics_finish
+        per_chunk = b if dense else max(1, self.eager_rows // boxes.shape[1])  # images per step
+        if per_chunk >= b:
+            lists = stage(points, pred_scores, pred_boxes, boxes, labels, mask, dense)
+        else:  # eager: a few images at a time keeps peak memory near eager_rows x N per (M', N) tensor
+            parts = [stage(points, pred_scores[i : i + per_chunk], pred_boxes[i : i + per_chunk],
+                           boxes[i : i + per_chunk], labels[i : i + per_chunk], mask[i : i + per_chunk], dense)
+                     for i in range(0, b, per_chunk)]
+            lists = tuple(torch.cat(field) for field in zip(*parts))
+        gt_index, overlaps, target = finish(points, boxes, mask, n, dense, *lists)
         return _result(gt_index, overlaps, target, boxes, labels, num_classes)
 
     def _in_gt_boxes(self, boxes: Tensor, mask: Tensor) -> Tensor:
@@ -420,16 +443,18 @@ class TaskAlignedAssigner(nn.Module):
         return boxes
 
     # -- TOOD / mmdetection ---------------------------------------------------------------------------------
-    def _tood(self, points, pred_scores, pred_boxes, boxes, labels, mask, dense) -> tuple[Tensor, Tensor, Tensor]:
-        b, m = boxes.shape[:2]
-        n = points.shape[0]
+    def _tood_candidates(self, points, pred_scores, pred_boxes, boxes, labels, mask, dense) -> tuple[Tensor, ...]:
+        """Steps 1-3: ``(top_t, top_i, top_u)`` ``(B, M', K)``, plus the metric ``(B, M', N)`` when dense."""
         # 1.-2. IoU and the metric for every (gt, point) pair: (B, M', N), never (B, M', N, C).
         iou = _box_iou(boxes, pred_boxes, eps=IOU_EPS)  # (B, M', N)
         metric = alignment_metric(gather_gt_scores(pred_scores, labels), iou, self.alpha, self.beta)  # (B, M', N)
         # 3. the top-k of every gt over all points.
         top_t, top_i = topk_candidates(metric, self.topk, zeros_matter=False)  # (B, M', K)
-        k = top_i.shape[-1]
         top_u = iou.gather(2, top_i)  # (B, M', K)
+        return (top_t, top_i, top_u, metric) if dense else (top_t, top_i, top_u)
+
+    def _tood_finish(self, points, boxes, mask, n, dense, top_t, top_i, top_u, metric=None):
+        b, m, k = top_i.shape
         # 4. positive: t > 0 and the point inside the gt by more than the margin; real gts only.
         in_gt = _candidates_inside(points, self._in_gt_boxes(boxes, mask), top_i, self.center_margin)  # (B, M', K)
         pos = (top_t > 0) & in_gt & mask.unsqueeze(-1)  # (B, M', K)
@@ -443,49 +468,64 @@ class TaskAlignedAssigner(nn.Module):
         t_max = torch.where(final, top_t, 0.0).amax(dim=2)  # (B, M')
         u_max = torch.where(final, top_u, 0.0).amax(dim=2)  # (B, M')
         safe = gt_index.clamp(min=0)  # (B, N)
-        t_win = metric.gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, N)
+        if dense:
+            t_win = metric.gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, N)
+        else:
+            t_win = _list_values_at_points(top_i, final, top_t, n)  # (B, N) each point's final entry
         target = t_win / (t_max.gather(1, safe) + self.eps) * u_max.gather(1, safe)  # (B, N)
         return gt_index, torch.where(positive, best, 0.0), torch.where(positive, target, 0.0)
 
     # -- ultralytics ----------------------------------------------------------------------------------------
-    def _ultralytics(self, points, pred_scores, pred_boxes, boxes, labels, mask, dense) -> tuple[Tensor, Tensor, Tensor]:
-        b, m = boxes.shape[:2]
-        n = points.shape[0]
-        # 1. candidates: inside the (STAL-widened) gt; real gts only.
-        cand = points_inside(points, self._in_gt_boxes(boxes, mask), self.center_margin)  # (B, M', N)
-        cand &= mask.unsqueeze(-1)
+    def _ultralytics_candidates(self, points, pred_scores, pred_boxes, boxes, labels, mask, dense):
+        """Steps 1-3 and step 4's argmax over all gts: ``top_i, pos`` ``(B, M', K)``, ``arg_all`` ``(B, N)``, then
+        dense: ``metric, overlaps`` ``(B, M', N)``; sparse: ``t_all, u_all`` ``(B, N)`` (their values at
+        ``arg_all``) and ``top_t, top_u`` ``(B, M', K)``."""
+        # 1. candidates: inside the (STAL-widened) gt; real gts only (a NaN box contains no point).
+        in_gt_boxes = torch.where(mask.unsqueeze(-1), self._in_gt_boxes(boxes, mask), float("nan"))  # (B, M', 4)
+        cand = points_inside(points, in_gt_boxes, self.center_margin)  # (B, M', N)
         # 2. CIoU clamped at 0 and the metric on candidates; 0 elsewhere.
-        overlaps, metric = self._candidate_metrics(pred_scores, pred_boxes, boxes, labels, cand, dense)  # 2 x (B, M', N)
+        overlaps, metric, *extra = self._candidate_metrics(pred_scores, pred_boxes, boxes, labels, cand, dense)
         # 3. the top-k of every gt over all points (zero ties: lower index first), kept where a candidate.
-        _, top_i = topk_candidates(metric, self.topk, zeros_matter=True)  # (B, M', K)
+        top_t, top_i = topk_candidates(metric, self.topk, zeros_matter=True)  # (B, M', K)
         pos = cand.gather(2, top_i)  # (B, M', K)
-        # 4. one gt: that gt; several: argmax of the overlaps over ALL gt rows (first on ties).
-        count, arg_one = _count_over_gts(top_i, pos, n, dense)  # (B, N), (B, N)
         if dense:
-            arg_all = overlaps.argmax(dim=1)  # (B, N) ArgMax on float
-        else:
-            arg_all = torch.zeros_like(arg_one)  # (B, N) only the columns with several gts are read
-            bi, ni = (count > 1).nonzero(as_tuple=True)  # (Q,) each
-            arg_all[bi, ni] = overlaps[bi, :, ni].argmax(dim=1)  # (Q, M') -> (Q,)
+            # 4. (for points several gts keep) the argmax of the overlaps over ALL gt rows, first on ties.
+            return top_i, pos, overlaps.argmax(dim=1), metric, overlaps  # ArgMax on float
+        # The CIoU of the list entries, recomputed pair by pair (same arithmetic): no dense overlaps in eager.
+        top_u = _pair_ciou(boxes, pred_boxes, top_i).clamp_(min=0)  # (B, M', K); read only where pos
+        return (top_i, pos, *extra, top_t, top_u)
+
+    def _ultralytics_finish(self, points, boxes, mask, n, dense, top_i, pos, arg_all, *rest):
+        """Steps 4-5 on the candidate lists; ``rest`` is ``(metric, overlaps)`` (dense) or
+        ``(t_all, u_all, top_t, top_u)`` (sparse: the metric and overlap at ``arg_all``, and the lists')."""
+        m = boxes.shape[1]
+        # 4. one gt: that gt; several: the argmax over all gt rows.
+        count, arg_one = _count_over_gts(top_i, pos, n, dense)  # (B, N), (B, N)
         positive = count > 0  # (B, N)
-        gt_index = torch.where(count > 1, arg_all, torch.where(positive, arg_one, NEGATIVE))  # (B, N)
+        multi = count > 1  # (B, N)
+        gt_index = torch.where(multi, arg_all, torch.where(positive, arg_one, NEGATIVE))  # (B, N)
         # 5. t_hat = t * max u / (max t + eps) per gt over its final positives (which may lie outside its
         #    top-k after step 4, so the maxima run over every point the gt won).
         safe = gt_index.clamp(min=0)  # (B, N)
-        t_win = metric.gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, N)
-        u_win = overlaps.gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, N)
         if dense:
+            metric, overlaps = rest
+            t_win = metric.gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, N)
+            u_win = overlaps.gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, N)
             final = gt_index.unsqueeze(1) == torch.arange(m, device=gt_index.device).view(1, m, 1)  # (B, M', N)
             t_max = torch.where(final, metric, 0.0).amax(dim=2)  # (B, M')
             u_max = torch.where(final, overlaps, 0.0).amax(dim=2)  # (B, M')
         else:
+            t_all, u_all, top_t, top_u = rest
+            t_win = torch.where(multi, t_all, _list_values_at_points(top_i, pos, top_t, n))  # (B, N)
+            u_win = torch.where(multi, u_all, _list_values_at_points(top_i, pos, top_u, n))  # (B, N)
             t_max = _max_per_gt(gt_index, t_win, m)  # (B, M')
             u_max = _max_per_gt(gt_index, u_win, m)  # (B, M')
         target = t_win * u_max.gather(1, safe) / (t_max.gather(1, safe) + self.eps)  # (B, N)
         return gt_index, torch.where(positive, u_win, 0.0), torch.where(positive, target, 0.0)
 
     def _candidate_metrics(self, pred_scores, pred_boxes, boxes, labels, cand, dense) -> tuple[Tensor, Tensor]:
-        """Clamped CIoU and ``t`` at candidate pairs, 0 elsewhere: ``(B, M', N)`` each.
+        """Clamped CIoU and ``t`` at candidate pairs, 0 elsewhere: ``(B, M', N)`` each; sparse also returns
+        step 4's ``arg_all`` and the metric and CIoU there, ``(B, N)`` each.
 
         Sparse (eager) computes them on the candidate pairs only, as ultralytics does; dense on every pair,
         masked. The per-pair arithmetic is the same (``atan`` once per box in both)."""
@@ -494,18 +534,50 @@ class TaskAlignedAssigner(nn.Module):
             overlaps = torch.where(cand, overlaps, 0.0)  # (B, M', N)
             metric = alignment_metric(gather_gt_scores(pred_scores, labels), overlaps, self.alpha, self.beta)
             return overlaps, torch.where(cand, metric, 0.0)  # (B, M', N) x 2
+        b, m, n = cand.shape
         bi, mi, ni = cand.nonzero(as_tuple=True)  # (P,) x 3 candidate pairs
-        g = boxes[bi, mi].movedim(-1, 0)  # (4, P)
-        p = pred_boxes[bi, ni].movedim(-1, 0)  # (4, P)
-        atan_g = _box_atan(boxes.movedim(-1, 0), CIOU_EPS)[bi, mi]  # (P,) per box, then gathered
-        atan_p = _box_atan(pred_boxes.movedim(-1, 0), CIOU_EPS)[bi, ni]  # (P,)
-        ciou = _ciou(g.unbind(0), p.unbind(0), atan_g, atan_p, CIOU_EPS).clamp_(min=0)  # (P,)
-        s = pred_scores[bi, ni, labels[bi, mi]]  # (P,)
-        overlaps = torch.zeros(cand.shape, dtype=pred_boxes.dtype, device=pred_boxes.device)  # (B, M', N)
-        metric = torch.zeros_like(overlaps)  # (B, M', N)
-        overlaps[bi, mi, ni] = ciou
-        metric[bi, mi, ni] = alignment_metric(s, ciou, self.alpha, self.beta)
-        return overlaps, metric
+        ciou = _pair_ciou(boxes, pred_boxes, (bi, mi, ni)).clamp_(min=0)  # (P,)
+        t = alignment_metric(pred_scores[bi, ni, labels[bi, mi]], ciou, self.alpha, self.beta)  # (P,)
+        metric = pred_boxes.new_zeros((b, m, n)).index_put_((bi, mi, ni), t)  # (B, M', N)
+        # Step 4's argmax over all gt rows, from the pairs: non-candidates hold 0, so a point's best is its
+        # largest candidate CIoU (gt 0 when that is 0), the lowest gt index among equals.
+        point = bi * n + ni  # (P,)
+        best = pred_boxes.new_zeros(b * n).scatter_reduce_(0, point, ciou, "amax")  # (B*N,)
+        hit = (ciou == best[point]) & (ciou > 0)  # (P,)
+        arg_all = torch.full((b * n,), m, dtype=torch.int64, device=cand.device)  # (B*N,)
+        arg_all.scatter_reduce_(0, point[hit], mi[hit], "amin")
+        arg_all = torch.where(arg_all == m, 0, arg_all)  # (B*N,)
+        won = hit & (mi == arg_all[point])  # (P,) one pair per point at most
+        t_all = pred_boxes.new_zeros(b * n).index_put_((point[won],), t[won])  # (B*N,)
+        return None, metric, arg_all.view(b, n), t_all.view(b, n), best.view(b, n)
+
+
+def _pair_ciou(boxes: Tensor, pred_boxes: Tensor, pairs: Tensor | tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """:func:`box_ciou` of chosen (gt, prediction) pairs, with the same arithmetic as the pairwise form
+    (``atan`` per box, then gathered). ``pairs`` is a ``(B, M, K)`` index into the points of each gt row
+    (result ``(B, M, K)``) or ``(b, m, n)`` index vectors (result ``(P,)``)."""
+    atan_g = _box_atan(boxes.movedim(-1, 0), CIOU_EPS)  # (B, M)
+    atan_p = _box_atan(pred_boxes.movedim(-1, 0), CIOU_EPS)  # (B, N)
+    if isinstance(pairs, Tensor):
+        b, m, k = pairs.shape
+        g = boxes.movedim(-1, 0).unsqueeze(-1)  # (4, B, M, 1)
+        p = torch.stack([c.gather(1, pairs.reshape(b, m * k)).reshape(b, m, k)
+                         for c in pred_boxes.movedim(-1, 0)])  # (4, B, M, K)
+        a_p = atan_p.gather(1, pairs.reshape(b, m * k)).reshape(b, m, k)  # (B, M, K)
+        return _ciou(g.unbind(0), p.unbind(0), atan_g.unsqueeze(-1), a_p, CIOU_EPS)  # (B, M, K)
+    bi, mi, ni = pairs
+    g = boxes[bi, mi].movedim(-1, 0)  # (4, P)
+    p = pred_boxes[bi, ni].movedim(-1, 0)  # (4, P)
+    return _ciou(g.unbind(0), p.unbind(0), atan_g[bi, mi], atan_p[bi, ni], CIOU_EPS)  # (P,)
+
+
+def _list_values_at_points(index: Tensor, keep: Tensor, values: Tensor, n: int) -> Tensor:
+    """``(B, N)``: for each point, the value of a kept list entry naming it (0 if none). Meant for a ``keep``
+    with at most one entry per point (else the largest value, for values >= 0)."""
+    b = index.shape[0]
+    flat = (index + torch.arange(b, device=index.device).view(b, 1, 1) * n)[keep]  # (P,)
+    out = torch.zeros(b * n, dtype=values.dtype, device=values.device)  # (B*N,)
+    return out.scatter_reduce_(0, flat, values[keep], "amax").view(b, n)
 
 
 def _max_over_gts(index: Tensor, values: Tensor, n: int, dense: bool) -> tuple[Tensor, Tensor]:
@@ -563,18 +635,35 @@ def _candidates_inside(points: Tensor, boxes: Tensor, index: Tensor, margin: flo
 
 def _result(gt_index: Tensor, overlaps: Tensor, target: Tensor, boxes: Tensor, labels: Tensor,
             num_classes: int) -> AssignResult:
+    b, n = gt_index.shape
+    m = boxes.shape[1]
     positive = gt_index >= 0  # (B, N)
-    safe = gt_index.clamp(min=0)  # (B, N)
-    matched_labels = torch.gather(labels, 1, safe)  # (B, N)
-    matched_boxes = torch.gather(boxes, 1, safe.unsqueeze(-1).expand(-1, -1, 4))  # (B, N, 4)
+    rows = (gt_index.clamp(min=0) + torch.arange(b, device=gt_index.device).view(b, 1) * m).reshape(-1)  # (B*N,)
+    matched_labels = labels.reshape(b * m).index_select(0, rows).view(b, n)  # (B, N)
+    matched_boxes = boxes.reshape(b * m, 4).index_select(0, rows).view(b, n, 4)  # (B, N, 4)
     return AssignResult(
         gt_index=gt_index,
         labels=torch.where(positive, matched_labels, num_classes),
-        boxes=torch.where(positive.unsqueeze(-1), matched_boxes, 0.0),
+        boxes=matched_boxes.mul_(positive.unsqueeze(-1)),
         overlaps=overlaps,
         target_scores=target,
         weights=torch.ones_like(overlaps),
     )
+
+
+def _check_probabilities(name: str, x: Tensor) -> None:
+    """Probabilities in [0, 1], no NaN: one pass (``aminmax`` propagates NaN) over the large score tensor."""
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if lo != lo or hi != hi:
+        raise ValueError(f"{name}: contains NaN (got shape {tuple(x.shape)}, dtype {x.dtype})")
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name}: expected probabilities in [0, 1] (apply sigmoid to logits first) "
+                         f"(got shape {tuple(x.shape)}, values in [{lo:g}, {hi:g}])")
 
 
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, num_classes) -> None:
@@ -584,7 +673,7 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
     check_float("strides", strides)
     check_shape("strides", strides, (n,))
     check_shape("pred_scores", pred_scores, ("B", n, "C"))
-    check_probabilities("pred_scores", pred_scores)
+    _check_probabilities("pred_scores", pred_scores)
     b, c = pred_scores.shape[0], pred_scores.shape[-1]
     if c < 1:
         raise ValueError("pred_scores: need at least one class (C >= 1)")
@@ -598,3 +687,107 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
     real = gt_labels[gt_mask]
     if real.numel() and bool(((real < 0) | (real >= c)).any()):
         raise ValueError(f"gt_labels: real gts need a class in [0, {c}) (C from pred_scores)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Catalog entries (registered in exportable/catalog.py's _ENTRY_MODULES)
+
+
+def example_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
+    """Seeded inputs at sizes ``s`` (keys B, N, M, C) with the cases that matter on purpose.
+
+    Points on a 3-level grid of a ~128 px image (any N); scores on a coarse grid and duplicated predictions
+    (exact ties in the metric and in the IoU); predicted boxes around their points; gts of every size (some
+    narrower than a stride: STAL), zero-width ones, some partly outside, some far from every prediction (a
+    gt whose metric is all zero); padding at the end; image 0 may have no gt at all.
+    """
+    b, n, m, c = s["B"], s["N"], s["M"], s["C"]
+    level = torch.randint(0, 3, (n,), generator=g)  # (N,)
+    strides = (8.0 * 2.0 ** level).float()  # (N,) 8, 16, 32
+    cells = torch.randint(0, 16, (n, 2), generator=g).float()  # (N, 2)
+    points = (cells // (strides[:, None] / 8) + 0.5) * strides[:, None]  # (N, 2) cell centres up to 128 px
+    scores = torch.randint(1, 8, (b, n, c), generator=g).float() / 8.0  # (B, N, C) tied values
+    half = torch.rand(b, n, 2, generator=g) * strides[:, None] * 2 + 1.0  # (B, N, 2)
+    shift = (torch.rand(b, n, 2, generator=g) - 0.5) * strides[:, None]  # (B, N, 2)
+    centre = points + shift  # (B, N, 2)
+    pred = torch.cat([centre - half, centre + half], dim=-1).round(decimals=1)  # (B, N, 4)
+    if n >= 4:
+        pred[:, 1::4] = pred[:, 0::4][:, : pred[:, 1::4].shape[1]]  # duplicated predictions: exact ties
+        scores[:, 1::4] = scores[:, 0::4][:, : scores[:, 1::4].shape[1]]
+    xy = torch.rand(b, m, 2, generator=g) * 140 - 6  # (B, M, 2) some partly outside
+    wh = torch.rand(b, m, 2, generator=g) ** 2 * 80  # (B, M, 2) many small, some narrower than a stride
+    wh = torch.where(torch.rand(b, m, 1, generator=g) < 0.1, wh * torch.tensor([0.0, 1.0]), wh)  # zero width
+    far = torch.rand(b, m, 1, generator=g) < 0.1  # (B, M, 1) a gt no prediction reaches
+    xy = torch.where(far, xy + 400.0, xy)  # (B, M, 2)
+    gts = torch.cat([xy, xy + wh], dim=-1).round(decimals=1)  # (B, M, 4)
+    labels = torch.randint(0, c, (b, m), generator=g)  # (B, M)
+    counts = torch.randint(0, m + 1, (b,), generator=g)  # (B,)
+    if b > 1:
+        counts[1] = m
+    mask = torch.arange(m)[None, :] < counts[:, None]  # (B, M)
+    return points, strides, scores, pred, gts, labels, mask
+
+
+def catalog_entries() -> tuple:
+    from exportable.catalog import Entry, TensorSpec
+
+    f, i, bo = "float32", "int64", "bool"
+    inputs = (
+        TensorSpec("points", f, ("N", 2), "(x, y) prior points (cell centres), shared by the batch"),
+        TensorSpec("strides", f, ("N",), "stride of each point's level (not read: the common signature)"),
+        TensorSpec("pred_scores", f, ("B", "N", "C"), "class probabilities (sigmoid outputs, not logits)"),
+        TensorSpec("pred_boxes", f, ("B", "N", 4), "decoded predicted boxes (x1, y1, x2, y2) in pixels"),
+        TensorSpec("gt_boxes", f, ("B", "M", 4), "padded gt boxes"),
+        TensorSpec("gt_labels", i, ("B", "M"), "gt classes in [0, C)"),
+        TensorSpec("gt_mask", bo, ("B", "M"), "True for real gts"),
+    )
+
+    def outputs(overlap: str) -> tuple:
+        return (
+            TensorSpec("gt_index", i, ("B", "N"), "matched gt (0-based); -1 negative (nothing is ignored)"),
+            TensorSpec("labels", i, ("B", "N"), "matched gt's class; C for non-positives"),
+            TensorSpec("boxes", f, ("B", "N", 4), "matched gt box (the regression target); 0 for non-positives"),
+            TensorSpec("overlaps", f, ("B", "N"), f"{overlap} of the prediction with its gt; 0 for non-positives"),
+            TensorSpec("target_scores", f, ("B", "N"),
+                       "classification target at labels: t_hat = normalised s^alpha u^beta; 0 else"),
+            TensorSpec("weights", f, ("B", "N"), "classification loss weight: 1 everywhere"),
+        )
+
+    sizes = {
+        "export_sizes": {"B": 2, "N": 60, "M": 4, "C": 3},
+        "test_sizes": ({"B": 1, "N": 9, "M": 1, "C": 1}, {"B": 3, "N": 700, "M": 13, "C": 5},
+                       {"B": 2, "N": 50, "M": 0, "C": 4}, {"B": 4, "N": 5, "M": 3, "C": 2},
+                       {"B": 2, "N": 400, "M": 30, "C": 80}),
+        "atol": 1e-6,
+    }
+    tood = {"variant": "tood", **VARIANT_DEFAULTS["tood"], "topk": 13, "num_classes": None}
+    ultra = {"variant": "ultralytics", **VARIANT_DEFAULTS["ultralytics"], "topk": 10, "num_classes": None}
+    return (
+        Entry(
+            name="task_aligned_assigner",
+            summary="TOOD's task-aligned assigner as mmdetection 3.3 (top-13 of s * IoU^6 over all points, t > 0, "
+            "centre in gt, conflicts to the highest IoU), soft targets t_hat with eps 1e-7.",
+            source="exportable/assigners/task_aligned.py",
+            factory=TaskAlignedAssigner,
+            params=tood,
+            inputs=inputs,
+            outputs=outputs("IoU"),
+            make_inputs=example_inputs,
+            notes="Ties: lower point index first (top-k), lower gt index first (conflicts). No (B, M, N, C) tensor.",
+            **sizes,
+        ),
+        Entry(
+            name="task_aligned_assigner_ultralytics",
+            summary="ultralytics 8.4's TAL (YOLOv8-YOLO12): CIoU, in-gt (STAL 16 px) before the top-10 of "
+            "sqrt(s) * CIoU^6, no t > 0 test, conflicts by argmax over all gts, eps 1e-9.",
+            source="exportable/assigners/task_aligned.py",
+            factory=TaskAlignedAssigner,
+            params=ultra,
+            inputs=inputs,
+            outputs=outputs("CIoU (clamped at 0)"),
+            make_inputs=example_inputs,
+            notes="Zero-metric positives follow the tie rule (lower point index first); ultralytics' own order "
+            "for them is its backend's top-k order.",
+            **sizes,
+        ),
+    )
