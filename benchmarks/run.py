@@ -322,6 +322,22 @@ SUITES: dict[str, Suite] = {
         "non-candidates at +inf cost. mmdetection 3.3 for orientation (WORKLOADS.md): 170-190 ms/img at M = 20, "
         "750-1,030 at M = 100; `make bench-peers` measures it side by side.",
     ),
+    "task_aligned": Suite(
+        name="task_aligned",
+        title="TaskAligned, TOOD / mmdetection 3.3 (topk 13, alpha 1, beta 6), B = 16",
+        workloads=("yolox-m20", "yolox-m100"),
+        build=_lessons_case("task_aligned_assigner", "lessons.task_aligned"),
+        note="`lessons.task_aligned.benchmark_case`: the points and seeded predictions of "
+        "`make_workload_predictions`. Eager works a few images at a time on candidate pairs; the graph is dense. "
+        "Peers side by side: `python benchmarks/peers.py --suite task_aligned`.",
+    ),
+    "task_aligned_ultralytics": Suite(
+        name="task_aligned_ultralytics",
+        title="TaskAligned, ultralytics 8.4 variant (topk 10, alpha 0.5, beta 6, CIoU, STAL 16 px), B = 16",
+        workloads=("yolox-m20", "yolox-m100"),
+        build=_lessons_case("task_aligned_assigner_ultralytics", "lessons.task_aligned", variant="ultralytics"),
+        note="Same inputs as `task_aligned`. Peers side by side: `python benchmarks/peers.py --suite task_aligned`.",
+    ),
     "o2f": Suite(
         name="o2f",
         title="O2F one-to-few assignment (top 7, centre radius 1.5 stride, T = 0.6), B = 16",
