@@ -44,7 +44,7 @@ from exportable.retinanet import RetinaNetPostProcess, RetinaNetTargets
 from exportable.rpn import AnchorTargetCreator, ProposalCreator, example_anchor_target_inputs, example_proposal_inputs
 from exportable.sampling import NoiseSampler, example_sampler_inputs
 
-__all__ = ["TensorSpec", "Entry", "CATALOG", "get", "names", "parse_params"]
+__all__ = ["TensorSpec", "Entry", "CATALOG", "get", "names", "parse_params", "point_assigner_inputs"]
 
 Sizes = Mapping[str, int]
 _F, _I, _B = "float32", "int64", "bool"
@@ -307,6 +307,19 @@ def _inputs_topk(s: Sizes, g: torch.Generator) -> tuple[Tensor, ...]:
 # ----------------------------------------------------------------------------------------------
 # The catalog
 # ----------------------------------------------------------------------------------------------
+
+
+def point_assigner_inputs(scores_doc: str, strides_doc: str = "each point's level stride") -> tuple[TensorSpec, ...]:
+    """The inputs every point-based assigner takes (SimOTA, TaskAligned, O2F), in forward order."""
+    return (
+        TensorSpec("points", _F, ("N", 2), "(x, y) cell-centre points of all levels, shared by the batch"),
+        TensorSpec("strides", _F, ("N",), strides_doc),
+        TensorSpec("pred_scores", _F, ("B", "N", "C"), scores_doc),
+        TensorSpec("pred_boxes", _F, ("B", "N", 4), "decoded predicted boxes (x1, y1, x2, y2)"),
+        TensorSpec("gt_boxes", _F, ("B", "M", 4), "padded gt boxes"),
+        TensorSpec("gt_labels", _I, ("B", "M"), "gt classes in [0, C)"),
+        TensorSpec("gt_mask", _B, ("B", "M"), "True for real gts"),
+    )
 
 
 def _feat_specs(levels: int) -> tuple[TensorSpec, ...]:

@@ -537,11 +537,11 @@ def _inputs_o2f_postprocess(s: dict[str, int], g: torch.Generator) -> tuple[Tens
 
 
 def catalog_entries() -> tuple:
-    from exportable.catalog import Entry, TensorSpec
+    from exportable.catalog import Entry, TensorSpec, point_assigner_inputs
     from exportable.losses import O2FLoss
     from exportable.o2f_inference import O2FPostProcess
 
-    f, i, bo = "float32", "int64", "bool"
+    f, i = "float32", "int64"
     assigner = Entry(
         name="o2f_assigner",
         summary="O2F one-to-few assignment (the authors' code): centre region, top-7 by p^0.2 IoU^0.8, one "
@@ -551,13 +551,7 @@ def catalog_entries() -> tuple:
         params={"topk": 7, "alpha": 0.8, "center_radius": 1.5, "certain_weight": 1.0, "ambiguous_weight": 0.4,
                 "num_classes": 80},
         inputs=(
-            TensorSpec("points", f, ("N", 2), "(x, y) cell-centre points of all levels, shared by the batch"),
-            TensorSpec("strides", f, ("N",), "each point's level stride"),
-            TensorSpec("pred_scores", f, ("B", "N", "C"), "sigmoid(cls) * sigmoid(ctr), probabilities"),
-            TensorSpec("pred_boxes", f, ("B", "N", 4), "decoded predicted boxes (x1, y1, x2, y2)"),
-            TensorSpec("gt_boxes", f, ("B", "M", 4), "padded gt boxes"),
-            TensorSpec("gt_labels", i, ("B", "M"), "gt classes in [0, C)"),
-            TensorSpec("gt_mask", bo, ("B", "M"), "True for real gts"),
+            *point_assigner_inputs("sigmoid(cls) * sigmoid(ctr), probabilities"),
             TensorSpec("soft_ceiling", f, (), "T(e): 0.6 in the first epoch -> 0.2 in the last"),
         ),
         outputs=(

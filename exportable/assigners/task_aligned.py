@@ -82,6 +82,7 @@ from exportable._checks import (
     checks_enabled,
 )
 from exportable._checks import exporting as _exporting
+from exportable.assigners._examples import example_point_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.batching import check_gt_batch, ensure_gt_rows
 from exportable.boxes import _box_iou
@@ -694,53 +695,17 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
 
 
 def example_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
-    """Seeded inputs at sizes ``s`` (keys B, N, M, C) with the cases that matter on purpose.
-
-    Points on a 3-level grid of a ~128 px image (any N); scores on a coarse grid and duplicated predictions
-    (exact ties in the metric and in the IoU); predicted boxes around their points; gts of every size (some
-    narrower than a stride: STAL), zero-width ones, some partly outside, some far from every prediction (a
-    gt whose metric is all zero); padding at the end; image 0 may have no gt at all.
-    """
-    b, n, m, c = s["B"], s["N"], s["M"], s["C"]
-    level = torch.randint(0, 3, (n,), generator=g)  # (N,)
-    strides = (8.0 * 2.0 ** level).float()  # (N,) 8, 16, 32
-    cells = torch.randint(0, 16, (n, 2), generator=g).float()  # (N, 2)
-    points = (cells // (strides[:, None] / 8) + 0.5) * strides[:, None]  # (N, 2) cell centres up to 128 px
-    scores = torch.randint(1, 8, (b, n, c), generator=g).float() / 8.0  # (B, N, C) tied values
-    half = torch.rand(b, n, 2, generator=g) * strides[:, None] * 2 + 1.0  # (B, N, 2)
-    shift = (torch.rand(b, n, 2, generator=g) - 0.5) * strides[:, None]  # (B, N, 2)
-    centre = points + shift  # (B, N, 2)
-    pred = torch.cat([centre - half, centre + half], dim=-1).round(decimals=1)  # (B, N, 4)
-    if n >= 4:
-        pred[:, 1::4] = pred[:, 0::4][:, : pred[:, 1::4].shape[1]]  # duplicated predictions: exact ties
-        scores[:, 1::4] = scores[:, 0::4][:, : scores[:, 1::4].shape[1]]
-    xy = torch.rand(b, m, 2, generator=g) * 140 - 6  # (B, M, 2) some partly outside
-    wh = torch.rand(b, m, 2, generator=g) ** 2 * 80  # (B, M, 2) many small, some narrower than a stride
-    wh = torch.where(torch.rand(b, m, 1, generator=g) < 0.1, wh * torch.tensor([0.0, 1.0]), wh)  # zero width
-    far = torch.rand(b, m, 1, generator=g) < 0.1  # (B, M, 1) a gt no prediction reaches
-    xy = torch.where(far, xy + 400.0, xy)  # (B, M, 2)
-    gts = torch.cat([xy, xy + wh], dim=-1).round(decimals=1)  # (B, M, 4)
-    labels = torch.randint(0, c, (b, m), generator=g)  # (B, M)
-    counts = torch.randint(0, m + 1, (b,), generator=g)  # (B,)
-    if b > 1:
-        counts[1] = m
-    mask = torch.arange(m)[None, :] < counts[:, None]  # (B, M)
-    return points, strides, scores, pred, gts, labels, mask
+    """Seeded inputs at sizes ``s`` (keys B, N, M, C): :func:`~exportable.assigners._examples.example_point_inputs`
+    with gts far from every prediction (a gt whose metric is all zero)."""
+    return example_point_inputs(s, g, far_gts=True)
 
 
 def catalog_entries() -> tuple:
-    from exportable.catalog import Entry, TensorSpec
+    from exportable.catalog import Entry, TensorSpec, point_assigner_inputs
 
-    f, i, bo = "float32", "int64", "bool"
-    inputs = (
-        TensorSpec("points", f, ("N", 2), "(x, y) prior points (cell centres), shared by the batch"),
-        TensorSpec("strides", f, ("N",), "stride of each point's level (not read: the common signature)"),
-        TensorSpec("pred_scores", f, ("B", "N", "C"), "class probabilities (sigmoid outputs, not logits)"),
-        TensorSpec("pred_boxes", f, ("B", "N", 4), "decoded predicted boxes (x1, y1, x2, y2) in pixels"),
-        TensorSpec("gt_boxes", f, ("B", "M", 4), "padded gt boxes"),
-        TensorSpec("gt_labels", i, ("B", "M"), "gt classes in [0, C)"),
-        TensorSpec("gt_mask", bo, ("B", "M"), "True for real gts"),
-    )
+    f, i = "float32", "int64"
+    inputs = point_assigner_inputs("class probabilities (sigmoid outputs, not logits)",
+                                   "stride of each point's level (not read: the common signature)")
 
     def outputs(overlap: str) -> tuple:
         return (
