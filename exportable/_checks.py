@@ -138,10 +138,18 @@ def check_same_leading(names: Sequence[str], tensors: Sequence[Tensor], dims: in
 
 
 def check_probabilities(name: str, x: Tensor) -> None:
-    """Scores are probabilities in [0, 1], never logits."""
-    check_float(name, x)
-    if x.numel() and bool(((x < 0) | (x > 1)).any()):
-        _fail(name, "expected probabilities in [0, 1] (apply sigmoid to logits first)", x)
+    """Scores are probabilities in [0, 1], never logits; no NaN. One ``aminmax`` pass (NaN reaches both ends)."""
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if lo != lo or hi != hi:
+        _fail(name, "contains NaN", x)
+    if lo < 0 or hi > 1:
+        _fail(name, f"expected probabilities in [0, 1] (apply sigmoid to logits first), got values in [{lo:g}, {hi:g}]",
+              x)
 
 
 def check_scalar(name: str, value: float, *, low: float | None = None, high: float | None = None) -> float:

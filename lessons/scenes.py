@@ -39,6 +39,7 @@ __all__ = [
     "GRACE_HOPPER_BOXES",
     "GRACE_HOPPER_CLASSES",
     "WORKLOADS",
+    "make_point_workload_inputs",
     "GtBatch",
     "Scene",
     "Workload",
@@ -559,3 +560,19 @@ def make_workload_predictions(
     points, strides, _ = grid_points(wl.h, wl.w, wl.priors["strides"], wl.priors.get("offset", 0.5))
     scores, boxes = random_predictions(points, strides, b, wl.num_classes, seed)
     return points, strides, scores, boxes
+
+
+def make_point_workload_inputs(workload: str, seed: int = 0) -> tuple[Tensor, ...]:
+    """The common point-assigner inputs of ``yolox-m20`` / ``yolox-m100`` (or ``name@B``), seeded.
+
+    Returns ``points (N, 2)``, ``strides (N,)``, ``pred_scores (B, N, C)``, ``pred_boxes (B, N, 4)``,
+    ``gt_boxes (B, M, 4)``, ``gt_labels (B, M)``, ``gt_mask (B, M)``: the forward order of SimOTA, TaskAligned
+    and O2F (:func:`make_workload_predictions` + :func:`make_workload_batch`).
+    """
+    name, _, batch = workload.partition("@")
+    b = int(batch) if batch else None
+    if not name.startswith("yolox-"):
+        raise ValueError(f"workload: the point assigners run on yolox-m20 / yolox-m100, got {workload!r}")
+    points, strides, scores, boxes = make_workload_predictions(name, seed=seed, batch=b)
+    gts = make_workload_batch(name, seed=seed, batch=b)
+    return points, strides, scores, boxes, gts.gt_boxes, gts.gt_labels, gts.gt_mask

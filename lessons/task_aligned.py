@@ -416,15 +416,9 @@ def draw_positives(
 
 
 def _workload_inputs(workload: str, seed: int) -> tuple[Tensor, ...]:
-    from lessons.scenes import make_workload_batch, make_workload_predictions
+    from lessons.scenes import make_point_workload_inputs
 
-    name, _, batch = workload.partition("@")
-    b = int(batch) if batch else None
-    if not name.startswith("yolox-"):
-        raise ValueError(f"workload: TaskAligned runs on the point workloads yolox-m20 / yolox-m100, got {workload!r}")
-    points, strides, scores, boxes = make_workload_predictions(name, seed=seed, batch=b)
-    gts = make_workload_batch(name, seed=seed, batch=b)
-    return points, strides, scores, boxes, gts.gt_boxes, gts.gt_labels, gts.gt_mask
+    return make_point_workload_inputs(workload, seed)
 
 
 def benchmark_case(workload: str, seed: int = 0, variant: str = "tood", **params: Any):

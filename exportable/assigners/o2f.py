@@ -67,16 +67,15 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from exportable._checks import (
-    check_boxes,
     check_float,
     check_scalar,
     check_shape,
-    check_tensor,
     checks_enabled,
     exporting,
 )
+from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
-from exportable.batching import check_gt_batch, ensure_gt_rows
+from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou
 from exportable.ordering import _topk, rank_mask
 
@@ -413,48 +412,8 @@ class O2FAssigner(nn.Module):
             return empty, empty
         return torch.cat(gids), torch.cat(pns)  # (P,), (P,)
 
-def _check_scores(scores: Tensor) -> None:
-    """Probabilities in [0, 1], no NaN: one ``aminmax`` pass (NaN propagates into both) instead of four."""
-    check_tensor("pred_scores", scores)
-    if not scores.is_floating_point():
-        raise TypeError(f"pred_scores: expected a floating-point tensor, got dtype {scores.dtype}")
-    if scores.numel() == 0:
-        return
-    low, high = torch.aminmax(scores)
-    if bool(torch.isnan(low)) or bool(torch.isnan(high)):
-        raise ValueError(f"pred_scores: contains NaN (got shape {tuple(scores.shape)})")
-    if float(low) < 0 or float(high) > 1:
-        raise ValueError(
-            "pred_scores: expected probabilities in [0, 1] (sigmoid(cls) * sigmoid(ctr), not logits), got values in "
-            f"[{float(low)}, {float(high)}]"
-        )
-
-
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, ceiling) -> None:
-    check_float("points", points)
-    check_shape("points", points, ("N", 2))
-    n = points.shape[0]
-    check_float("strides", strides)
-    check_shape("strides", strides, (n,))
-    if strides.numel() and bool((strides <= 0).any()):
-        raise ValueError("strides: every point's stride must be > 0")
-    _check_scores(pred_scores)
-    check_shape("pred_scores", pred_scores, ("B", n, "C"))
-    if pred_scores.shape[2] < 1:
-        raise ValueError(f"pred_scores: expected C >= 1 classes, got shape {tuple(pred_scores.shape)}")
-    check_boxes("pred_boxes", pred_boxes, ndim=3)
-    b = pred_scores.shape[0]
-    check_shape("pred_boxes", pred_boxes, (b, n, 4))
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
-    if gt_boxes.shape[0] != b:
-        raise ValueError(f"gt_boxes: batch {gt_boxes.shape[0]} does not match pred_scores' B = {b}")
-    c = pred_scores.shape[2]
-    real = gt_labels[gt_mask]  # (real gts,)
-    if real.numel() and bool(((real < 0) | (real >= c)).any()):
-        raise ValueError(
-            f"gt_labels: real gts need classes in [0, {c}) (pred_scores has C = {c}), got values in "
-            f"[{int(real.min())}, {int(real.max())}]"
-        )
+    check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
     check_float("soft_ceiling", ceiling)
     check_shape("soft_ceiling", ceiling, ())
     value = float(ceiling)

@@ -58,17 +58,13 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from exportable._checks import (
-    check_boxes,
-    check_float,
-    check_probabilities,
     check_scalar,
-    check_shape,
     checks_enabled,
 )
 from exportable._checks import exporting as _exporting
-from exportable.assigners._examples import example_point_inputs
+from exportable.assigners._points import check_point_assigner_inputs, example_point_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
-from exportable.batching import check_gt_batch, ensure_gt_rows
+from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou
 from exportable.ordering import _topk
 
@@ -334,26 +330,7 @@ def _match_sparse(cost: Tensor, iou: Tensor, k_max: int) -> Tensor:
 
 
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask) -> None:
-    check_float("points", points)
-    check_shape("points", points, ("N", 2))
-    n = points.shape[0]
-    check_float("strides", strides)
-    check_shape("strides", strides, (n,))
-    if strides.numel() and bool((strides <= 0).any()):
-        raise ValueError("strides: every stride must be > 0")
-    check_shape("pred_scores", pred_scores, ("B", n, "C"))
-    check_probabilities("pred_scores", pred_scores)
-    if pred_scores.shape[-1] < 1:
-        raise ValueError("pred_scores: need at least one class (C >= 1)")
-    b, c = pred_scores.shape[0], pred_scores.shape[-1]
-    check_boxes("pred_boxes", pred_boxes, ndim=3)
-    check_shape("pred_boxes", pred_boxes, (b, n, 4))
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
-    if gt_boxes.shape[0] != b:
-        raise ValueError(f"gt_boxes: batch {gt_boxes.shape[0]} does not match pred_scores' {b}")
-    real = gt_labels[gt_mask]
-    if real.numel() and bool(((real < 0) | (real >= c)).any()):
-        raise ValueError(f"gt_labels: real gts need a class in [0, {c}) (C from pred_scores)")
+    check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------

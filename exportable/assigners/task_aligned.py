@@ -75,16 +75,13 @@ from torch import Tensor, nn
 
 from exportable._checks import (
     check_boxes,
-    check_float,
     check_scalar,
-    check_shape,
-    check_tensor,
     checks_enabled,
 )
 from exportable._checks import exporting as _exporting
-from exportable.assigners._examples import example_point_inputs
+from exportable.assigners._points import check_point_assigner_inputs, example_point_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
-from exportable.batching import check_gt_batch, ensure_gt_rows
+from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou
 from exportable.ordering import _topk
 
@@ -652,42 +649,9 @@ def _result(gt_index: Tensor, overlaps: Tensor, target: Tensor, boxes: Tensor, l
     )
 
 
-def _check_probabilities(name: str, x: Tensor) -> None:
-    """Probabilities in [0, 1], no NaN: one pass (``aminmax`` propagates NaN) over the large score tensor."""
-    check_tensor(name, x)
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() == 0:
-        return
-    lo, hi = (float(v) for v in torch.aminmax(x))
-    if lo != lo or hi != hi:
-        raise ValueError(f"{name}: contains NaN (got shape {tuple(x.shape)}, dtype {x.dtype})")
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{name}: expected probabilities in [0, 1] (apply sigmoid to logits first) "
-                         f"(got shape {tuple(x.shape)}, values in [{lo:g}, {hi:g}])")
-
-
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, num_classes) -> None:
-    check_float("points", points)
-    check_shape("points", points, ("N", 2))
-    n = points.shape[0]
-    check_float("strides", strides)
-    check_shape("strides", strides, (n,))
-    check_shape("pred_scores", pred_scores, ("B", n, "C"))
-    _check_probabilities("pred_scores", pred_scores)
-    b, c = pred_scores.shape[0], pred_scores.shape[-1]
-    if c < 1:
-        raise ValueError("pred_scores: need at least one class (C >= 1)")
-    if num_classes is not None and c != num_classes:
-        raise ValueError(f"pred_scores: {c} classes (C) but the assigner was built with num_classes={num_classes}")
-    check_boxes("pred_boxes", pred_boxes, ndim=3)
-    check_shape("pred_boxes", pred_boxes, (b, n, 4))
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
-    if gt_boxes.shape[0] != b:
-        raise ValueError(f"gt_boxes: batch {gt_boxes.shape[0]} does not match pred_scores' {b}")
-    real = gt_labels[gt_mask]
-    if real.numel() and bool(((real < 0) | (real >= c)).any()):
-        raise ValueError(f"gt_labels: real gts need a class in [0, {c}) (C from pred_scores)")
+    check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask,
+                                num_classes=num_classes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -695,7 +659,7 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
 
 
 def example_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
-    """Seeded inputs at sizes ``s`` (keys B, N, M, C): :func:`~exportable.assigners._examples.example_point_inputs`
+    """Seeded inputs at sizes ``s`` (keys B, N, M, C): :func:`~exportable.assigners._points.example_point_inputs`
     with gts far from every prediction (a gt whose metric is all zero)."""
     return example_point_inputs(s, g, far_gts=True)
 
