@@ -1,4 +1,4 @@
-"""Peers side by side: mmdetection and ultralytics on the workloads of WORKLOADS.md, next to ours.
+"""Peers side by side: mmdetection and ultralytics on the workloads of docs/workloads.md, next to ours.
 
     python benchmarks/peers.py                          # every suite (what `make bench-peers` runs)
     python benchmarks/peers.py --suite maxiou --threads 2 --repeats 3
@@ -12,7 +12,7 @@ holds a hash of its specification (a changed specification rebuilds it). Every e
 torch 2.13.0 and pip must resolve it to a CPU build (checked with a dry run before anything is
 installed: an unpinned or CUDA torch is never downloaded).
 
-Rules (as for ``benchmarks/run.py`` and DESIGN.md): one run measures every implementation side by
+Rules (as for ``benchmarks/run.py`` and docs/conventions.md): one run measures every implementation side by
 side on the same inputs (generated once in our venv and saved as .npy, loaded by every child);
 each measurement runs in its own subprocess (peak RSS only grows within a process) with fixed
 thread counts; median of ``--repeats`` runs after one warm-up, per image. Ratios measured in one
@@ -1022,7 +1022,7 @@ def _table(suite, args, impls, rows, parity, failures, versions, skipped) -> str
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in suite.notes]
-    lines += ["- The machine class is noisy (the same command varied up to 3x between runs, WORKLOADS.md): "
+    lines += ["- The machine class is noisy (the same command varied up to 3x between runs, docs/workloads.md): "
               "compare the ratio columns, never absolute times across runs.", ""]
     return "\n".join(lines)
 

@@ -1,9 +1,9 @@
-"""Benchmarks: torch eager vs onnxruntime on the named workloads of WORKLOADS.md.
+"""Benchmarks: torch eager vs onnxruntime on the named workloads of docs/workloads.md.
 
     python benchmarks/run.py                   # every suite (what `make bench` runs)
     python benchmarks/run.py --suite iou_max --repeats 5 --threads 2
 
-Rules (DESIGN.md): measured side by side in one run; fixed thread counts; one subprocess per
+Rules (docs/conventions.md): measured side by side in one run; fixed thread counts; one subprocess per
 measurement (peak RSS only grows within a process); ratios are the result, absolute CPU times
 are only indicative. Each suite writes ``benchmarks/results/<suite>.md``.
 
@@ -260,7 +260,7 @@ SUITES: dict[str, Suite] = {
         build=_build_max_iou_assigner,
         note="`retina-m100@16` is the same workload with B = 16: the eager peak-memory check (one image at "
         "a time keeps it near one image's N x M). The ONNX graph is fully batched: its peak grows with B. "
-        "mmdetection 3.3's figures for orientation (WORKLOADS.md, other runs, 2 cores): 118 ms/img at "
+        "mmdetection 3.3's figures for orientation (docs/workloads.md, other runs, 2 cores): 118 ms/img at "
         "M = 20, 443-513 ms/img at M = 100; `make bench-peers` measures it side by side.",
     ),
     "rpn_anchor_targets": Suite(
@@ -319,7 +319,7 @@ SUITES: dict[str, Suite] = {
         build=_lessons_case("simota_assigner", "lessons.simota"),
         note="`lessons.simota.benchmark_case`: the points and seeded predictions of `make_workload_predictions`. "
         "Eager (CPU) works image by image on each image's candidate points; the graph is fully batched with "
-        "non-candidates at +inf cost. mmdetection 3.3 for orientation (WORKLOADS.md): 170-190 ms/img at M = 20, "
+        "non-candidates at +inf cost. mmdetection 3.3 for orientation (docs/workloads.md): 170-190 ms/img at M = 20, "
         "750-1,030 at M = 100; `make bench-peers` measures it side by side.",
     ),
     "task_aligned": Suite(

@@ -12,7 +12,7 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, with ``x1 <= x2`` (w
 "+1"). Points are ``(x, y)`` pixels. Images and feature maps are ``(H, W)``; strides are ``(stride_w,
 stride_h)`` pairs (an int means both), as in mmdetection.
 
-Facts (reference/algorithms.md section 2):
+Facts (docs/algorithms.md section 2):
 
 - ratio ``r = h / w``; ``w = base_size / sqrt(r) * scale``, ``h = base_size * sqrt(r) * scale``; no rounding
   (py-faster-rcnn and torchvision round, mmdetection 2.x/3.x do not).
@@ -208,7 +208,7 @@ class AnchorGenerator:
         self.scale_major = bool(scale_major)
         self.base_anchors = [self._base_level(i) for i in range(len(self.strides))]  # L x (A, 4)
 
-    # -- factories for the common detectors (reference/algorithms.md section 2.3) -------------------------
+    # -- factories for the common detectors (docs/algorithms.md section 2.3) -------------------------
 
     @classmethod
     def retinanet(cls, strides: Sequence[Stride] = (8, 16, 32, 64, 128), **kwargs) -> AnchorGenerator:

@@ -9,7 +9,7 @@ Shape shorthand::
 Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, with ``x1 <= x2`` and ``y1 <= y2``; a box's
 width is ``x2 - x1`` (no "+1"). Points are ``(x, y)`` in pixels. Images are ``(H, W)``.
 
-Numerics follow mmdetection 3.3 ``bbox_overlaps`` (reference/algorithms.md section 1): areas are not
+Numerics follow mmdetection 3.3 ``bbox_overlaps`` (docs/algorithms.md section 1): areas are not
 clamped, the intersection sides are clamped at 0, the union and the enclosing area are clamped from
 below with ``max(., eps)``, ``eps = 1e-6``. So two zero-area boxes give IoU 0 (not NaN), and two equal
 zero-area boxes give GIoU 0.
@@ -231,7 +231,7 @@ def box_iof(
     """Intersection over the FIRST argument's area: ``inter / max(area(boxes1), eps)``.
 
     Boxes are ``(x1, y1, x2, y2)``; shapes and broadcasting as :func:`box_iou`. Not symmetric: MaxIoU's
-    ignore step calls it in both orders (reference/algorithms.md section 4).
+    ignore step calls it in both orders (docs/algorithms.md section 4).
     """
     if checks_enabled():
         _check_pair(boxes1, boxes2, aligned, eps)

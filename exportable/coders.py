@@ -9,7 +9,7 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, with ``x1 <= x2`` (w
 Points are ``(x, y)`` pixels. Images are ``(H, W)``; ``image_sizes (B, 2)`` int64 holds ``(H, W)`` rows.
 
 Deltas ``(dx, dy, dw, dh)``: ``dx = (gx - px) / pw``, ``dw = log(gw / pw)`` (same for y / h), then
-``(d - means) / stds`` (reference/algorithms.md section 3). Distances ``(l, t, r, b)`` from a point to the
+``(d - means) / stds`` (docs/algorithms.md section 3). Distances ``(l, t, r, b)`` from a point to the
 sides of a box (FCOS, TOOD, YOLOX-style heads).
 
 Anchors and gts / deltas broadcast over leading dims: shared anchors ``(N, 4)`` with per-image deltas

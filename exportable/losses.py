@@ -413,7 +413,7 @@ def _check_loss_inputs(cls_logits, bbox_deltas, labels, label_weights, bbox_targ
 # O2F's loss (Li et al., CVPR 2023; the authors' ``strongwolf/o2f`` ``sfl.py`` and ``O2FHead.loss``)
 #
 # On PROBABILITIES p = sigmoid(cls) * sigmoid(ctr) (the score the assigner ranks and inference keeps), with
-# the targets of :class:`exportable.assigners.o2f.O2FAssigner` (``reference/algorithms.md`` §11.3):
+# the targets of :class:`exportable.assigners.o2f.O2FAssigner` (``docs/algorithms.md`` §11.3):
 #
 #   1. every (point, class) entry: 0.75 * p^2 * BCE(p, 0)            (QFL's negative term, beta = 2)
 #   2. at (positive point, its class) that entry is REPLACED by w * BCE(p, t): t = 1, w = 1 for the certain

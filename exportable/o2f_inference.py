@@ -13,7 +13,7 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels; images are ``(H, W)``; ``imag
 holds each unpadded image's ``(H, W)``.
 
 The authors' ``O2FHead._get_bboxes_single`` + ``_bbox_post_process`` with ``with_nms=False``
-(``strongwolf/o2f``; ``reference/algorithms.md`` §11.4), batched:
+(``strongwolf/o2f``; ``docs/algorithms.md`` §11.4), batched:
 
 1. per level: the score of every (point, class) pair is ``sigmoid(cls) * sigmoid(ctr)``;
 2. per level: pairs with score ``> score_thr`` (0.05), the best ``nms_pre`` (1000) of them

@@ -1,6 +1,6 @@
 """Export to ONNX, run in onnxruntime, compare with eager, and report where each node ran.
 
-The export rules (``reference/onnx-export.md``), applied by :func:`export` every time:
+The export rules (``docs/export.md``), applied by :func:`export` every time:
 
 1. the dynamo exporter with ``optimize=False`` (the default optimizer deletes small eps
    constants and turns guarded divisions into NaN) and the package's custom-op translations;

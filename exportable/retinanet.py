@@ -112,7 +112,7 @@ class RetinaNetTargets(nn.Module):
     Args:
         num_classes: C; the background label (``labels`` of every non-positive anchor).
         pos_iou_thr, neg_iou_thr, min_pos_iou: MaxIoU thresholds (RetinaNet 0.5 / 0.4 / 0; low-quality
-            matches on, all ties of a gt's best IoU, later gt wins; ``reference/algorithms.md`` section 4).
+            matches on, all ties of a gt's best IoU, later gt wins; ``docs/algorithms.md`` section 4).
         allowed_border: ``>= 0``: anchors must lie inside the image grown by this many pixels
             (``x1 >= -b, y1 >= -b, x2 < W + b, y2 < H + b``, strict on the far side); ``< 0`` (RetinaNet's
             ``-1``): every valid (non-padding) anchor takes part.
@@ -139,7 +139,7 @@ class RetinaNetTargets(nn.Module):
     - N = 0 (eager only): empty ``(B, 0)`` targets; the totals count 1 per image.
 
     Kept as mmdetection does it: a positive matched to a zero-width or zero-height gt (the ``min_pos_iou = 0``
-    zero-IoU hijack, ``reference/algorithms.md`` section 4.4) gets ``dw`` or ``dh = -inf`` (encode has no eps);
+    zero-IoU hijack, ``docs/algorithms.md`` section 4.4) gets ``dw`` or ``dh = -inf`` (encode has no eps);
     filter such gts before training. Non-positive rows are encoded on a dummy box and masked: never NaN.
     Zero-size anchors are rejected by the eager checks (encode divides by their width and height).
     """

@@ -134,7 +134,7 @@ class ProposalTargetCreator(nn.Module):
     ``roi_mask=None`` means every RoI is real (use :func:`counts_to_mask` on ProposalCreator's ``counts``).
 
     ``variant="faster_rcnn"`` (simple-faster-rcnn's ``ProposalTargetCreator``, the document's RoIHead;
-    reference/algorithms.md section 6.2):
+    docs/algorithms.md section 6.2):
 
     1. the image's real gts are APPENDED to its real RoIs: candidates ``[RoIs | gts]`` (so every gt is a
        candidate of IoU 1 with itself; torchvision appends too);

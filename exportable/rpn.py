@@ -141,7 +141,7 @@ class AnchorTargetCreator(nn.Module):
     returns :class:`RPNTargets`.
 
     ``variant="faster_rcnn"`` (the document's and simple-faster-rcnn's ``AnchorTargetCreator`` order,
-    reference/algorithms.md section 5):
+    docs/algorithms.md section 5):
 
     1. keep the anchors inside the image (``allowed_border`` 0, far side ``x2 <= W`` inclusive);
     2. IoU of the inside anchors with the image's real gts; per anchor the max and argmax (first gt on

@@ -11,7 +11,7 @@ noise are kept** (equal noise: the lower index first, the package's tie rule). D
 with :func:`draw_noise` (eager) or feed it to the graph; the same noise gives the same sample in
 eager, in onnxruntime and in the ``lessons`` reference.
 
-The quotas are mmdetection's ``RandomSampler`` (reference/algorithms.md section 6.1), which for
+The quotas are mmdetection's ``RandomSampler`` (docs/algorithms.md section 6.1), which for
 the RPN is also simple-faster-rcnn's ``AnchorTargetCreator``:
 
 1. ``num_pos = min(#pos, floor(num * pos_fraction))`` (``rounding="round"``: ``round``, as
@@ -21,7 +21,7 @@ the RPN is also simple-faster-rcnn's ``AnchorTargetCreator``:
    ``int(neg_pos_ub * max(1, num_pos))``;
 3. no back-filling: short classes give a sample smaller than ``num``.
 
-Static-shape formulation (reference/onnx-export.md section 6): per class one ``TopK`` of the
+Static-shape formulation (docs/export.md section 6): per class one ``TopK`` of the
 constant ``K = min(quota_max, N)`` over ``where(candidate, noise, -inf)``; the slots whose rank is
 below the data-dependent quota are kept (:func:`exportable.ordering.rank_mask`) and scattered back
 to ``(B, N)``. No ``randperm``, no ``rand_like``, no data-dependent shapes.

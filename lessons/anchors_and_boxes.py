@@ -5,14 +5,14 @@ loops and the ``math`` module. It is the oracle for the batched code in ``export
 ``exportable.anchors`` and ``exportable.coders``: the tests in
 ``tests/test_anchors_and_boxes_reference.py`` check that both give the same numbers.
 
-Conventions (the package's, see DESIGN.md):
+Conventions (the package's, see docs/conventions.md):
 
 - A box is ``(x1, y1, x2, y2)`` in absolute pixels with ``x1 <= x2``, ``y1 <= y2``; its width is
   ``x2 - x1`` (no "+1"). Any sequence of four numbers works (tuple, list, a ``(4,)`` tensor); results
   are tuples of Python floats.
 - Images and feature maps are ``(H, W)``; a stride is a number or a ``(stride_w, stride_h)`` pair.
 - Aspect ratios are ``r = h / w`` (mmdetection, torchvision, py-faster-rcnn; d2l uses ``w / h``).
-- Numerics follow mmdetection 3.3 (reference/algorithms.md sections 1 to 3): no "+1", the union and the
+- Numerics follow mmdetection 3.3 (docs/algorithms.md sections 1 to 3): no "+1", the union and the
   enclosing area clamped from below at ``eps = 1e-6``, no rounding of anchor sizes.
 
 The reference computes in float64 (Python floats); ``exportable`` computes in float32 like mmdetection. The
@@ -80,7 +80,7 @@ def _stride_wh(stride: Stride) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. IoU and friends (reference/algorithms.md section 1)
+# 1. IoU and friends (docs/algorithms.md section 1)
 
 
 def area(box: Sequence[float]) -> float:
@@ -156,7 +156,7 @@ def overlap_matrix(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. Anchors (reference/algorithms.md section 2.1)
+# 2. Anchors (docs/algorithms.md section 2.1)
 
 
 def octave_scales(octave_base_scale: float = 4, scales_per_octave: int = 3) -> list[float]:
@@ -299,7 +299,7 @@ def inside_flag(anchor: Sequence[float], image_hw: tuple[int, int], allowed_bord
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. DeltaXYWH box coder (reference/algorithms.md section 3)
+# 4. DeltaXYWH box coder (docs/algorithms.md section 3)
 
 
 def _centre_size(box: Box) -> tuple[float, float, float, float]:

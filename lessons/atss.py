@@ -3,7 +3,7 @@
 The reference (test oracle) for :class:`exportable.assigners.atss.ATSSAssigner` and the code of
 ``notebooks/06_atss.ipynb``. Boxes are ``(x1, y1, x2, y2)`` in absolute pixels; ``anchors (N, 4)``,
 ``level_ids (N,)``, ``gt_boxes (M, 4)`` for ONE image. Step numbers match the notebook,
-``reference/algorithms.md`` §8 and the exportable module:
+``docs/algorithms.md`` §8 and the exportable module:
 
 1. IoU of every anchor box with every gt, ``(N, M)``;
 2. distances between anchor centres and gt centres, ``(N, M)``;

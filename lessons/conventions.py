@@ -6,7 +6,7 @@ cell, how a match between anchors and gts is stored, and where the background cl
 module is the package's convention in the middle (the hub) and one small converter per spoke, each
 with its inverse, so that any two libraries can be compared by going through ours.
 
-Ours (DESIGN.md), in one line each:
+Ours (docs/conventions.md), in one line each:
 
 - boxes ``(x1, y1, x2, y2)`` in absolute pixels, width ``x2 - x1`` (pixel ``i`` covers ``[i, i + 1)``);
 - aspect ratio ``r = h / w``; anchors centred on the top-left corner of their cell (mmdetection);
@@ -20,7 +20,7 @@ Shape shorthand: ``N`` anchors (or boxes), ``C`` object classes (background not 
 leading dims. Converters take torch tensors (numpy arrays and lists are converted with
 ``torch.as_tensor``) and return new tensors; the inputs are never modified.
 
-Sources (reference/algorithms.md sections 0.1, 2.4, 3.4): ``open-mmlab/mmdetection``
+Sources (docs/algorithms.md sections 0.1, 2.4, 3.4): ``open-mmlab/mmdetection``
 ``mmdet/models/task_modules/assigners/assign_result.py`` and ``prior_generators/anchor_generator.py``;
 ``pytorch/vision`` ``torchvision/models/detection/_utils.py`` (``Matcher``) and ``anchor_utils.py``;
 ``facebookresearch/detectron2`` ``detectron2/modeling/matcher.py`` and ``anchor_generator.py``;

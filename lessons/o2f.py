@@ -4,7 +4,7 @@ This is the reference (test oracle) for :class:`exportable.assigners.o2f.O2FAssi
 (:func:`o2f_assign_single`), :class:`exportable.losses.O2FLoss` (:func:`o2f_loss_reference`) and
 :class:`exportable.o2f_inference.O2FPostProcess` (:func:`o2f_postprocess_single`). It follows the authors'
 code (``strongwolf/o2f``: ``O2FHead._get_target_single_o2o``, ``sfl.py``, ``_get_bboxes_single``) one
-image at a time, loops allowed; step numbers match the notebook ``09_o2f`` and ``reference/algorithms.md``
+image at a time, loops allowed; step numbers match the notebook ``09_o2f`` and ``docs/algorithms.md``
 §11. Boxes are ``(x1, y1, x2, y2)`` in absolute pixels; ``points (N, 2)`` are cell centres with their
 level's ``strides (N,)``; ``pred_scores (N, C)`` are ``sigmoid(cls) * sigmoid(ctr)``.
 
@@ -130,7 +130,7 @@ def o2f_assign_single(
     certain_weight: float = CERTAIN_WEIGHT,
     ambiguous_weight: float = AMBIGUOUS_WEIGHT,
 ) -> O2FSingle:
-    """O2F's assignment for ONE image, step by step (``reference/algorithms.md`` §11.2).
+    """O2F's assignment for ONE image, step by step (``docs/algorithms.md`` §11.2).
 
     ``points (N, 2)``, ``strides (N,)``, ``pred_scores (N, C)`` probabilities ``sigmoid(cls) * sigmoid(ctr)``,
     ``pred_boxes (N, 4)`` decoded, ``gt_boxes (M, 4)``, ``gt_labels (M,)``, ``soft_ceiling`` = T(e).
@@ -676,7 +676,7 @@ def demo_scene_inputs() -> dict[str, Callable]:
 
 
 def benchmark_case(workload: str, seed: int = 0) -> tuple[nn.Module, tuple[Tensor, ...]]:
-    """``(O2FAssigner(), inputs)`` for ``yolox-m20`` / ``yolox-m100`` (WORKLOADS.md): B = 16, 8,400 points,
+    """``(O2FAssigner(), inputs)`` for ``yolox-m20`` / ``yolox-m100`` (docs/workloads.md): B = 16, 8,400 points,
     seeded predictions (``make_workload_predictions``: scores uniform, boxes jittered squares), the first
     epoch's ``T = 0.6``. Call ``module(*inputs)``."""
     from lessons.scenes import make_workload_batch, make_workload_predictions

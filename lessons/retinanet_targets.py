@@ -4,7 +4,7 @@ This is the reference (test oracle) for :class:`exportable.assigners.max_iou.Max
 :class:`exportable.retinanet.RetinaNetTargets` (:func:`retinanet_targets_single`) and the focal loss
 of :mod:`exportable.losses` (:func:`focal_loss_reference`).
 Boxes are ``(x1, y1, x2, y2)`` in absolute pixels; ``anchors (N, 4)``, ``gt_boxes (M, 4)`` for
-ONE image. Step numbers match the notebook ``05_retinanet_targets`` and ``reference/algorithms.md``
+ONE image. Step numbers match the notebook ``05_retinanet_targets`` and ``docs/algorithms.md``
 §4. The result uses the package's encoding (``gt_index`` 0-based, -1 negative, -2 ignored);
 :func:`to_mmdet_gt_inds` gives mmdetection's 1-based ``gt_inds`` (0 negative, -1 ignored),
 which is where the document's "+1 trick" lives.

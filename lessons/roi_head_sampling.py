@@ -633,7 +633,7 @@ def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
 
 def benchmark_case(workload: str, seed: int = 0, component: str = "roi_head_targets",
                    **params: Any) -> tuple[nn.Module, tuple[Tensor, ...]]:
-    """``(module, inputs)`` for the benchmark harness, on a named workload of WORKLOADS.md.
+    """``(module, inputs)`` for the benchmark harness, on a named workload of docs/workloads.md.
 
     - ``component="roi_head_targets"`` (catalog ``roi_head_targets``; ``"roi_head_targets_mmdet"`` for the
       mmdetection variant): the workload's gts (``rpn-m20``: B = 8, M = 20, 20 classes, 600 x 1000) with

@@ -12,7 +12,7 @@ Shape shorthand: B images, M gts per image, N priors (anchors or points), C clas
 - :func:`toy_scene` -- a 64 x 48 image with two overlapping gts, small enough to compute every
   IoU by hand.
 - :func:`random_scene`, :func:`random_batch`, :func:`make_workload_batch` -- the seeded scenes of
-  ``WORKLOADS.md`` (the benchmark workloads), drawn with a ``torch.Generator`` so that a seed gives
+  ``docs/workloads.md`` (the benchmark workloads), drawn with a ``torch.Generator`` so that a seed gives
   the same boxes on every run and every machine.
 - :func:`random_predictions` -- seeded predictions for the assigners that read them (SimOTA,
   TaskAligned, O2F).
@@ -235,7 +235,7 @@ def toy_scene() -> Scene:
 
 
 # --------------------------------------------------------------------------------------------
-# Seeded COCO-like scenes (WORKLOADS.md)
+# Seeded COCO-like scenes (docs/workloads.md)
 # --------------------------------------------------------------------------------------------
 
 MIN_SIDE = 8.0  # px, smallest box side (geometric mean of width and height)
@@ -246,7 +246,7 @@ MAX_ASPECT = 3.0  # aspect w/h in [1/3, 3]
 def _sample_boxes(
     generator: torch.Generator, batch: int, h: int, w: int, m: int, num_classes: int, clip: bool
 ) -> tuple[Tensor, Tensor]:
-    """Draw ``(B, M, 4)`` boxes and ``(B, M)`` labels, the WORKLOADS.md way.
+    """Draw ``(B, M, 4)`` boxes and ``(B, M)`` labels, the docs/workloads.md way.
 
     Steps (one ``torch.rand`` call, then one ``torch.randint`` call, so the stream is pinned):
       1. ``u = rand(B, M, 4)`` in float64: columns are side, aspect, centre x, centre y.
@@ -304,12 +304,12 @@ def random_scene(h: int, w: int, m: int, num_classes: int = 80, seed: int = 0, *
 
 @dataclass(frozen=True)
 class Workload:
-    """A benchmark workload of WORKLOADS.md, as plain data.
+    """A benchmark workload of docs/workloads.md, as plain data.
 
     ``priors`` says how to build the priors, in the argument names of ``exportable.anchors``:
     ``kind`` is ``"anchors"`` or ``"points"``; anchors add ``strides``, ``ratios`` (h/w) and either
     ``scales`` with ``base_sizes`` or ``octave_base_scale`` with ``scales_per_octave``; every kind
-    states ``num_priors``, the count WORKLOADS.md gives. ``extra`` holds anything else the
+    states ``num_priors``, the count docs/workloads.md gives. ``extra`` holds anything else the
     workload fixes (the proposal settings of ``proposals``). Each workload has its own dicts;
     treat them as read-only.
     """
@@ -405,7 +405,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("yolox-m100", 640, 640, 16, 100, 80, dict(_YOLOX_POINTS)),
     ]
 }
-"""Every workload of WORKLOADS.md by name."""
+"""Every workload of docs/workloads.md by name."""
 
 
 def _as_workload(spec: Workload | str | Mapping[str, Any] | Sequence[int]) -> Workload:
@@ -452,7 +452,7 @@ def random_batch(
         clip: clip boxes to the image (the rule). ``clip=False`` shows the drawn boxes before
             clipping, for checking the size and aspect rules.
 
-    Rules (WORKLOADS.md): per box, side ``sqrt(w * h)`` log-uniform in ``[8, 0.8 * min(H, W)]`` px,
+    Rules (docs/workloads.md): per box, side ``sqrt(w * h)`` log-uniform in ``[8, 0.8 * min(H, W)]`` px,
     aspect ``w / h`` log-uniform in ``[1/3, 3]``, centre uniform in the image, clipped to the image;
     labels uniform over C classes. Draw order, image after image from one generator:
     ``rand(1, M, 4)`` (float64; side, aspect, centre x, centre y) then ``randint(C, (1, M))``.
@@ -522,7 +522,7 @@ def random_predictions(
     num_classes: int,
     seed: int = 0,
 ) -> tuple[Float[Tensor, "B N C"], Float[Tensor, "B N 4"]]:
-    """Seeded predictions for the assigners that read them (WORKLOADS.md).
+    """Seeded predictions for the assigners that read them (docs/workloads.md).
 
     - ``pred_scores (B, N, C)``: uniform in ``(0, 1)`` (exactly 0 is moved to ``2**-24``, so logs
       are finite); they stand for probabilities, never logits.

@@ -6,7 +6,7 @@ centres with ``strides (N,)``; ``pred_scores (N, C)`` are probabilities ``sqrt(s
 sigmoid(obj))``; ``pred_boxes (N, 4)`` the decoded predictions; ``gt_boxes (M, 4)``, ``gt_labels (M,)`` for
 ONE image. Matrices are ``(N, M)`` (priors x gts), the orientation mmdetection keeps.
 
-Step numbers match ``reference/algorithms.md`` §9.1, the notebook and the exportable module:
+Step numbers match ``docs/algorithms.md`` §9.1, the notebook and the exportable module:
 
 1. no gts or no priors: every prior negative.
 2. geometric prior: ``in_box`` / ``in_ctr``; candidates (mmdetection's ``valid_mask``) and the pair prior.
@@ -407,7 +407,7 @@ def _workload_inputs(workload: str, seed: int) -> tuple[Tensor, ...]:
 
 def benchmark_case(workload: str, seed: int = 0, **params: Any):
     """``(SimOTAAssigner(**params), inputs)`` for ``yolox-m20`` / ``yolox-m100`` (or ``name@B``): B = 16
-    images of 640 x 640, 8,400 points (strides 8/16/32), C = 80, WORKLOADS.md's seeded predictions
+    images of 640 x 640, 8,400 points (strides 8/16/32), C = 80, docs/workloads.md's seeded predictions
     (scores uniform in (0, 1), boxes = 4-stride squares jittered). Inputs in ``forward`` order."""
     from exportable.assigners.simota import SimOTAAssigner
 

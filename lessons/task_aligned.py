@@ -8,7 +8,7 @@ Matrices are ``(M, N)`` (gts x points).
 
 The metric of a (gt, point) pair is ``t = s^alpha * u^beta`` (``s`` the point's probability at the gt's
 class, ``u`` the overlap of its predicted box with the gt). Steps, numbered as in the notebook and in
-``reference/algorithms.md`` §10:
+``docs/algorithms.md`` §10:
 
 ``variant="tood"`` (TOOD / mmdetection 3.3; topk 13, alpha 1, beta 6):
 
@@ -424,7 +424,7 @@ def _workload_inputs(workload: str, seed: int) -> tuple[Tensor, ...]:
 def benchmark_case(workload: str, seed: int = 0, variant: str = "tood", **params: Any):
     """``(TaskAlignedAssigner(variant=variant, num_classes=80, **params), inputs)`` for ``yolox-m20`` /
     ``yolox-m100`` (or ``name@B``): B = 16 images of 640 x 640, 8,400 points (strides 8/16/32), C = 80,
-    WORKLOADS.md's seeded predictions. Inputs in ``forward`` order: points, strides, pred_scores,
+    docs/workloads.md's seeded predictions. Inputs in ``forward`` order: points, strides, pred_scores,
     pred_boxes, gt_boxes, gt_labels, gt_mask."""
     from exportable.assigners.task_aligned import TaskAlignedAssigner
 

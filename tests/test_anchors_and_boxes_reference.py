@@ -314,7 +314,7 @@ def test_encode_decode_match_exportable(seed, stds):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# py-faster-rcnn's anchors (reference/algorithms.md section 2.4)
+# py-faster-rcnn's anchors (docs/algorithms.md section 2.4)
 
 MATLAB_TABLE = [
     (-83, -39, 100, 56), (-175, -87, 192, 104), (-359, -183, 376, 200),

@@ -1,4 +1,4 @@
-"""ATSSAssigner: each quirk of reference/algorithms.md §8 by hand, reference and mmdetection parity, the eager
+"""ATSSAssigner: each quirk of docs/algorithms.md §8 by hand, reference and mmdetection parity, the eager
 fast path against the graph's static path, onnxruntime on hand-made and degenerate inputs, bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""lessons.scenes: the photo, the toy scene, the seeded WORKLOADS.md scenes and predictions."""
+"""lessons.scenes: the photo, the toy scene, the seeded docs/workloads.md scenes and predictions."""
 
 import hashlib
 import math

@@ -154,7 +154,7 @@ def test_padded_rows_in_the_middle_never_win():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ultralytics 8.4, from its documented behaviour (reference/algorithms.md §10.3)
+# ultralytics 8.4, from its documented behaviour (docs/algorithms.md §10.3)
 
 
 def test_ultralytics_restricts_to_in_gt_points_before_the_topk():

@@ -7,7 +7,7 @@ absolute pixels, float32, ``x1 <= x2``. Returns :class:`~exportable.assigners.re
 (``gt_index`` 0-based, -1 negative, -2 ignored; ``labels`` = ``num_classes`` for every non-positive).
 
 The steps are the official code's and mmdetection 3.3's ``ATSSAssigner`` (numbers as in
-``reference/algorithms.md`` §8, ``lessons/atss.py`` and notebook 06):
+``docs/algorithms.md`` §8, ``lessons/atss.py`` and notebook 06):
 
 1. ``IoU(anchor, gt)`` of the anchor BOXES (not predictions). Only the K candidates of each gt need
    it, so it is computed on the ``(B, M, K)`` candidates, never as a full ``(B, M, N)`` matrix.

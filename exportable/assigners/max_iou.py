@@ -5,7 +5,7 @@ Shape shorthand: ``B`` images, ``N`` anchors (shared by the batch), ``M`` gts pe
 ``x1 <= x2``. Returns :class:`~exportable.assigners.result.AssignResult` (``gt_index`` 0-based,
 -1 negative, -2 ignored; ``labels`` = ``num_classes`` for every non-positive).
 
-The steps are mmdetection 3.3's ``MaxIoUAssigner`` (numbers as in ``reference/algorithms.md`` §4):
+The steps are mmdetection 3.3's ``MaxIoUAssigner`` (numbers as in ``docs/algorithms.md`` §4):
 
 3. ``overlaps = IoU(anchors, gts)``; padded gts never win (-1).
 4. ignore regions: anchors whose IoF with an ignore box is ``> ignore_iof_thr`` get their whole

@@ -7,7 +7,7 @@ in absolute pixels, float32, ``x1 <= x2``; points are ``(x, y)`` cell centres. R
 points; ``labels`` = ``num_classes`` for every non-positive).
 
 The steps are the authors' ``O2FHead._get_target_single_o2o`` (``strongwolf/o2f``; numbers as in
-``reference/algorithms.md`` §11.2), with ``p`` = ``sigmoid(cls) * sigmoid(ctr)`` (``pred_scores``):
+``docs/algorithms.md`` §11.2), with ``p`` = ``sigmoid(cls) * sigmoid(ctr)`` (``pred_scores``):
 
 1. ``p[m, n]`` = the score of point n at gt m's class; ``u[m, n]`` = IoU(predicted box n, gt m).
 2. Matching quality ``q = p^(1 - alpha) * u^alpha``, ``alpha = 0.8``.

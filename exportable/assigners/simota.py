@@ -7,7 +7,7 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, ``x1 <= x2``; points
 (``gt_index`` 0-based, -1 negative; SimOTA never ignores; ``labels`` = C for every non-positive).
 
 The steps are mmdetection 3.3's ``SimOTAAssigner`` (= the old official YOLOX prior), numbered as in
-``reference/algorithms.md`` §9.1:
+``docs/algorithms.md`` §9.1:
 
 2. geometric prior: ``in_box[g, n]`` (point strictly inside gt g) and ``in_ctr[g, n]`` (strictly inside
    the square ``centre(g) +- center_radius * stride``). Candidates: priors in ANY gt's box or square;
@@ -127,7 +127,7 @@ class SimOTAAssigner(nn.Module):
         self.iou_weight = check_scalar("iou_weight", iou_weight, low=0.0)
         self.cls_weight = check_scalar("cls_weight", cls_weight, low=0.0)
         self.penalty = check_scalar("penalty", base["penalty"] if penalty is None else penalty, low=0.0)
-        # The exporter runs with optimize=False, so a small eps survives (reference/onnx-export.md 3.1).
+        # The exporter runs with optimize=False, so a small eps survives (docs/export.md 3.1).
         self.iou_eps = check_scalar("iou_eps", base["iou_eps"] if iou_eps is None else iou_eps, low=0.0)
         self.in_box_prior = bool(base["in_box_prior"] if in_box_prior is None else in_box_prior)
 

@@ -10,7 +10,7 @@ The task-aligned metric of a (gt, prior) pair is ``t = s^alpha * u^beta``: ``s``
 at the gt's class, ``u`` the overlap of the prior's predicted box with the gt. The soft classification
 target is the normalised ``t_hat = t / max t * max u``, the maxima taken per gt over its final positives.
 
-``variant="tood"`` (default) is TOOD / mmdetection 3.3 (``reference/algorithms.md`` §10.1):
+``variant="tood"`` (default) is TOOD / mmdetection 3.3 (``docs/algorithms.md`` §10.1):
 
 1. ``u = IoU(pred box, gt)`` (plain IoU, mmdetection's eps 1e-6), ``s = pred_scores[..., gt class]``.
 2. ``t = s^alpha * u^beta`` (alpha 1, beta 6; no eps).
@@ -57,7 +57,7 @@ How it stays fast (the peers build several ``(B, M, N)`` masks and, in mmdetecti
 - the exported graph is one batched, dense step. Same assignments either way (the tests run both).
 
 STAL is ultralytics 8.4.190's rule (sides below ``stride[1]`` = 16 become 16). Earlier 8.x releases widened
-only sides below ``stride[0]`` = 8 (to 16), as ``reference/algorithms.md`` §10.3 describes; that rule is
+only sides below ``stride[0]`` = 8 (to 16), as ``docs/algorithms.md`` §10.3 describes; that rule is
 not reproduced.
 
 ``strides`` is part of the common point-assigner signature; neither variant reads it (STAL's size is the
