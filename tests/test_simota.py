@@ -250,7 +250,7 @@ def test_tiny_objects_old_prior_penalises_everything_new_prior_does_not():
 
 def test_a_gt_far_from_every_prior_still_takes_one_penalised_prior():
     # gt 1 lies outside the grid: no candidate of its own, IoUs 0 -> k = 1, and it takes the cheapest
-    # candidate of the image (all penalised for it), here one of gt 0's: algorithms.md 9.5.
+    # candidate of the image (all penalised for it), here one of gt 0's: docs/algorithms.md §9.5.
     points = GRID
     preds = [[p[0] - 4, p[1] - 4, p[0] + 4, p[1] + 4] for p in points]
     scores = [[0.5, 0.5]] * 25
