@@ -215,10 +215,9 @@ class O2FAssigner(nn.Module):
         rows = (torch.arange(b, device=labels.device).unsqueeze(1) * c + labels).reshape(b * m)  # (B * M,)
         prob = pred_scores.transpose(1, 2).reshape(b * c, n).index_select(0, rows).reshape(b, m, n)  # (B, M, N)
         iou = _box_iou(boxes, pred_boxes)  # (B, M, N)
-        # 3. the centre region of each real gt: u (and with it q) is 0 outside
+        # 2. + 3. the ranking key on the centre region of each real gt: u is zeroed outside, and so is q
         region = center_region(points, strides * self.center_radius, boxes) & mask.unsqueeze(2)  # (B, M, N)
         iou = iou * region  # (B, M, N)
-        # 2. the ranking key on the region (0 outside, as u is)
         key = quality_key(prob, iou, self.alpha)  # (B, M, N) float64
         # 4. k = min(#{u > 0}, topk): the K best keys per gt, kept where rank < k
         count = (iou > 0).to(iou.dtype).sum(dim=2).to(torch.int64)  # (B, M) exact below 2^24 points
@@ -244,7 +243,7 @@ class O2FAssigner(nn.Module):
         radius = strides * self.center_radius  # (N,)
         valid = mask.reshape(-1)  # (G,) padding has no region
         gids, pns = [torch.zeros(0, dtype=torch.int64, device=dev)], [torch.zeros(0, dtype=torch.int64, device=dev)]
-        for r in torch.unique(radius):  # 3. one level at a time: columns of equal x, each sorted by y
+        for r in torch.unique(radius):  # 3. first: the region's pairs, level by level (columns of x, rows of y)
             level = (radius == r).nonzero().squeeze(1)  # (N_l,)
             ux, x_rank = torch.unique(points[level, 0], return_inverse=True)  # (X,) sorted, (N_l,)
             uy, y_rank = torch.unique(points[level, 1], return_inverse=True)  # (Y,) sorted, (N_l,)
