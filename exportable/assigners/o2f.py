@@ -200,12 +200,12 @@ class O2FAssigner(nn.Module):
         soft = torch.where(certain, 1.0, soft)  # (B, M, K)
         weight = torch.where(certain, self.certain_weight, torch.where(ambiguous, self.ambiguous_weight, 0.0))
         # targets: one scatter of the survivors per point; every other slot lands in the dropped column N
-        dest = torch.where(survive, slots.index, n).reshape(b, m * k, 1).expand(b, m * k, 3)  # (B, M * K, 3)
-        src = torch.stack([soft, weight.to(soft.dtype), slots.iou], dim=-1).reshape(b, m * k, 3)  # (B, M * K, 3)
-        per_point = pred_boxes.new_zeros(b, n + 1, 3).scatter(1, dest, src)[:, :n]  # (B, N, 3)
+        dest = torch.where(survive, slots.index, n).reshape(b, 1, m * k).expand(b, 3, m * k)  # (B, 3, M * K)
+        src = torch.stack([soft, weight.to(soft.dtype), slots.iou], dim=1).reshape(b, 3, m * k)  # (B, 3, M * K)
+        target, weights, overlaps = pred_boxes.new_zeros(b, 3, n + 1).scatter(2, dest, src)[:, :, :n].unbind(1)
         return AssignResult.from_gt_index(  # non-positives: overlap 0, target 0, weight 0 + 1
-            gt_index, boxes, labels, self.num_classes, overlaps=per_point[..., 2], target_scores=per_point[..., 0],
-            weights=per_point[..., 1] + (gt_index < 0))
+            gt_index, boxes, labels, self.num_classes, overlaps=overlaps, target_scores=target,
+            weights=weights + (gt_index < 0))
 
     def _slots(self, points, strides, pred_scores, pred_boxes, boxes, labels, mask) -> Slots:
         """Steps 1-4 over every (gt, point) pair, static shapes: what the graph runs."""
