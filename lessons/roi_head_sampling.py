@@ -504,33 +504,46 @@ def synthetic_proposals(gt_boxes: Tensor, gt_mask: Tensor, hw: tuple[int, int], 
 def draw_sampled_rois(image: Any, proposals: Tensor, gt_boxes: Tensor, targets: ProposalTargets, *,
                       class_names: list[str] | None = None, gt_labels: Tensor | None = None,
                       title: str | None = None, ax: Any = None) -> Any:
-    """The photo with every proposal (faint), the sampled negatives (grey) and positives (their gt's colour).
+    """The sample in two panels: the positives in their gt's colour (left), the negatives dashed (right).
 
-    ``targets`` is one image's :class:`ProposalTargets` (candidates ``[proposals | gts]``).
+    ``targets`` is one image's :class:`ProposalTargets` (candidates ``[proposals | gts]``); the
+    proposals themselves are only counted in the titles (2,000 outlines would hide the photo). The gts
+    are drawn in both panels. ``ax``: a pair of Axes to draw into (default: a new Figure).
     """
-    from lessons.draw import color_for, show_boxes
-
-    fig = show_boxes(image, gt_boxes, gt_labels, class_names, ax=ax, color_by="index", linewidth=2.5, title=title)
-    ax = fig.axes[0] if ax is None else ax
     from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    from lessons.draw import LessonFigure, color_for, show_boxes
+
+    if ax is None:
+        h, w = (image.shape[:2] if hasattr(image, "shape") else image)
+        fig = LessonFigure(figsize=(11, 11 * h / (2 * w) + 0.9), layout="constrained")
+        axes = fig.subplots(1, 2)
+    else:
+        axes = list(ax)
+        fig = axes[0].figure
 
     def outlines(boxes: Tensor) -> list:
         b = boxes.detach().cpu().numpy()
         return [[(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)] for x1, y1, x2, y2 in b]
 
-    ax.add_collection(LineCollection(outlines(proposals), colors=[(0.3, 0.3, 0.9, 0.06)], linewidths=0.5, zorder=1))
-    neg = targets.sample_roi[targets.n_pos:]
-    ax.add_collection(LineCollection(outlines(neg), colors=[(0.25, 0.25, 0.25, 0.55)], linewidths=0.8,
-                                     linestyles="--", zorder=2))
     pos = targets.sample_roi[: targets.n_pos]
+    neg = targets.sample_roi[targets.n_pos:]
+    for a, what in zip(axes, ("positives", "negatives")):
+        show_boxes(image, gt_boxes, gt_labels, class_names, ax=a, color_by="index", linewidth=2.5,
+                   show_text=what == "positives")
     colors = [color_for(int(j)) for j in targets.gt_assignment[: targets.n_pos]]
-    ax.add_collection(LineCollection(outlines(pos), colors=colors, linewidths=1.0, zorder=3))
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=(0.3, 0.3, 0.9, 0.4), lw=1, label=f"{len(proposals):,} proposals"),
-               Line2D([], [], color=(0.25, 0.25, 0.25), lw=1, ls="--", label=f"{targets.n_neg} sampled negatives"),
-               Line2D([], [], color=color_for(0), lw=1, label=f"{targets.n_pos} sampled positives (gt colour)")]
-    ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.85)
+    axes[0].add_collection(LineCollection(outlines(pos), colors=colors, linewidths=1.1, zorder=3))
+    axes[0].set_title(f"{targets.n_pos} sampled positives (IoU >= 0.5), in their gt's colour", fontsize=10)
+    axes[1].add_collection(LineCollection(outlines(neg), colors=[(1.0, 1.0, 1.0, 0.9)], linewidths=0.9,
+                                          linestyles="--", zorder=3))
+    axes[1].set_title(f"{targets.n_neg} sampled negatives (IoU < 0.5), dashed", fontsize=10)
+    handles = [Line2D([], [], color="black", lw=2.5, label="gts (solid, thick)"),
+               Line2D([], [], color="0.4", lw=1, ls="--", label="sampled negatives")]
+    axes[1].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.85)
+    fig.suptitle(title if title is not None else
+                 f"{targets.n_pos} + {targets.n_neg} of {len(proposals):,} proposals and {len(gt_boxes)} gts",
+                 fontsize=11)
     return fig
 
 
