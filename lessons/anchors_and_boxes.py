@@ -244,7 +244,7 @@ def anchor_counts(image_hw: tuple[int, int], strides: Sequence[Stride], anchors_
 def retinanet_anchor_counts(image_hw: tuple[int, int]) -> list[int]:
     """Anchors per level of RetinaNet (strides 8 to 128, 3 ratios x 3 scales = 9 per location).
 
-    The document's padded batch ``(1216, 800)`` gives ``[136800, 34200, 8550, 2223, 630]``, 182,403 in all.
+    The RetinaNet study note's padded batch ``(1216, 800)`` gives ``[136800, 34200, 8550, 2223, 630]``, 182,403 in all.
     """
     return anchor_counts(image_hw, RETINANET_STRIDES, anchors_per_location=9)
 

@@ -5,7 +5,7 @@ The reference (test oracle) for :class:`exportable.rpn.ProposalCreator` and the 
 pixels (simple-faster-rcnn writes ``(y1, x1, y2, x2)``), images ``(H, W)``, scores are objectness
 PROBABILITIES.
 
-- :func:`greedy_nms` -- NMS step by step (the document's empty "NMS, explained" heading): sort by
+- :func:`greedy_nms` -- NMS step by step (the section the Faster R-CNN study note leaves empty): sort by
   score, keep the best box, suppress every later box whose IoU with it is strictly above the threshold,
   repeat. Same semantics, and the same float32 arithmetic, as ONNX ``NonMaxSuppression`` and
   :func:`exportable.nms.nms`.

@@ -359,7 +359,7 @@ def count_inside(image_hw: tuple[int, int] = (600, 1000), center_offset: float =
     """``{"anchors": N, "inside": n_inside}`` for Faster R-CNN's anchors on an ``(H, W)`` image.
 
     Also per anchor shape (``"inside_<w>x<h>"``): the big 512- and 724-px anchors barely fit a 600-px-high
-    image, which is why far fewer than the document's guessed ~15,000 anchors are inside.
+    image, which is why far fewer than the ~15,000 the Faster R-CNN study note guesses are inside.
     """
     anchors, _ = faster_rcnn_anchors(image_hw, center_offset=center_offset)
     inside = get_inside_index(anchors, image_hw[0], image_hw[1], allowed_border, inclusive)
