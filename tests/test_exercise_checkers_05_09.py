@@ -1,0 +1,137 @@
+"""The exercise checkers of notebooks 05-09 reject plausible wrong answers and accept the notebooks' own.
+
+Each exercise's solution is read out of its notebook (the ``def`` in the exercise cell, run on its own), so
+the answer the notebook ships is the one checked here. Each wrong solution below breaks one rule its
+notebook teaches (a threshold's boundary, the tie rule, a cap, a normaliser); the checker must raise
+``AssertionError`` on it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lessons import retinanet_targets as retina_ref
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebook_solution(notebook: str, name: str) -> Callable:
+    """The function ``name`` as the notebook's exercise cell defines it (only the ``def`` s of that cell run)."""
+    cells = json.loads((NOTEBOOKS / notebook).read_text())["cells"]
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and f"def {name}(" in source:
+            tree = ast.parse(source)
+            defs = ast.Module(body=[n for n in tree.body if isinstance(n, ast.FunctionDef)], type_ignores=[])
+            namespace = {"torch": torch, "F": F, "math": math, "NUM_CLASSES": 80}
+            exec(compile(defs, f"{notebook}:{name}", "exec"), namespace)
+            return namespace[name]
+    raise LookupError(f"{notebook} has no cell defining {name}")
+
+
+def rejects(checker: Callable, fn: Callable) -> None:
+    with pytest.raises(AssertionError):
+        checker(fn)
+
+
+# --------------------------------------------------------------------------------------------
+# 05 · RetinaNet targets
+# --------------------------------------------------------------------------------------------
+
+
+def _steps_7_8(neg_le=False, pos_gt=False, lower_bound=True, fixed=False, last_on_ties=False):
+    def fn(overlaps, pos_iou_thr=0.5, neg_iou_thr=0.4):
+        if fixed:
+            pos_iou_thr, neg_iou_thr = 0.5, 0.4
+        if last_on_ties:  # argmax of the flipped rows: the HIGHER gt index wins a tie
+            max_overlaps, arg = overlaps.flip(0).max(dim=0)
+            argmax = overlaps.shape[0] - 1 - arg
+        else:
+            max_overlaps, argmax = overlaps.max(dim=0)
+        gt_index = torch.full_like(argmax, -2)
+        neg = (max_overlaps <= neg_iou_thr) if neg_le else (max_overlaps < neg_iou_thr)
+        if lower_bound:
+            neg &= max_overlaps >= 0
+        gt_index[neg] = -1
+        pos = (max_overlaps > pos_iou_thr) if pos_gt else (max_overlaps >= pos_iou_thr)
+        gt_index[pos] = argmax[pos]
+        return gt_index
+
+    return fn
+
+
+def test_05_ex1_accepts_the_notebook_solution(capsys):
+    retina_ref.check_steps_7_8(notebook_solution("05_retinanet_targets.ipynb", "my_steps_7_8"))
+    out = capsys.readouterr().out
+    assert "exact: False" not in out and out.count("| ok ") >= 9
+
+
+@pytest.mark.parametrize("wrong", [
+    pytest.param(_steps_7_8(neg_le=True), id="negatives at IoU <= 0.4"),
+    pytest.param(_steps_7_8(pos_gt=True), id="positives at IoU > 0.5"),
+    pytest.param(_steps_7_8(lower_bound=False), id="ignored column (-1) made negative"),
+    pytest.param(_steps_7_8(fixed=True), id="thresholds hard-coded to 0.5 / 0.4"),
+    pytest.param(_steps_7_8(last_on_ties=True), id="tie to the higher gt index"),
+])
+def test_05_ex1_rejects(wrong):
+    rejects(retina_ref.check_steps_7_8, wrong)
+
+
+def test_05_ex2_accepts_the_notebook_solution():
+    retina_ref.check_num_total_pos(notebook_solution("05_retinanet_targets.ipynb", "my_num_total_pos"))
+
+
+def _total_pos_unclamped(labels, label_weights, num_classes=80):
+    return ((labels < num_classes) & (label_weights > 0)).sum()
+
+
+def _total_pos_clamped_once(labels, label_weights, num_classes=80):
+    return ((labels < num_classes) & (label_weights > 0)).sum().clamp(min=1)  # max(sum, 1), not sum of max
+
+
+def _total_pos_counts_weights(labels, label_weights, num_classes=80):
+    return (label_weights > 0).sum(dim=1).clamp(min=1).sum()  # negatives counted as positives
+
+
+@pytest.mark.parametrize("wrong", [_total_pos_unclamped, _total_pos_clamped_once, _total_pos_counts_weights])
+def test_05_ex2_rejects(wrong):
+    rejects(retina_ref.check_num_total_pos, wrong)
+
+
+def test_05_ex3_accepts_the_notebook_solution():
+    retina_ref.check_focal_weight(notebook_solution("05_retinanet_targets.ipynb", "my_focal_weight"))
+
+
+def _focal_alpha_everywhere(logits, labels, alpha=0.25, gamma=2.0):
+    c = logits.shape[1]
+    t = F.one_hot(labels, c + 1)[:, :c].to(logits.dtype)
+    p = logits.sigmoid()
+    p_t = p * t + (1 - p) * (1 - t)
+    return alpha * (1 - p_t) ** gamma  # alpha also on the negatives, instead of 1 - alpha
+
+
+def _focal_one_minus_p(logits, labels, alpha=0.25, gamma=2.0):
+    c = logits.shape[1]
+    t = F.one_hot(labels, c + 1)[:, :c].to(logits.dtype)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    return alpha_t * (1 - logits.sigmoid()) ** gamma  # (1 - p)^gamma: wrong for t = 0
+
+
+def _focal_no_background(logits, labels, alpha=0.25, gamma=2.0):
+    t = F.one_hot(labels, logits.shape[1]).to(logits.dtype)  # fails on the background label C
+    p = logits.sigmoid()
+    p_t = p * t + (1 - p) * (1 - t)
+    return (alpha * t + (1 - alpha) * (1 - t)) * (1 - p_t) ** gamma
+
+
+@pytest.mark.parametrize("wrong", [_focal_alpha_everywhere, _focal_one_minus_p, _focal_no_background])
+def test_05_ex3_rejects(wrong):
+    rejects(retina_ref.check_focal_weight, wrong)

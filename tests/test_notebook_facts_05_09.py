@@ -1,0 +1,187 @@
+"""The numbers notebooks 05-09 state in their text, recomputed the way the notebooks compute them.
+
+The notebooks print these numbers and say them in sentences; here they are pinned, so that a change in
+`lessons` or `exportable` that moves one shows up as a failing test rather than as a wrong sentence.
+Hand-derived values say where they come from (the study notes' printouts, arithmetic); the others were
+read once off the seeded scenes and are regression values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from exportable.anchors import AnchorGenerator, featmap_sizes_for, inside_flags
+from exportable.assigners.max_iou import MaxIoUAssigner
+from exportable.assigners.result import AssignResult
+from exportable.boxes import box_iou
+from exportable.losses import sigmoid_focal_loss
+from exportable.retinanet import RetinaNetTargets, images_to_levels, level_counts
+from lessons import retinanet_targets as retina_ref
+from lessons.scenes import default_scene, random_scene
+
+NUM_CLASSES = 80
+
+
+# --------------------------------------------------------------------------------------------
+# 05 · RetinaNet targets
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def retina_batch():
+    """Notebook 05's batch: 1216 x 800 padded, a 1088 x 800 image with 17 gts and an 800 x 800 one with 6."""
+    image_hws = [(1088, 800), (800, 800)]
+    scenes = [random_scene(*image_hws[0], 17, seed=0), random_scene(*image_hws[1], 6, seed=1)]
+    b, m = 2, 17
+    gt_boxes, gt_labels = torch.zeros(b, m, 4), torch.zeros(b, m, dtype=torch.int64)
+    gt_mask = torch.zeros(b, m, dtype=torch.bool)
+    for i, s in enumerate(scenes):
+        gt_boxes[i, : s.num_gts], gt_labels[i, : s.num_gts], gt_mask[i, : s.num_gts] = s.boxes, s.labels, True
+    image_sizes = torch.tensor(image_hws)
+    gen = AnchorGenerator.retinanet()
+    sizes = featmap_sizes_for((1216, 800), gen.strides)
+    anchors = torch.cat(gen.grid_anchors(sizes))
+    valid = gen.valid_flags(sizes, image_sizes)
+    return dict(scenes=scenes, gt_boxes=gt_boxes, gt_labels=gt_labels, gt_mask=gt_mask, image_sizes=image_sizes,
+                sizes=sizes, anchors=anchors, valid=valid, m=m)
+
+
+def test_05_the_notes_anchor_counts(retina_batch):
+    # the note prints these featmap sizes and per-level counts; 163,206 is its one image's anchor count
+    assert retina_batch["sizes"] == [(152, 100), (76, 50), (38, 25), (19, 13), (10, 7)]
+    assert level_counts(retina_batch["sizes"]) == [136_800, 34_200, 8_550, 2_223, 630]
+    assert retina_batch["anchors"].shape == (182_403, 4)
+    assert retina_batch["valid"].sum(1).tolist() == [163_206, 120_087]
+
+
+def test_05_inside_flags(retina_batch):
+    a, v, hw = retina_batch["anchors"], retina_batch["valid"], retina_batch["image_sizes"]
+    assert torch.equal(inside_flags(a, v, hw, allowed_border=-1), v)  # b = -1: the border test is off
+    assert inside_flags(a, v, hw, allowed_border=0).sum(1).tolist() == [142_369, 102_557]
+
+
+def test_05_maxiou_counts_on_the_batch(retina_batch):
+    rb = retina_batch
+    out = MaxIoUAssigner.retinanet()(rb["anchors"], rb["gt_boxes"], rb["gt_labels"], rb["gt_mask"], rb["valid"])
+    assert out.positive.sum(1).tolist() == [390, 154]
+    assert out.negative.sum(1).tolist() == [162_160, 119_683]
+    ignored_inside = (out.ignored & rb["valid"]).sum(1).tolist()
+    assert ignored_inside == [656, 250]
+    for i in range(2):  # every gt got at least one anchor here
+        per_gt = torch.bincount(out.gt_index[i][out.positive[i]], minlength=rb["m"])[: int(rb["gt_mask"][i].sum())]
+        assert per_gt.min() >= 1
+
+
+def test_05_targets_shapes_levels_and_counts(retina_batch):
+    rb = retina_batch
+    targets = RetinaNetTargets(num_classes=NUM_CLASSES)
+    res = targets(rb["anchors"], rb["valid"], rb["image_sizes"], rb["gt_boxes"], rb["gt_labels"], rb["gt_mask"])
+    assert res.labels.shape == (2, 182_403) and res.bbox_targets.shape == (2, 182_403, 4)
+    counts = level_counts(rb["sizes"])
+    labels_list, _, bbox_list, _, num_pos, num_neg = res.to_levels(counts)
+    assert [tuple(t.shape) for t in labels_list] == [(2, n) for n in counts]
+    assert [tuple(t.shape) for t in bbox_list] == [(2, n, 4) for n in counts]
+    assert torch.equal(torch.cat(labels_list, dim=1), res.labels)
+    assert all(torch.equal(u, v) for u, v in zip(images_to_levels([res.labels[0], res.labels[1]], counts), labels_list))
+    assert int(num_pos) == 390 + 154 and int(num_neg) == 162_160 + 119_683
+    assign = MaxIoUAssigner.retinanet()(rb["anchors"], rb["gt_boxes"], rb["gt_labels"], rb["gt_mask"], rb["valid"])
+    assert torch.equal(res.labels < NUM_CLASSES, assign.positive)
+    assert torch.equal(res.bbox_weights[..., 0] > 0, assign.positive)
+    assert torch.equal(res.label_weights > 0, assign.positive | assign.negative)  # ignored and outside weigh 0
+    # an image without any gt still counts 1
+    empty = torch.zeros(1, rb["m"], dtype=torch.bool)
+    def plus_image_1(key):
+        return torch.cat([rb[key], rb[key][1:]])
+
+    three = targets(rb["anchors"], plus_image_1("valid"), plus_image_1("image_sizes"), plus_image_1("gt_boxes"),
+                    plus_image_1("gt_labels"), torch.cat([rb["gt_mask"], empty]))
+    assert int(three.num_total_pos) == 545
+
+
+def test_05_allowed_border_costs_the_corner_gts(retina_batch):
+    rb = retina_batch
+
+    def per_gt(border):
+        inside = inside_flags(rb["anchors"], rb["valid"][1:], rb["image_sizes"][1:], border)
+        a = MaxIoUAssigner.retinanet()(rb["anchors"], rb["gt_boxes"][1:], rb["gt_labels"][1:], rb["gt_mask"][1:],
+                                       inside)
+        return torch.bincount(a.gt_index[0][a.positive[0]], minlength=rb["m"])[:6].tolist()
+
+    assert per_gt(-1) == [6, 13, 49, 32, 26, 28] and per_gt(0) == [6, 13, 49, 9, 26, 4]
+    assert [round(v) for v in rb["scenes"][1].boxes[3].tolist()] == [0, 0, 154, 200]  # the top-left corner gt
+
+
+def test_05_photo_assignment_figure_counts():
+    scene = default_scene()
+    pa = retina_ref.photo_assignment(scene)
+    assert pa.anchors.shape == (57_780, 4)
+    assert pa.positives_per_gt() == [29, 34, 43, 28, 8, 17, 3, 4]
+    assert int((pa.gt_index == -2).sum()) == 310 and int(pa.low_quality.sum()) == 7
+    assert int(((pa.gt_index >= 0) & pa.crosses_border).sum()) == 37
+    low = pa.max_overlaps[pa.low_quality]
+    assert (low == low[0]).all() and 0.30 < float(low[0]) < 0.31  # every star is a tie at the eye's best IoU
+    assert set(pa.gt_index[pa.low_quality].tolist()) == {6, 7}  # only the eyes
+
+
+def test_05_the_1_based_encoding_on_the_toy():
+    gts = torch.tensor([[0.0, 0.0, 10.0, 9.0], [30.0, 30.0, 50.0, 50.0]])
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 10.0, 20.0],
+                            [30.0, 30.0, 60.0, 60.0], [60.0, 60.0, 70.0, 70.0], [0.0, 0.0, 10.0, 10.0]])
+    inside = torch.tensor([[True, True, True, True, True, False]])
+    out = MaxIoUAssigner.retinanet(num_classes=2)(anchors, gts[None], torch.tensor([[0, 1]]),
+                                                  torch.ones(1, 2, dtype=torch.bool), inside)
+    assert out.gt_index[0].tolist() == [0, -1, -2, 1, -1, -2]
+    assert out.to_mmdet()[0].tolist() == [1, 0, -1, 2, 0, -1]
+    assert torch.equal(retina_ref.to_mmdet_gt_inds(out.gt_index[0]), out.to_mmdet()[0])
+    assert torch.equal(AssignResult.from_mmdet(out.to_mmdet()[0]), out.gt_index[0])
+    reference = retina_ref.max_iou_assign(anchors[:5], gts, torch.tensor([0, 1]), num_classes=2)
+    assert reference.gt_index.tolist() == [0, -1, -2, 1, -1]
+
+
+def test_05_overwrite_and_hijack():
+    anchors = torch.tensor([[0.0, 0.0, 16.0, 16.0], [32.0, 0.0, 48.0, 16.0]])
+    gts = torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 16.0, 16.0]])
+    iou = box_iou(gts, anchors)
+    assert iou.argmax(dim=1).tolist() == [0, 0] and iou[0].max() < 0.4
+    assert retina_ref.max_iou_assign(anchors, gts, torch.tensor([0, 1]), num_classes=2).gt_index.tolist() == [1, -1]
+    scene = default_scene()
+    bad = torch.tensor([[200.0, 300.0, 260.0, 300.0]])
+    assert retina_ref.photo_assignment(scene, extra_boxes=bad, extra_names=("bad",)).positives_per_gt() == [
+        0, 0, 0, 0, 0, 0, 57_780]
+    pa = retina_ref.photo_assignment(scene)
+    boxes = torch.cat([scene.boxes, bad])
+    guarded = MaxIoUAssigner.retinanet(guard_zero_iou=True)(pa.anchors, boxes[None], torch.arange(7)[None],
+                                                            torch.ones(1, 7, dtype=torch.bool))
+    assert torch.bincount(guarded.gt_index[0][guarded.positive[0]], minlength=7).tolist() == [29, 34, 43, 28, 8, 17, 0]
+
+
+def test_05_focal_loss_hands_the_loss_to_the_positives(retina_batch):
+    rb = retina_batch
+    res = RetinaNetTargets(num_classes=NUM_CLASSES)(rb["anchors"], rb["valid"], rb["image_sizes"], rb["gt_boxes"],
+                                                    rb["gt_labels"], rb["gt_mask"])
+    flat = res.labels[res.label_weights > 0]
+    is_pos = flat < NUM_CLASSES
+    assert int(is_pos.sum()) == 544 and int((~is_pos).sum()) == 281_843
+    prior = -math.log(99.0)
+    shares = {}
+    for std in (0.0, 1.0):
+        g = torch.Generator().manual_seed(0)
+        tot = {"ce": [0.0, 0.0], "fl": [0.0, 0.0]}
+        for chunk in torch.split(torch.arange(flat.shape[0]), 50_000):
+            logits = prior + std * torch.randn(len(chunk), NUM_CLASSES, generator=g)
+            lab = flat[chunk]
+            target = F.one_hot(lab, NUM_CLASSES + 1)[:, :NUM_CLASSES].float()
+            ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1)
+            fl = sigmoid_focal_loss(logits, lab, reduction="none").sum(1)
+            for k, v in (("ce", ce), ("fl", fl)):
+                tot[k][0] += v[is_pos[chunk]].sum().item()
+                tot[k][1] += v[~is_pos[chunk]].sum().item()
+        shares[std] = {k: n / (p + n) for k, (p, n) in tot.items()}
+    assert shares[0.0]["ce"] > 0.95 and shares[1.0]["ce"] > 0.95
+    assert shares[0.0]["fl"] < 0.05 and shares[1.0]["fl"] < 0.7
+    for p, factor in ((0.9, 100), (0.99, 10_000)):  # gamma = 2 divides an easy example's loss by 1 / (1 - p)^2
+        assert math.isclose(1 / (1 - p) ** 2, factor, rel_tol=1e-9)
