@@ -111,7 +111,7 @@ def to_mmdet_gt_inds(gt_index: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# RetinaNet's targets for one image: the document's ``_get_targets_single``, step by step
+# RetinaNet's targets for one image: the study note's ``_get_targets_single``, step by step
 # (mmdetection 2.11 ``AnchorHead``; reference for :class:`exportable.retinanet.RetinaNetTargets`)
 # --------------------------------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ def retinanet_get_targets(
     gt_labels_list: list[Tensor],
     **kwargs,
 ) -> tuple[list[RetinaNetTargetsSingle], int, int] | None:
-    """The document's ``get_targets`` loop: one :func:`retinanet_targets_single` per image, then
+    """The study note's ``get_targets`` loop: one :func:`retinanet_targets_single` per image, then
     ``num_total_pos = sum(max(num_pos_i, 1))`` and ``num_total_neg = sum(max(num_neg_i, 1))``.
     ``None`` if any image has no inside anchor (mmdetection 2.11 returns ``None`` for the batch)."""
     results = [

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lessons import atss as atss_ref
 from lessons import retinanet_targets as retina_ref
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -135,3 +136,93 @@ def _focal_no_background(logits, labels, alpha=0.25, gamma=2.0):
 @pytest.mark.parametrize("wrong", [_focal_alpha_everywhere, _focal_one_minus_p, _focal_no_background])
 def test_05_ex3_rejects(wrong):
     rejects(retina_ref.check_focal_weight, wrong)
+
+
+# --------------------------------------------------------------------------------------------
+# 06 · ATSS
+# --------------------------------------------------------------------------------------------
+
+
+def test_06_ex1_accepts_the_notebook_solution():
+    atss_ref.check_candidates(notebook_solution("06_atss.ipynb", "my_candidates"))
+
+
+def _candidates_topk(dist, level_ids, k=9):
+    chosen = []
+    for lv in torch.unique(level_ids).tolist():
+        idx = torch.nonzero(level_ids == lv)[:, 0]
+        chosen.append(idx[torch.topk(dist[idx], min(k, len(idx)), largest=False).indices])  # no tie rule
+    return torch.cat(chosen)
+
+
+def _candidates_unstable_argsort(dist, level_ids, k=9):
+    chosen = []
+    for lv in torch.unique(level_ids).tolist():
+        idx = torch.nonzero(level_ids == lv)[:, 0]
+        key = dist[idx] - 1e-6 * torch.arange(len(idx))  # "breaks" ties toward the HIGHER index
+        chosen.append(idx[torch.argsort(key)[:k]])
+    return torch.cat(chosen)
+
+
+def _candidates_across_levels(dist, level_ids, k=9):
+    n_levels = len(torch.unique(level_ids))
+    return torch.sort(dist, stable=True).indices[: k * n_levels]  # the nearest overall, not per level
+
+
+def _candidates_unclipped(dist, level_ids, k=9):
+    chosen = []
+    for lv in torch.unique(level_ids).tolist():
+        idx = torch.nonzero(level_ids == lv)[:, 0]
+        chosen.append(idx[torch.topk(dist[idx], k, largest=False, sorted=True).indices])  # fails on a small level
+    return torch.cat(chosen)
+
+
+@pytest.mark.parametrize("wrong", [_candidates_topk, _candidates_unstable_argsort, _candidates_across_levels,
+                                   _candidates_unclipped])
+def test_06_ex1_rejects(wrong):
+    rejects(atss_ref.check_candidates, wrong)
+
+
+def test_06_ex2_accepts_the_notebook_solution():
+    atss_ref.check_threshold(notebook_solution("06_atss.ipynb", "my_threshold"))
+
+
+def _threshold_biased(ious):
+    m = ious.mean()
+    return m + ((ious - m) ** 2).mean().sqrt()  # divides by K: np.std's default
+
+
+def _threshold_mean_only(ious):
+    return ious.mean()
+
+
+def _threshold_variance(ious):
+    m = ious.mean()
+    return m + ((ious - m) ** 2).sum() / (len(ious) - 1)  # the variance, not its square root
+
+
+@pytest.mark.parametrize("wrong", [_threshold_biased, _threshold_mean_only, _threshold_variance])
+def test_06_ex2_rejects(wrong):
+    rejects(atss_ref.check_threshold, wrong)
+
+
+def test_06_ex3_accepts_the_notebook_solution():
+    atss_ref.check_resolve(notebook_solution("06_atss.ipynb", "my_resolve"))
+
+
+def _resolve_over_all_gts(positive, ious):
+    return torch.where(positive.any(dim=1), ious.argmax(dim=1), -1)  # PaddleDetection's rule
+
+
+def _resolve_last_on_ties(positive, ious):
+    masked = torch.where(positive, ious, -1.0).flip(1)
+    return torch.where(positive.any(dim=1), positive.shape[1] - 1 - masked.argmax(dim=1), -1)
+
+
+def _resolve_no_negatives(positive, ious):
+    return torch.where(positive, ious, -1.0).argmax(dim=1)  # an anchor positive for none gets gt 0
+
+
+@pytest.mark.parametrize("wrong", [_resolve_over_all_gts, _resolve_last_on_ties, _resolve_no_negatives])
+def test_06_ex3_rejects(wrong):
+    rejects(atss_ref.check_resolve, wrong)

@@ -15,11 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from exportable.anchors import AnchorGenerator, featmap_sizes_for, inside_flags
+from exportable.assigners.atss import ATSSAssigner
 from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.assigners.result import AssignResult
+from exportable.batching import pad_gts
 from exportable.boxes import box_iou
 from exportable.losses import sigmoid_focal_loss
 from exportable.retinanet import RetinaNetTargets, images_to_levels, level_counts
+from lessons import atss as atss_ref
 from lessons import retinanet_targets as retina_ref
 from lessons.scenes import default_scene, random_scene
 
@@ -185,3 +188,93 @@ def test_05_focal_loss_hands_the_loss_to_the_positives(retina_batch):
     assert shares[0.0]["fl"] < 0.05 and shares[1.0]["fl"] < 0.7
     for p, factor in ((0.9, 100), (0.99, 10_000)):  # gamma = 2 divides an easy example's loss by 1 / (1 - p)^2
         assert math.isclose(1 / (1 - p) ** 2, factor, rel_tol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# 06 · ATSS
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def atss_photo():
+    scene = default_scene()
+    gen = AnchorGenerator.atss()
+    sizes = featmap_sizes_for((608, 512), gen.strides)
+    anchors, level_ids = torch.cat(gen.grid_anchors(sizes)), gen.level_ids(sizes)
+    valid = gen.valid_flags(sizes, torch.tensor([scene.hw]))[0]
+    result = atss_ref.atss_assign(anchors, level_ids, scene.boxes, scene.labels, valid=valid)
+    return scene, anchors, level_ids, valid, result
+
+
+def test_06_anchors_and_candidates(atss_photo):
+    scene, anchors, level_ids, valid, result = atss_photo
+    assert torch.bincount(level_ids).tolist() == [4864, 1216, 304, 80, 20] and anchors.shape == (6484, 4)
+    assert int(valid.sum()) == 6484 - 64  # level 0's last row lies on the padding
+    assert len(result.candidates[2]) == 45 and torch.bincount(result.candidate_levels[2]).tolist() == [9] * 5
+    assert int(result.candidate_ious[2].argmax()) // 9 == 2  # the face's best-fitting anchors are on level 2
+
+
+def test_06_figure_3_cases_on_the_photo(atss_photo):
+    _, _, level_ids, _, result = atss_photo
+    assert torch.bincount(level_ids[result.gt_index == 0], minlength=5).tolist() == [0, 0, 0, 9, 0]  # (a)
+    assert torch.bincount(level_ids[result.gt_index == 1], minlength=5).tolist() == [0, 9, 9, 0, 0]  # (b)
+    assert float(result.std[0]) > float(result.std[1])
+
+
+def test_06_atss_vs_maxiou_on_the_photo(atss_photo):
+    scene, anchors, _, valid, result = atss_photo
+    assert result.positives_per_gt() == [9, 18, 9, 9, 9, 9]
+    maxiou = MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4, match_low_quality=False)(
+        anchors, scene.boxes[None], scene.labels[None], torch.ones(1, 6, dtype=torch.bool), valid[None])
+    assert torch.bincount(maxiou.gt_index[0][maxiou.positive[0]], minlength=6).tolist() == [16, 3, 12, 9, 0, 0]
+    assert 0.29 < float(result.threshold.min()) and float(result.threshold.max()) < 0.51
+    assert (result.gt_index == -2).sum() == 64 and (result.gt_index == -1).sum() == 6484 - 64 - 63
+
+
+def test_06_k_barely_matters(atss_photo):
+    scene, anchors, level_ids, valid, _ = atss_photo
+    thresholds = []
+    for k in (3, 5, 7, 9, 11, 13, 15, 19):
+        r = atss_ref.atss_assign(anchors, level_ids, scene.boxes, scene.labels, topk=k, valid=valid)
+        if k <= 15:
+            assert [r.positives_per_gt()[j] for j in (0, 2, 3, 4, 5)] == [k] * 5
+        thresholds.append(r.threshold)
+    spread = torch.stack(thresholds).amax(0) - torch.stack(thresholds).amin(0)
+    assert float(spread.max()) < 0.11
+
+
+def test_06_crowded_conflicts_and_paddle():
+    crowd = random_scene(320, 480, 40, seed=2)
+    anchors, levels = atss_ref.atss_anchors(crowd.hw)
+    r = atss_ref.atss_assign(anchors, levels, crowd.boxes, crowd.labels)
+    paddle = atss_ref.atss_assign(anchors, levels, crowd.boxes, crowd.labels, variant="paddle")
+    differ = torch.nonzero(paddle.gt_index != r.gt_index)[:, 0]
+    assert int((r.positive.sum(1) > 1).sum()) == 27 and len(differ) == 3
+    assert not any(bool(r.positive[n, paddle.gt_index[n]]) for n in differ.tolist())  # Paddle's gt was never positive
+
+
+def test_06_appendix_quirks():
+    four = torch.tensor([[c[0] - 10, c[1] - 10, c[0] + 10, c[1] + 10] for c in [(6, 6), (14, 6), (6, 14), (14, 14)]],
+                        dtype=torch.float32)
+    g20 = pad_gts([torch.tensor([[0.0, 0, 20, 20]])], [torch.tensor([0])])
+    lv0 = torch.zeros(4, dtype=torch.int64)
+    assert ATSSAssigner(topk=4, num_levels=1)(four, lv0, *g20).gt_index[0].tolist() == [0, 0, 0, 0]
+    assert ATSSAssigner(topk=4, num_levels=1, variant="paddle")(four, lv0, *g20).gt_index[0].tolist() == [-1] * 4
+    perfect = torch.tensor([[0.0, 0, 10, 10], [30, 0, 40, 10]])
+    one = ATSSAssigner(topk=1, num_levels=1)(perfect, torch.zeros(2, dtype=torch.int64),
+                                             *pad_gts([perfect[:1]], [torch.tensor([0])]))
+    assert one.gt_index[0].tolist() == [-1, -1]
+    ious4 = torch.tensor([9 / 11, 8 / 12, 6 / 14, 0.0], dtype=torch.float64)
+    unbiased, biased = ious4.mean() + ious4.std(), ious4.mean() + ious4.std(unbiased=False)
+    assert biased < 9 / 11 < unbiased and round(float(unbiased), 3) == 0.835 and round(float(biased), 3) == 0.787
+    shifted = torch.tensor([[s, 0.0, s + 10, 10] for s in (1, 2, 4, 10)])
+    hand = ATSSAssigner(topk=4, num_levels=1)(shifted, lv0, *pad_gts([torch.tensor([[0.0, 0, 10, 10]])],
+                                                                     [torch.tensor([0])]))
+    assert hand.gt_index[0].tolist() == [-1, -1, -1, -1]
+    small_anchors, small_levels = atss_ref.atss_anchors((64, 96))
+    small = atss_ref.atss_assign(small_anchors, small_levels, torch.tensor([[20.0, 10, 60, 50]]), torch.tensor([0]))
+    assert torch.bincount(small.candidate_levels[0]).tolist() == [9, 9, 6, 2, 1]
+    grid = atss_ref.atss_anchors((40, 40))[0][:25]
+    tied = atss_ref.atss_assign(grid, torch.zeros(25, dtype=torch.int64), torch.tensor([[12.0, 12.0, 28.0, 28.0]]),
+                                torch.tensor([0]))
+    assert tied.candidates[0].tolist() == [12, 13, 17, 18, 7, 8, 11, 14, 16]
