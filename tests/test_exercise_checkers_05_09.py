@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from lessons import atss as atss_ref
 from lessons import retinanet_targets as retina_ref
+from lessons import simota as simota_ref
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -226,3 +227,90 @@ def _resolve_no_negatives(positive, ious):
 @pytest.mark.parametrize("wrong", [_resolve_over_all_gts, _resolve_last_on_ties, _resolve_no_negatives])
 def test_06_ex3_rejects(wrong):
     rejects(atss_ref.check_resolve, wrong)
+
+
+# --------------------------------------------------------------------------------------------
+# 07 · SimOTA
+# --------------------------------------------------------------------------------------------
+
+
+def test_07_ex1_accepts_the_notebook_solution():
+    simota_ref.check_cls_cost(notebook_solution("07_simota.ipynb", "my_cls_cost"))
+
+
+def _cls_cost_gt_column_only(scores, labels):
+    return -torch.log(scores[:, labels]).clamp(min=-100)  # the gt's class only: the other classes are left out
+
+
+def _cls_cost_unclamped(scores, labels):
+    l0, l1 = -torch.log(1 - scores), -torch.log(scores)  # inf at p = 0 or 1
+    return l0.sum(1, keepdim=True) - l0[:, labels] + l1[:, labels]
+
+
+def _cls_cost_no_correction(scores, labels):
+    l0 = -torch.log(1 - scores).clamp(min=-100)
+    l1 = -torch.log(scores).clamp(min=-100)
+    return l0.sum(1, keepdim=True) + l1[:, labels]  # forgets to take class y's target-0 term out
+
+
+@pytest.mark.parametrize("wrong", [_cls_cost_gt_column_only, _cls_cost_unclamped, _cls_cost_no_correction])
+def test_07_ex1_rejects(wrong):
+    rejects(simota_ref.check_cls_cost, wrong)
+
+
+def test_07_ex2_accepts_the_notebook_solution():
+    simota_ref.check_dynamic_k(notebook_solution("07_simota.ipynb", "my_dynamic_k"))
+
+
+def _dynamic_k_rounded(ious, candidate_topk=10):
+    q = min(candidate_topk, ious.shape[0])
+    return torch.topk(ious, q, dim=0).values.sum(0).round().clamp(min=1).long()  # rounds instead of truncating
+
+
+def _dynamic_k_no_floor(ious, candidate_topk=10):
+    q = min(candidate_topk, ious.shape[0])
+    return torch.topk(ious, q, dim=0).values.sum(0).int().long()  # k = 0 possible
+
+
+def _dynamic_k_fixed_q(ious, candidate_topk=10):
+    return torch.topk(ious, 10, dim=0).values.sum(0).int().clamp(min=1).long()  # fails with fewer candidates
+
+
+def _dynamic_k_all_candidates(ious, candidate_topk=10):
+    return ious.sum(0).int().clamp(min=1).long()  # every candidate's IoU, not the top q
+
+
+@pytest.mark.parametrize("wrong", [_dynamic_k_rounded, _dynamic_k_no_floor, _dynamic_k_fixed_q,
+                                   _dynamic_k_all_candidates])
+def test_07_ex2_rejects(wrong):
+    rejects(simota_ref.check_dynamic_k, wrong)
+
+
+def test_07_ex3_accepts_the_notebook_solution():
+    simota_ref.check_resolve(notebook_solution("07_simota.ipynb", "my_resolve"))
+
+
+def _resolve_among_markers(marked, cost):
+    masked = torch.where(marked, cost, torch.inf)
+    return torch.where(marked.any(1), masked.argmin(1), -1)  # the cheapest MARKING gt, not over all rows
+
+
+def _resolve_argmin_always(marked, cost):
+    return torch.where(marked.any(1), cost.argmin(1), -1)  # re-decides single marks too
+
+
+def _resolve_last_on_ties(marked, cost):
+    last = cost.shape[1] - 1 - cost.flip(1).argmin(1)
+    count = marked.sum(1)
+    return torch.where(count > 1, last, torch.where(count == 1, marked.int().argmax(1), -1))
+
+
+def _resolve_unmarked_zero(marked, cost):
+    count = marked.sum(1)
+    return torch.where(count > 1, cost.argmin(1), marked.int().argmax(1))  # an unmarked candidate gets gt 0
+
+
+@pytest.mark.parametrize("wrong", [_resolve_among_markers, _resolve_argmin_always, _resolve_last_on_ties,
+                                   _resolve_unmarked_zero])
+def test_07_ex3_rejects(wrong):
+    rejects(simota_ref.check_resolve, wrong)

@@ -18,12 +18,14 @@ from exportable.anchors import AnchorGenerator, featmap_sizes_for, inside_flags
 from exportable.assigners.atss import ATSSAssigner
 from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.assigners.result import AssignResult
+from exportable.assigners.simota import simota_cls_cost
 from exportable.batching import pad_gts
 from exportable.boxes import box_iou
 from exportable.losses import sigmoid_focal_loss
 from exportable.retinanet import RetinaNetTargets, images_to_levels, level_counts
 from lessons import atss as atss_ref
 from lessons import retinanet_targets as retina_ref
+from lessons import simota as simota_ref
 from lessons.scenes import default_scene, random_scene
 
 NUM_CLASSES = 80
@@ -278,3 +280,82 @@ def test_06_appendix_quirks():
     tied = atss_ref.atss_assign(grid, torch.zeros(25, dtype=torch.int64), torch.tensor([[12.0, 12.0, 28.0, 28.0]]),
                                 torch.tensor([0]))
     assert tied.candidates[0].tolist() == [12, 13, 17, 18, 7, 8, 11, 14, 16]
+
+
+# --------------------------------------------------------------------------------------------
+# 07 · SimOTA
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simota_photo():
+    scene = default_scene()
+    points, strides, level_ids = simota_ref.photo_points(scene.hw)
+    out = {"scene": scene, "points": points, "strides": strides, "level_ids": level_ids}
+    for q in ("weak", "strong"):
+        scores, boxes = simota_ref.synthetic_predictions(points, strides, scene.boxes, scene.labels,
+                                                         scene.num_classes, q)
+        out[q] = (scores, boxes, simota_ref.simota_assign(points, strides, scores, boxes, scene.boxes, scene.labels))
+    return out
+
+
+def test_07_points_and_networks(simota_photo):
+    lv = simota_photo["level_ids"]
+    assert [int((lv == i).sum()) for i in range(3)] == [76 * 64, 38 * 32, 19 * 16]
+    assert simota_photo["weak"][0].max() < 0.05 < 0.9 < simota_photo["strong"][0].max()
+
+
+def test_07_geometric_prior(simota_photo):
+    weak, strong = simota_photo["weak"][2], simota_photo["strong"][2]
+    assert int(strong.candidates.sum()) == 5_940
+    assert strong.in_ctr.sum(0).tolist() == [75, 60, 75, 75, 75, 75]  # 5 x 5 per level; the hat's is cut by the top
+    assert strong.pair.sum(0).tolist() == [75, 60, 75, 37, 39, 33]  # flat gts lose square points outside the box
+    assert torch.equal(strong.candidates, weak.candidates)  # geometry only
+    assert (strong.cost >= 1e5).float().mean() > 0.95  # most pairs pay the penalty
+
+
+def test_07_dynamic_k_and_conflicts(simota_photo):
+    weak, strong = simota_photo["weak"][2], simota_photo["strong"][2]
+    assert weak.dynamic_ks.tolist() == [1] * 6  # the note: "about 1" at the start
+    assert strong.dynamic_ks.tolist() == [9, 9, 9, 8, 8, 8]
+    row = int((weak.marked.sum(1) > 1).nonzero()[0, 0])
+    assert weak.conflicts == 1 and weak.marked[row].nonzero()[:, 0].tolist() == [0, 2]
+    assert weak.positives_per_gt.tolist() == [0, 1, 1, 1, 1, 1]  # the person is left with none
+    assert strong.conflicts == 0 and strong.positives_per_gt.tolist() == [9, 9, 9, 8, 8, 8]
+
+
+def test_07_winner_over_all_rows():
+    same = torch.tensor([[0.0, 0.0, 40.0, 40.0]] * 3)
+    rows = simota_ref.simota_assign(torch.tensor([[12.0, 20.0], [20.0, 20.0]]), torch.tensor([8.0, 8.0]),
+                                    torch.tensor([[0.6, 0.6, 0.8], [0.1, 0.1, 0.95]]),
+                                    torch.tensor([[0.0, 0.0, 20.0, 20.0]] * 2), same, torch.tensor([0, 1, 2]))
+    assert rows.marked.tolist() == [[True, True, False], [False, False, True]]
+    assert rows.gt_index.tolist() == [2, 2] and rows.positives_per_gt.tolist() == [0, 0, 2]
+
+
+def test_07_tiny_objects_and_penalised_ties(simota_photo):
+    points, strides, scene = simota_photo["points"], simota_photo["strides"], simota_photo["scene"]
+    g = torch.Generator().manual_seed(0)
+    side = 2 + 6 * torch.rand(200, generator=g)
+    centre = torch.rand(200, 2, generator=g) * torch.tensor([512.0, 600.0])
+    tiny = torch.cat([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
+    in_box, in_sq = simota_ref.geometric_prior(points, strides, tiny, 2.5)
+    _, in_sq_new = simota_ref.geometric_prior(points, strides, tiny, 1.5)
+    assert int((~(in_box & in_sq).any(0)).sum()) == 102 and int((~in_sq_new.any(0)).sum()) == 0
+    scores, boxes, _ = simota_photo["strong"]
+    boxes7 = torch.cat([scene.boxes, torch.tensor([[250.0, 270.0, 255.0, 275.0]])])  # 5 x 5 px: no point inside
+    labels7 = torch.cat([scene.labels, torch.tensor([2])])
+    res7 = simota_ref.simota_assign(points, strides, scores, boxes, boxes7, labels7)
+    col = res7.cost[:, 6]
+    assert int(res7.pair[:, 6].sum()) == 0 and bool((col >= 1e5).all())
+    assert col.unique().numel() == 1_089  # of 5,940 candidates: the +1e5 rounds costs to multiples of 1/128
+    yolox = simota_ref.simota_assign(points, strides, scores, boxes, scene.boxes, scene.labels,
+                                     **simota_ref.variant_kwargs("yolox"))
+    assert int(yolox.candidates.sum()) < 5_940
+
+
+def test_07_decomposed_cost_on_80_classes():
+    _, (points, strides, scores, boxes, gts, labels, mask) = simota_ref.benchmark_case("yolox-m20@1")
+    naive = simota_ref.cls_cost_naive(scores[0, :2000], labels[0]).double()  # (2000, 20)
+    fast = simota_cls_cost(scores[:, :2000], labels)[0].T.double()
+    assert (fast - naive).abs().max() < 1e-6 * naive.min()  # float32 rounding of a sum of ~80 terms
