@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lessons import atss as atss_ref
 from lessons import retinanet_targets as retina_ref
 from lessons import simota as simota_ref
+from lessons import task_aligned as tal_ref
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -314,3 +315,83 @@ def _resolve_unmarked_zero(marked, cost):
                                    _resolve_unmarked_zero])
 def test_07_ex3_rejects(wrong):
     rejects(simota_ref.check_resolve, wrong)
+
+
+# --------------------------------------------------------------------------------------------
+# 08 · Task-aligned
+# --------------------------------------------------------------------------------------------
+
+
+def test_08_ex1_accepts_the_notebook_solution():
+    tal_ref.check_top_k(notebook_solution("08_task_aligned.ipynb", "my_top_k"))
+
+
+def _top_k_torch_topk(t, k):
+    return torch.topk(t, min(k, len(t))).indices  # no tie rule: the known failure of the old checker
+
+
+def _top_k_argsort(t, k):
+    return torch.argsort(t, descending=True)[:k]  # not stable
+
+
+def _top_k_flipped_stable(t, k):
+    return torch.sort(t, stable=True).indices.flip(0)[:k]  # ascending then reversed: ties to the HIGHER index
+
+
+def _top_k_unclipped(t, k):
+    return torch.topk(t, k).indices  # fails when N < k
+
+
+@pytest.mark.parametrize("wrong", [_top_k_torch_topk, _top_k_argsort, _top_k_flipped_stable, _top_k_unclipped])
+def test_08_ex1_rejects(wrong):
+    rejects(tal_ref.check_top_k, wrong)
+
+
+def test_08_ex2_accepts_the_notebook_solution():
+    tal_ref.check_t_hat(notebook_solution("08_task_aligned.ipynb", "my_t_hat"))
+
+
+def _t_hat_no_eps(t, u, eps=1e-7):
+    return t / t.max() * u.max()  # 0 / 0 = NaN for an all-zero gt
+
+
+def _t_hat_own_iou(t, u, eps=1e-7):
+    return t / (t.max() + eps) * u  # each positive's own IoU instead of the gt's best
+
+
+def _t_hat_by_sum(t, u, eps=1e-7):
+    return t / (t.sum() + eps) * u.max()  # normalised by the sum, not the max
+
+
+@pytest.mark.parametrize("wrong", [_t_hat_no_eps, _t_hat_own_iou, _t_hat_by_sum])
+def test_08_ex2_rejects(wrong):
+    rejects(tal_ref.check_t_hat, wrong)
+
+
+def test_08_ex3_accepts_the_notebook_solution():
+    tal_ref.check_stal_candidates(notebook_solution("08_task_aligned.ipynb", "my_candidates"))
+
+
+def _stal(points, gt, min_side=16.0, strict=True, about_centre=True, always=False):
+    w, h = gt[2] - gt[0], gt[3] - gt[1]
+    if always:
+        w, h = torch.tensor(min_side), torch.tensor(min_side)
+    else:
+        w, h = torch.clamp(w, min=min_side), torch.clamp(h, min=min_side)
+    if about_centre:
+        cx, cy = (gt[0] + gt[2]) / 2, (gt[1] + gt[3]) / 2
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    else:  # widened from the top-left corner
+        x1, y1, x2, y2 = gt[0], gt[1], gt[0] + w, gt[1] + h
+    x, y = points[:, 0], points[:, 1]
+    d = torch.stack([x - x1, y - y1, x2 - x, y2 - y]).min(dim=0).values
+    return d > 1e-9 if strict else d >= 0
+
+
+@pytest.mark.parametrize("wrong", [
+    pytest.param(lambda p, g, m=16.0: _stal(p, g, m, strict=False), id="points on a side count"),
+    pytest.param(lambda p, g, m=16.0: _stal(p, g, m, about_centre=False), id="widened from the corner"),
+    pytest.param(lambda p, g, m=16.0: _stal(p, g, m, always=True), id="every side set to min_side"),
+])
+def test_08_ex3_rejects(wrong):
+    rejects(tal_ref.check_stal_candidates, wrong)

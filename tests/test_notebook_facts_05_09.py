@@ -26,6 +26,7 @@ from exportable.retinanet import RetinaNetTargets, images_to_levels, level_count
 from lessons import atss as atss_ref
 from lessons import retinanet_targets as retina_ref
 from lessons import simota as simota_ref
+from lessons import task_aligned as tal_ref
 from lessons.scenes import default_scene, random_scene
 
 NUM_CLASSES = 80
@@ -359,3 +360,81 @@ def test_07_decomposed_cost_on_80_classes():
     naive = simota_ref.cls_cost_naive(scores[0, :2000], labels[0]).double()  # (2000, 20)
     fast = simota_cls_cost(scores[:, :2000], labels)[0].T.double()
     assert (fast - naive).abs().max() < 1e-6 * naive.min()  # float32 rounding of a sum of ~80 terms
+
+
+# --------------------------------------------------------------------------------------------
+# 08 · Task-aligned
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tal_photo():
+    scene = default_scene()
+    points, strides, level_ids = tal_ref.photo_points(scene.hw)
+    mid = tal_ref.photo_predictions(points, strides, scene.boxes, scene.labels, scene.num_classes, "mid")
+    start = tal_ref.photo_predictions(points, strides, scene.boxes, scene.labels, scene.num_classes, "start")
+    return scene, points, mid, start
+
+
+def test_08_the_metric_on_the_face(tal_photo):
+    scene, points, (scores, boxes), (scores0, _) = tal_photo
+    assert points.shape == (6_384, 2) and scores0.max() < 0.1 < 0.9 < scores.max()
+    s, u = scores[:, scene.labels[2]], tal_ref.iou_row(scene.boxes[2], boxes)
+    t = tal_ref.metric_of(s, u, 1.0, 6.0)
+    top = tal_ref.top_candidates(t, 13)
+    assert int(top[0]) == int(t.argmax()) and len(set(top.tolist())) == 13
+    assert int(s.argmax()) != int(u.argmax())  # the best score and the best IoU sit at different points
+    assert (int((t > t[s.argmax()]).sum()) + 1, int((t > t[u.argmax()]).sum()) + 1) == (13, 6)
+    same = tal_ref.metric_of(torch.tensor([1.0, 0.0596]), torch.tensor([0.5, 0.8]), 1.0, 6.0)
+    assert abs(same[0] - same[1]) < 1e-4  # a 0.06-score box at IoU 0.8 ranks with a perfect score at IoU 0.5
+    by_iou, by_score = set(tal_ref.top_candidates(u, 13).tolist()), set(tal_ref.top_candidates(s, 13).tolist())
+    shared = {}
+    for alpha, beta in ((0.0, 1.0), (0.5, 6.0), (1.0, 6.0), (1.0, 1.0), (1.0, 0.0)):
+        chosen = set(tal_ref.top_candidates(tal_ref.metric_of(s, u, alpha, beta), 13).tolist())
+        shared[alpha, beta] = (len(chosen & by_iou), len(chosen & by_score))
+    assert shared[0.0, 1.0] == (13, 0) and shared[1.0, 0.0] == (0, 13)
+    assert shared[0.5, 6.0][0] > shared[1.0, 6.0][0] > shared[1.0, 1.0][0]
+
+
+def test_08_tood_and_t_hat_on_the_mid_network(tal_photo):
+    scene, points, (scores, boxes), _ = tal_photo
+    tood = tal_ref.task_aligned_assign(points, scores, boxes, scene.boxes, scene.labels)
+    assert tood.positives_per_gt() == [13] * 6
+    outside = [int((~tal_ref.inside(points[c], scene.boxes[g], 0.01)).sum()) for g, c in enumerate(tood.candidates)]
+    assert outside == [0] * 6
+    for g in range(6):
+        sel = tood.gt_index == g
+        assert abs(tood.target_scores[sel].max() - tood.overlaps[sel].max()) < 1e-6  # top t_hat = the best IoU
+    ultra = tal_ref.task_aligned_assign(points, scores, boxes, scene.boxes, scene.labels, variant="ultralytics")
+    same_k = tal_ref.task_aligned_assign(points, scores, boxes, scene.boxes, scene.labels, variant="ultralytics",
+                                         topk=13, alpha=1.0)
+    both = tood.positive & same_k.positive
+    assert ultra.positives_per_gt() == [10] * 6 and int(both.sum()) == 74
+    assert (same_k.overlaps[both] <= tood.overlaps[both] + 1e-6).all()  # CIoU <= IoU
+
+
+def test_08_at_initialisation(tal_photo):
+    scene, points, _, (scores0, boxes0) = tal_photo
+    tood0 = tal_ref.task_aligned_assign(points, scores0, boxes0, scene.boxes, scene.labels)
+    ultra0 = tal_ref.task_aligned_assign(points, scores0, boxes0, scene.boxes, scene.labels, variant="ultralytics")
+    outside = [int((~tal_ref.inside(points[c], scene.boxes[g], 0.01)).sum()) for g, c in enumerate(tood0.candidates)]
+    assert tood0.metric[0].max() < 1e-12 and tood0.metric.max() < 1e-4
+    assert tood0.positives_per_gt() == [11, 13, 13, 8, 9, 12] and outside[3:] == [5, 4, 1]
+    assert ultra0.positives_per_gt() == [10] * 6
+
+
+def test_08_zero_metric_positives_and_eps():
+    ys, xs = torch.meshgrid(torch.arange(6), torch.arange(8), indexing="ij")
+    pts = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float() * 8 + 4
+    gts = torch.tensor([[0.0, 0.0, 30.0, 20.0], [34.0, 20.0, 60.0, 44.0]])
+    far = torch.tensor([[200.0, 200.0, 210.0, 210.0]]).expand(48, 4)
+    flat = torch.full((48, 1), 0.5)
+    assert tal_ref.task_aligned_assign(pts, flat, far, gts, torch.tensor([0, 0])).positives_per_gt() == [0, 0]
+    ultra = tal_ref.task_aligned_assign(pts, flat, far, gts, torch.tensor([0, 0]), variant="ultralytics")
+    assert ultra.gt_index.eq(0).nonzero()[:, 0].tolist() == [0, 1, 2, 3, 8, 9] and (ultra.target_scores == 0).all()
+    z = torch.zeros(4)
+    assert torch.isnan(z / z.max() * z.max()).all() and (tal_ref.normalise(z, z, 1e-9) == 0).all()
+    speck = torch.tensor([254.0, 89.0, 258.0, 93.0])
+    points = tal_ref.photo_points((600, 512))[0]
+    assert not tal_ref.inside(points, speck, 1e-9).any()
+    assert int(tal_ref.inside(points, tal_ref.stal_box(speck, 16.0), 1e-9).sum()) == 4
