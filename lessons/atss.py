@@ -19,8 +19,7 @@ margin 1e-9, and in step 6 the argmax IoU over ALL gts. The result uses the pack
 (``gt_index`` 0-based, -1 negative, -2 for anchors outside ``valid``).
 
 Also here: the figures of notebook 06 and its exercise checkers (``check_*``), its photo inputs for
-``python -m lessons demo``, and
-:func:`benchmark_case` / :func:`benchmark_reference` for the benchmark harness.
+``python -m lessons demo``, and :func:`benchmark_case` / :func:`benchmark_reference` for the benchmark harness.
 """
 
 from __future__ import annotations
@@ -41,6 +40,9 @@ __all__ = [
     "benchmark_case",
     "benchmark_reference",
     "centre_distances",
+    "check_candidates",
+    "check_resolve",
+    "check_threshold",
     "demo_scene_inputs",
     "draw_candidates",
     "draw_thresholds",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lessons import atss as atss_ref
+from lessons import o2f as o2f_ref
 from lessons import retinanet_targets as retina_ref
 from lessons import simota as simota_ref
 from lessons import task_aligned as tal_ref
@@ -395,3 +396,85 @@ def _stal(points, gt, min_side=16.0, strict=True, about_centre=True, always=Fals
 ])
 def test_08_ex3_rejects(wrong):
     rejects(tal_ref.check_stal_candidates, wrong)
+
+
+# --------------------------------------------------------------------------------------------
+# 09 · O2F
+# --------------------------------------------------------------------------------------------
+
+
+def test_09_ex1_accepts_the_notebook_solution():
+    o2f_ref.check_center_region(notebook_solution("09_o2f.ipynb", "my_center_region"))
+
+
+def _region(points, strides, box, radius=1.5, clip=True, strict=True, per_stride=True):
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    r = strides * radius if per_stride else torch.full_like(strides, 8.0 * radius)
+    lo_x, lo_y, hi_x, hi_y = cx - r, cy - r, cx + r, cy + r
+    if clip:
+        lo_x, lo_y = torch.maximum(lo_x, x1), torch.maximum(lo_y, y1)
+        hi_x, hi_y = torch.minimum(hi_x, x2), torch.minimum(hi_y, y2)
+    d = torch.stack([points[:, 0] - lo_x, points[:, 1] - lo_y, hi_x - points[:, 0], hi_y - points[:, 1]]).min(dim=0)
+    return d.values > 0 if strict else d.values >= 0
+
+
+@pytest.mark.parametrize("wrong", [
+    pytest.param(lambda p, s, b, radius=1.5: _region(p, s, b, radius, clip=False), id="square not clipped to the box"),
+    pytest.param(lambda p, s, b, radius=1.5: _region(p, s, b, radius, strict=False), id="points on a side count"),
+    pytest.param(lambda p, s, b, radius=1.5: _region(p, s, b, radius, per_stride=False), id="one stride for all"),
+])
+def test_09_ex1_rejects(wrong):
+    rejects(o2f_ref.check_center_region, wrong)
+
+
+def test_09_ex2_accepts_the_notebook_solution():
+    o2f_ref.check_soft_labels(notebook_solution("09_o2f.ipynb", "my_soft_labels"))
+
+
+def _soft_labels(prob, T, certain_weight=1.0, ambiguous_weight=0.4, over_all=False, by_certain=False, weight=None):
+    targets = torch.ones_like(prob)
+    weights = torch.full_like(prob, certain_weight)
+    if prob.numel() > 1:
+        norm = prob.max() if over_all else prob[0] if by_certain else prob[1:].max()
+        targets[1:] = prob[1:] / norm * T
+        weights[1:] = ambiguous_weight if weight is None else weight
+    return targets, weights
+
+
+@pytest.mark.parametrize("wrong", [
+    pytest.param(lambda p, T: _soft_labels(p, T, over_all=True), id="max over all positives, certain included"),
+    pytest.param(lambda p, T: _soft_labels(p, T, by_certain=True), id="normalised by the certain point's p"),
+    pytest.param(lambda p, T: _soft_labels(p, T, weight=1.0), id="ambiguous weight 1"),
+])
+def test_09_ex2_rejects(wrong):
+    rejects(o2f_ref.check_soft_labels, wrong)
+
+
+def test_09_ex3_accepts_the_notebook_solution():
+    o2f_ref.check_row_loss(notebook_solution("09_o2f.ipynb", "my_row_loss"))
+
+
+def _row_loss(p, label, t, w, add=False, qfl=False, neg_weight=0.75, clamp=True):
+    def bce(p, t):
+        lp, lq = torch.log(p), torch.log1p(-p)
+        if clamp:
+            lp, lq = lp.clamp(min=-100), lq.clamp(min=-100)
+        return -(t * lp + (1 - t) * lq)
+
+    out = neg_weight * p**2 * bce(p, torch.zeros_like(p))
+    if label < p.shape[0]:
+        t = torch.as_tensor(t, dtype=p.dtype)
+        pos = w * bce(p[label], t) * ((t - p[label]).abs() ** 2 if qfl else 1.0)
+        out[label] = out[label] + pos if add else pos
+    return out
+
+
+@pytest.mark.parametrize("wrong", [
+    pytest.param(lambda p, y, t, w: _row_loss(p, y, t, w, add=True), id="positive term added, not replacing"),
+    pytest.param(lambda p, y, t, w: _row_loss(p, y, t, w, qfl=True), id="QFL factor on positives"),
+    pytest.param(lambda p, y, t, w: _row_loss(p, y, t, w, neg_weight=1.0), id="negative weight 1 instead of 0.75"),
+    pytest.param(lambda p, y, t, w: _row_loss(p, y, t, w, clamp=False), id="logs not clamped"),
+])
+def test_09_ex3_rejects(wrong):
+    rejects(o2f_ref.check_row_loss, wrong)

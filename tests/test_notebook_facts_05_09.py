@@ -22,12 +22,14 @@ from exportable.assigners.simota import simota_cls_cost
 from exportable.batching import pad_gts
 from exportable.boxes import box_iou
 from exportable.losses import sigmoid_focal_loss
+from exportable.o2f_inference import O2FPostProcess
 from exportable.retinanet import RetinaNetTargets, images_to_levels, level_counts
 from lessons import atss as atss_ref
+from lessons import o2f as o2f_ref
 from lessons import retinanet_targets as retina_ref
 from lessons import simota as simota_ref
 from lessons import task_aligned as tal_ref
-from lessons.scenes import default_scene, random_scene
+from lessons.scenes import default_scene, random_scene, toy_scene
 
 NUM_CLASSES = 80
 
@@ -438,3 +440,63 @@ def test_08_zero_metric_positives_and_eps():
     points = tal_ref.photo_points((600, 512))[0]
     assert not tal_ref.inside(points, speck, 1e-9).any()
     assert int(tal_ref.inside(points, tal_ref.stal_box(speck, 16.0), 1e-9).sum()) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# 09 · O2F
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def o2f_photo():
+    scene = default_scene()
+    head = o2f_ref.photo_head(scene.boxes, scene.labels, (608, 512))
+    single = o2f_ref.o2f_assign_single(head.points, head.strides, head.pred_scores[0], head.pred_boxes[0], scene.boxes,
+                                       scene.labels, o2f_ref.soft_ceiling_value(0, 12))
+    return scene, head, single
+
+
+def test_09_points_and_candidates(o2f_photo):
+    scene, head, single = o2f_photo
+    assert [int((head.level_ids == lvl).sum()) for lvl in range(5)] == [4864, 1216, 304, 80, 20]
+    assert torch.equal(head.points[:2], torch.tensor([[4.0, 4.0], [12.0, 4.0]]))  # cell centres, stride 8
+    assert single.candidates.sum(0).tolist() == [45, 29, 40, 19, 18, 18]
+    face = single.candidates[:, 2]
+    assert [int((face & (head.level_ids == lvl)).sum()) for lvl in range(5)] == [9, 9, 9, 9, 4]  # every level
+
+
+def test_09_certain_and_ambiguous(o2f_photo):
+    scene, head, single = o2f_photo
+    assert int(single.certain.sum()) == 6 and int(single.ambiguous.sum()) == 36  # 7 per gt: 1 + 6
+    for g in range(scene.num_gts):
+        mine = (single.gt_index == g).nonzero()[:, 0]
+        mine = mine[torch.sort(single.quality[mine, g], descending=True, stable=True).indices]
+        assert single.target_scores[mine[0]] == 1 and single.certain[mine[0]]
+        assert math.isclose(single.target_scores[mine[1:]].max().item(), 0.6, rel_tol=1e-6)  # the best ambiguous = T
+    schedule = [o2f_ref.soft_ceiling_value(e, 12) for e in range(12)]
+    assert math.isclose(schedule[0], 0.6) and math.isclose(schedule[-1], 0.2)
+    assert math.isclose(schedule[5], 0.6 - 5 * 0.4 / 11)
+
+
+def test_09_toy_training_fades_the_duplicates():
+    run = o2f_ref.toy_training()
+    peak = int(run.duplicates.argmax())
+    assert run.duplicates[peak] >= 5 and run.duplicates[-1] == 0 and (run.duplicates[peak:].diff() <= 0).all()
+    assert (run.certain_score[-1] > 0.9).all() and (run.duplicate_score[-1] <= 0.21).all()
+    toy = toy_scene()
+    (free_b, free_s, free_l), (nms_b, _, _) = o2f_ref.nms_free_vs_nms(run.pred_boxes[0], run.pred_scores[0])
+    assert torch.equal(free_b[:2], nms_b[:2])
+    assert sorted(o2f_ref.greedy_match(free_b, free_s, free_l, toy.boxes, toy.labels)[:2].tolist()) == [0, 1]
+    assert free_s[2].item() < 0.21  # every duplicate NMS-free keeps sits below T = 0.2 (and its target)
+
+
+def test_09_nms_free_needs_o2f_training(o2f_photo):
+    scene, head, _ = o2f_photo
+    free = O2FPostProcess()(*head.cls, *head.box, *head.ctr, torch.tensor([[600, 512]]))
+    assert int(free.counts[0]) == 100
+    top = (free.boxes[0, :20], free.scores[0, :20], free.labels[0, :20])
+    match = o2f_ref.greedy_match(*top, scene.boxes, scene.labels)
+    assert int((match == -2).sum()) == 15 and 5 not in match.tolist()  # the name tag is crowded out
+    _, (nms_b, nms_s, nms_l) = o2f_ref.nms_free_vs_nms(head.pred_boxes[0], head.pred_scores[0])
+    nms_match = o2f_ref.greedy_match(nms_b, nms_s, nms_l, scene.boxes, scene.labels)
+    assert sorted(nms_match[nms_match >= 0].tolist()) == list(range(6))
