@@ -24,6 +24,7 @@ Also here: the figures of notebook 06 and its exercise checkers (``check_*``), i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -376,7 +377,8 @@ def draw_thresholds(ref: ATSSReference, gts: Sequence[int], names: Sequence[str]
 # --------------------------------------------------------------------------------------------
 
 
-def _photo_case():
+@functools.lru_cache(maxsize=1)
+def _photo_case():  # the same scene for every checker (run_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from lessons.check import check
 
 __all__ = ["Case", "run_cases"]
@@ -44,8 +46,9 @@ class Case:
 def run_cases(name: str, fn: Callable[..., Any], cases: Sequence[Case]) -> None:
     """Run ``fn`` on every case; print one line per case; raise ``AssertionError`` at the first wrong answer."""
     for i, case in enumerate(cases, start=1):
+        args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in case.args)  # a learner may write in place
         try:
-            got = fn(*case.args, **case.kwargs)
+            got = fn(*args, **case.kwargs)
         except NotImplementedError:
             raise
         except Exception as err:  # a crash on a boundary input is a wrong answer too

@@ -25,6 +25,7 @@ and the benchmark cases (:func:`benchmark_case`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -691,7 +692,8 @@ def benchmark_case(workload: str, seed: int = 0) -> tuple[nn.Module, tuple[Tenso
 # --------------------------------------------------------------------------------------------
 
 
-def _photo_assignment():
+@functools.lru_cache(maxsize=1)
+def _photo_assignment():  # the same scene for every checker (run_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()

@@ -25,6 +25,7 @@ Also here: the notebook's scenes and figures, its exercise checkers (``check_*``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -427,7 +428,8 @@ def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _photo_results():
+@functools.lru_cache(maxsize=1)
+def _photo_results():  # the same scene for every checker (run_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()

@@ -39,6 +39,7 @@ module does, so both give the same bits; ``x^0.5`` is ``sqrt``. The result uses 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -511,7 +512,8 @@ def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _photo_mid():
+@functools.lru_cache(maxsize=1)
+def _photo_mid():  # the same scene for every checker (run_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()

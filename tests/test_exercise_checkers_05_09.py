@@ -478,3 +478,29 @@ def _row_loss(p, label, t, w, add=False, qfl=False, neg_weight=0.75, clamp=True)
 ])
 def test_09_ex3_rejects(wrong):
     rejects(o2f_ref.check_row_loss, wrong)
+
+
+# --------------------------------------------------------------------------------------------
+# The case runner itself
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_placeholder_still_raises_not_implemented():
+    def placeholder(*args, **kwargs):
+        raise NotImplementedError("Exercise: replace this line with your code")
+
+    with pytest.raises(NotImplementedError):  # the learner copies rely on it
+        simota_ref.check_resolve(placeholder)
+
+
+def test_a_solution_that_writes_into_its_inputs_cannot_corrupt_the_next_check():
+    solution = notebook_solution("07_simota.ipynb", "my_resolve")
+
+    def scribbler(marked, cost):
+        out = solution(marked, cost)
+        marked.zero_()
+        cost.fill_(-1.0)
+        return out
+
+    simota_ref.check_resolve(scribbler)
+    simota_ref.check_resolve(solution)  # the cached photo scene is intact
