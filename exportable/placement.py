@@ -368,6 +368,11 @@ def predict(model: onnx.ModelProto, *, optimize: bool = True) -> Prediction:
         except ImportError:
             optimize = False
             notes.append("onnxruntime is not installed: predicted on the graph as exported")
+        except Exception as exc:  # noqa: BLE001 - e.g. a node the CPU provider has no kernel for either
+            optimize = False
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            notes.append(f"onnxruntime could not load the graph on its CPU provider ({first}): predicted on "
+                         "the graph as exported")
     graph_model = castlike_to_cast(graph_model)
     types = _elem_types(graph_model)
     opsets = _opsets(graph_model)
