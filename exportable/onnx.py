@@ -389,6 +389,7 @@ class DeviceRunner:
         self.outputs = list(sess.get_outputs())
         self.providers = list(sess.get_providers())
         self.last_copies: list[str] = []
+        self.last_owners: dict[str, str] = {}  # per output: who allocated it ("yours", "torch", "onnxruntime")
         for o in self.outputs:
             if o.type not in _ORT_TO_TORCH:
                 raise TypeError(f"output {o.name!r} has type {o.type}, which DeviceRunner does not map to torch")
@@ -424,6 +425,7 @@ class DeviceRunner:
         if len(args) != len(names):
             raise ValueError(f"inputs: the graph takes {len(names)} inputs {names}, got {len(args)}")
         self.last_copies = []
+        self.last_owners = {}
         tensors = []
         for spec, t in zip(self.inputs, args):
             if not isinstance(t, Tensor):
@@ -469,8 +471,10 @@ class DeviceRunner:
                                      f"{buf.dtype} on {buf.device}")
                 if None not in shape and list(buf.shape) != shape:
                     raise ValueError(f"out[{spec.name!r}]: shape {tuple(buf.shape)}, the graph writes {tuple(shape)}")
+                self.last_owners[spec.name] = "yours"
             elif None not in shape and math.prod(shape) > 0:
                 buf = torch.empty(shape, dtype=dtype, device=device)
+                self.last_owners[spec.name] = "torch"
             if buf is not None and buf.numel() > 0:
                 binding.bind_output(spec.name, ort_device, device_id, _TORCH_TO_NUMPY[dtype], list(buf.shape),
                                     buf.data_ptr())
@@ -478,6 +482,7 @@ class DeviceRunner:
             else:  # data-dependent (or empty) shape: onnxruntime allocates on the device
                 binding.bind_output(spec.name, ort_device, device_id)
                 results.append(None)
+                self.last_owners[spec.name] = "onnxruntime"
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # inputs written on torch's stream are ready
         self.sess.run_with_iobinding(binding)
