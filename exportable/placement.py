@@ -22,10 +22,13 @@ How onnxruntime places a node, and how :func:`predict` follows it step by step:
 4. Every node without a CUDA kernel falls back to the CPU provider.
 
 Each node is predicted ``cuda``, ``host`` (step 3: CUDA could, onnxruntime prefers the CPU),
-``fallback`` (step 4) or ``unknown`` (its types could not be inferred), and flagged ``shape_only``
+``fallback`` (step 4) or ``unknown`` (its types could not be inferred), and gets a role: ``shape``
 when its outputs only reach shape-like inputs (``Reshape``'s shape, ``Slice``'s bounds, ``Range``'s
-bounds, ...), directly or through other shape-only nodes. A fallback that is not shape-only is a
-**compute fallback**: its data crosses from the GPU to the host and back. :func:`check` raises on one.
+bounds, ...), directly or through other such nodes; ``shape-math`` when it computes only from tensor
+shapes and constants (``N - 1``, ``min(k, N)``); else ``data``. A fallback with the ``data`` role is
+a **compute fallback**: its data crosses from the GPU to the host and back; :func:`check` raises on
+one. A ``host`` node with the ``data`` role is reported (:attr:`Prediction.host_compute`): CUDA could
+run it, but onnxruntime's heuristic reads a graph input on the host for it.
 
 Limits: the table is a documentation table read at one onnxruntime commit (a later release may add
 kernels); subgraphs of ``Loop`` / ``If`` are not descended into (the package's graphs have none);
@@ -208,7 +211,7 @@ class NodePrediction:
     input_types: tuple[str, ...]  # element type per input slot ("" for a missing optional input)
     output_types: tuple[str, ...]
     kind: str  # "cuda", "host", "fallback" or "unknown"
-    shape_only: bool
+    role: str  # "shape" (feeds only shape inputs), "shape-math" (computed from shapes and constants), "data"
     reason: str = ""
 
     @property
@@ -216,8 +219,13 @@ class NodePrediction:
         return CUDA if self.kind == "cuda" else CPU
 
     @property
+    def shape_only(self) -> bool:
+        """Shape work: it only feeds shape inputs, or only reads tensor shapes and constants."""
+        return self.role != "data"
+
+    @property
     def compute_fallback(self) -> bool:
-        return self.kind == "fallback" and not self.shape_only
+        return self.kind == "fallback" and self.role == "data"
 
     def types(self) -> str:
         return f"({', '.join(t or '-' for t in self.input_types)}) -> ({', '.join(self.output_types)})"
@@ -246,20 +254,23 @@ class Prediction:
 
     @property
     def host_compute(self) -> list[NodePrediction]:
-        """Nodes CUDA could run that onnxruntime keeps on the CPU although they are not shape-only."""
-        return [n for n in self.nodes if n.kind == "host" and not n.shape_only]
+        """Nodes CUDA could run that onnxruntime keeps on the CPU although they read data (not only shapes):
+        one input already on the host, the others graph inputs or small constants (onnxruntime assumes graph
+        inputs are cheap to read on the host; bound on the GPU, they are copied there)."""
+        return [n for n in self.nodes if n.kind == "host" and n.role == "data"]
 
     def counts(self) -> dict[str, int]:
         out = {k: 0 for k in ("cuda", "host", "fallback", "unknown")}
         for n in self.nodes:
             out[n.kind] += 1
         out["shape_only_off_cuda"] = sum(n.shape_only for n in self.nodes if n.kind != "cuda")
+        out["host_compute"] = len(self.host_compute)
         out["compute_fallback"] = len(self.compute_fallbacks)
         return out
 
     def summary(self) -> str:
         c = self.counts()
-        return (f"{len(self.nodes)} nodes: {c['cuda']} CUDA, {c['host']} host (onnxruntime's choice), "
+        return (f"{len(self.nodes)} nodes: {c['cuda']} CUDA, {c['host']} host ({c['host_compute']} reading data), "
                 f"{c['fallback']} fallback ({c['compute_fallback']} compute), {c['unknown']} unknown")
 
     def report(self, *, all_nodes: bool = False) -> str:
@@ -270,11 +281,10 @@ class Prediction:
         shown = self.nodes if all_nodes else [n for n in self.nodes if n.kind != "cuda"]
         if shown:
             width = max(len(n.name) for n in shown)
-            lines.append(f"{'node':<{width}}  {'op':<18} {'placed':<9} {'shape-only':<10} types / why")
+            lines.append(f"{'node':<{width}}  {'op':<18} {'placed':<9} {'role':<10} types / why")
             for n in shown:
                 why = f"  {n.reason}" if n.reason else ""
-                lines.append(f"{n.name:<{width}}  {n.op_type:<18} {n.kind:<9} {'yes' if n.shape_only else 'no':<10} "
-                             f"{n.types()}{why}")
+                lines.append(f"{n.name:<{width}}  {n.op_type:<18} {n.kind:<9} {n.role:<10} {n.types()}{why}")
         return "\n".join(lines)
 
 
@@ -400,6 +410,19 @@ def predict(model: onnx.ModelProto, *, optimize: bool = True) -> Prediction:
         shape_only[i] = bool(consumers) and all(
             k in _SHAPE_INPUTS.get(nodes[j].op_type, ()) or shape_only[j] for j, k in consumers)
 
+    # Shape math: every input is a constant, a Shape / Size output or the output of other shape math.
+    constants = set(init_sizes)
+    shape_values: set[str] = set()
+    shape_math = [False] * len(nodes)
+    for i, n in enumerate(nodes):
+        present = [x for x in n.input if x]
+        if n.op_type in ("Shape", "Size"):
+            shape_math[i] = True
+        elif present and any(x not in constants for x in present):
+            shape_math[i] = all(x in constants or x in shape_values for x in present)
+        if shape_math[i]:
+            shape_values.update(o for o in n.output if o)
+
     # Step 3: onnxruntime's forward trace from host-resident outputs.
     on_cuda = {i for i, (_, kind, _) in enumerate(checked) if kind == "cuda"}
     host_args: set[str] = set()
@@ -450,7 +473,8 @@ def predict(model: onnx.ModelProto, *, optimize: bool = True) -> Prediction:
             name=node.name or f"#{i}", op_type=node.op_type, domain=_domain(node.domain), version=version,
             input_types=tuple(_type_name(types.get(x)) if x else "" for x in node.input),
             output_types=tuple(_type_name(types.get(x)) for x in node.output if x),
-            kind=kind, shape_only=shape_only[i], reason=reason))
+            kind=kind, role="shape" if shape_only[i] else "shape-math" if shape_math[i] else "data",
+            reason=reason))
     return Prediction(out, exported, optimize, opsets.get("ai.onnx", 0), notes)
 
 

@@ -135,7 +135,7 @@ def test_shape_arithmetic_without_a_kernel_is_allowed_and_reported(optimize):
     model = _model(nodes, [_vi("x", F, ["N", 4])], [_vi("y", F, ["N", 4])], inits)
     pred = placement.check(model, optimize=optimize)  # does not raise
     (clip,) = _by_op(pred, "Clip")
-    assert clip.kind == "fallback" and clip.shape_only and not clip.compute_fallback
+    assert clip.kind == "fallback" and clip.role == "shape" and not clip.compute_fallback
     assert pred.shape_fallbacks == [clip]
     assert {n.name: n.kind for n in pred.nodes}["reshape"] == "cuda"
     assert "shape_clip" in pred.report()
@@ -152,19 +152,25 @@ def test_onnxruntime_keeps_shape_math_on_the_host():
              helper.make_node("Atan", ["y"], ["z"], name="atan"),
              helper.make_node("Neg", ["z"], ["w"], name="neg"),
              helper.make_node("Cast", ["n"], ["nf"], to=F, name="cast_n"),
-             helper.make_node("Atan", ["nf"], ["an"], name="atan_n"),
-             helper.make_node("Neg", ["an"], ["w2"], name="neg_n")]
-    model = _model(nodes, [_vi("x", F, ["N", 4])], [_vi("w", F, ["N", 4]), _vi("w2", F, [])], inits)
-    kinds = {n.name: (n.kind, n.shape_only) for n in placement.predict(model, optimize=False).nodes}
-    assert kinds["shape"][0] == "cuda"  # CUDA's Shape writes its output to host memory
-    assert kinds["gather"] == ("host", False)  # n also feeds cast_n: not shape-only
-    assert kinds["unsqueeze"] == kinds["concat"] == ("host", True)
-    assert kinds["reshape"] == ("cuda", False)  # reads its shape input from the host by design
+             helper.make_node("Mul", ["nf", "v"], ["scaled"], name="mul_v"),
+             helper.make_node("Atan", ["scaled"], ["an"], name="atan_v"),
+             helper.make_node("Neg", ["an"], ["w2"], name="neg_v")]
+    model = _model(nodes, [_vi("x", F, ["N", 4]), _vi("v", F, ["K"])], [_vi("w", F, ["N", 4]), _vi("w2", F, ["K"])],
+                   inits)
+    pred = placement.predict(model, optimize=False)
+    kinds = {n.name: (n.kind, n.role) for n in pred.nodes}
+    assert kinds["shape"] == ("cuda", "shape-math")  # CUDA's Shape writes its output to host memory
+    assert kinds["gather"] == ("host", "shape-math") and kinds["cast_n"] == ("host", "shape-math")
+    assert kinds["unsqueeze"] == kinds["concat"] == ("host", "shape")
+    assert kinds["reshape"] == ("cuda", "data")  # reads its shape input from the host by design
     # A fallback fed from the GPU is not traced: its consumer stays on CUDA (the data is copied back).
-    assert kinds["atan"] == ("fallback", False) and kinds["neg"] == ("cuda", False)
-    # One fed from the host is: what it feeds stays on the host too.
-    assert kinds["cast_n"] == ("host", False) and kinds["atan_n"] == ("fallback", False)
-    assert kinds["neg_n"] == ("host", False)
+    assert kinds["atan"] == ("fallback", "data") and kinds["neg"] == ("cuda", "data")
+    # A graph input next to a host value: onnxruntime reads the input on the host (a copy when it is on the GPU),
+    # and what follows stays there.
+    assert kinds["mul_v"] == ("host", "data") and kinds["atan_v"] == ("fallback", "data")
+    assert kinds["neg_v"] == ("host", "data")
+    assert [n.name for n in pred.host_compute] == ["mul_v", "neg_v"]
+    assert [n.name for n in pred.compute_fallbacks] == ["atan", "atan_v"]
 
 
 def test_kernel_table_is_package_data_with_its_source():
@@ -189,6 +195,7 @@ def test_catalog_graph_keeps_every_compute_node_on_cuda(name, exported):
     assert pred.optimized and pred.nodes
     assert not pred.of_kind("unknown"), pred.report()  # every node's types were inferred: the check ran
     assert not pred.compute_fallbacks, pred.report()
+    assert not pred.host_compute, pred.report()  # no graph input read on the host by onnxruntime's heuristic
 
 
 @pytest.mark.onnx
