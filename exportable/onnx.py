@@ -11,6 +11,11 @@ The export rules (``docs/export.md``), applied by :func:`export` every time:
 4. ``onnx.checker`` (full check) and strict shape inference pass;
 5. saved as one file (``external_data=False``).
 
+Running: :func:`session` (best providers first) and :func:`run` (tensors or arrays in, numpy out), or
+:class:`DeviceRunner` (torch tensors in and out on their device, through onnxruntime's I/O binding:
+nothing copied through the host). :func:`placement` reports which provider ran each node;
+``exportable.placement`` predicts it for the CUDA provider without a GPU.
+
 onnxruntime is an optional dependency (extras ``cpu`` or ``gpu``); it is imported on first use.
 """
 
