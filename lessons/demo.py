@@ -225,26 +225,18 @@ SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
     "retinanet_postprocess": _retinanet_postprocess_inputs,
 }
 
-# Later lessons define their photo inputs beside their code: each module below has a
-# ``demo_scene_inputs() -> dict[str, Callable[[Context], tuple[Tensor, ...]]]`` (it imports
-# Context's helpers from here lazily).
-_SCENE_INPUT_MODULES: tuple[str, ...] = (
-    "lessons.roi_head_sampling",
-    "lessons.atss",
-    "lessons.simota",
-    "lessons.o2f",
-    "lessons.task_aligned",
-)
 
 
-def _collect_scene_inputs() -> None:
-    import importlib
+def _topic_scene_inputs() -> None:
+    """The later topics keep their photo inputs beside their lesson code (``demo_scene_inputs()`` in each
+    module, which imports this module's helpers lazily); they are listed here by import, explicitly."""
+    from lessons import atss, o2f, roi_head_sampling, simota, task_aligned
 
-    for module in _SCENE_INPUT_MODULES:
-        SCENE_INPUTS.update(importlib.import_module(module).demo_scene_inputs())
+    for topic in (roi_head_sampling, atss, simota, o2f, task_aligned):
+        SCENE_INPUTS.update(topic.demo_scene_inputs())
 
 
-_collect_scene_inputs()
+_topic_scene_inputs()
 
 
 # --------------------------------------------------------------------------------------------

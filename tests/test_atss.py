@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exportable import onnx as xonnx
-from exportable.assigners.atss import ATSSAssigner, _level_slices, example_inputs
+from exportable.assigners.atss import ATSSAssigner, _level_slices
 from exportable.batching import pad_gts
+from exportable.examples import atss_inputs
 from lessons.atss import atss_anchors, atss_assign, benchmark_case, benchmark_reference, mmdet_atss_assign
 from lessons.scenes import random_scene
 
@@ -238,7 +239,7 @@ def test_pred_boxes_give_iou_soft_targets():
 def test_reference_parity_on_tie_heavy_random_scenes(variant, seed):
     # lattice anchors (exact distance ties, duplicates), small coarse levels, padding, anchor_mask, pred_boxes
     g = torch.Generator().manual_seed(seed)
-    anchors, level_ids, boxes, labels, mask, anchor_mask, pred = example_inputs({"B": 3, "N": 400, "M": 8}, g,
+    anchors, level_ids, boxes, labels, mask, anchor_mask, pred = atss_inputs({"B": 3, "N": 400, "M": 8}, g,
                                                                                  preds=True)
     a = ATSSAssigner(variant=variant)
     res = a(anchors, level_ids, boxes, labels, mask, anchor_mask, pred)
@@ -257,7 +258,7 @@ def test_eager_chunks_do_not_change_results(monkeypatch):
     import exportable.assigners.atss as atss_module
 
     g = torch.Generator().manual_seed(7)
-    args = example_inputs({"B": 5, "N": 400, "M": 9}, g, preds=True)
+    args = atss_inputs({"B": 5, "N": 400, "M": 9}, g, preds=True)
     for variant in ("mmdet", "paddle"):
         a = ATSSAssigner(variant=variant)
         whole = a(*args)  # 45 rows: one chunk
@@ -270,7 +271,7 @@ def test_eager_chunks_do_not_change_results(monkeypatch):
 @pytest.mark.parametrize("seed", range(3))
 def test_unsorted_level_ids(seed):
     g = torch.Generator().manual_seed(100 + seed)
-    anchors, level_ids, boxes, labels, mask, anchor_mask = example_inputs({"B": 2, "N": 300, "M": 6}, g)
+    anchors, level_ids, boxes, labels, mask, anchor_mask = atss_inputs({"B": 2, "N": 300, "M": 6}, g)
     perm = torch.randperm(300, generator=g)
     anchors, level_ids, anchor_mask = anchors[perm], level_ids[perm], anchor_mask[:, perm]
     a = ATSSAssigner()

@@ -150,7 +150,8 @@ class ATSSAssigner(nn.Module):
         pred_boxes: Float[Tensor, "B N 4"] | None = None,
     ) -> AssignResult:
         if checks_enabled():
-            _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask, pred_boxes, self.num_levels)
+            _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask, pred_boxes, self.num_levels,
+                          self.num_classes)
         b, n = gt_boxes.shape[0], anchors.shape[0]
         if not _exporting() and n == 0:
             return empty_result(b, 0, self.num_classes, like=anchors)  # no anchors: nothing to assign
@@ -358,7 +359,8 @@ def _result(
     )
 
 
-def _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask, pred_boxes, num_levels) -> None:
+def _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask, pred_boxes, num_levels,
+                  num_classes) -> None:
     check_boxes("anchors", anchors, ndim=2)
     check_integer("level_ids", level_ids)
     n = anchors.shape[0]
@@ -368,7 +370,7 @@ def _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask,
             f"level_ids: values must be in [0, num_levels={num_levels}), got [{int(level_ids.min())}, "
             f"{int(level_ids.max())}]"
         )
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
+    check_gt_batch(gt_boxes, gt_labels, gt_mask, num_classes=num_classes)
     b = gt_boxes.shape[0]
     if anchor_mask is not None:
         check_bool("anchor_mask", anchor_mask)
@@ -378,103 +380,3 @@ def _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask,
         check_shape("pred_boxes", pred_boxes, (b, n, 4))
 
 
-# ----------------------------------------------------------------------------------------------
-# Catalog: example inputs with degenerate cases on purpose, and the two entries
-# ----------------------------------------------------------------------------------------------
-
-_EXAMPLE_STRIDES = (4, 8, 16, 32, 64)  # five levels over a 128 px image
-_LEVEL_WEIGHTS = (0.45, 0.25, 0.15, 0.1, 0.05)  # fine levels large, coarse ones often smaller than k
-
-
-def example_inputs(sizes: dict[str, int], g: torch.Generator, *, preds: bool = False) -> tuple[Tensor, ...]:
-    """Seeded inputs at sizes ``B, N, M``: anchors on per-level lattices (exact distance ties, duplicates),
-    sorted ``level_ids`` with coarse levels often smaller than k, gts on a 0.5 px grid with zero-area and
-    out-of-image rows, trailing padding (image 0 may have none real, image 1 is full), ~10 % of anchors
-    outside ``anchor_mask``; with ``preds`` also ``pred_boxes`` (anchors jittered by a few px)."""
-    b, n, m = sizes["B"], sizes["N"], sizes["M"]
-    weights = torch.tensor(_LEVEL_WEIGHTS)
-    level_ids = torch.multinomial(weights, n, replacement=True, generator=g).sort().values if n else torch.zeros(
-        0, dtype=torch.int64)  # (N,)
-    stride = torch.tensor(_EXAMPLE_STRIDES, dtype=torch.float32)[level_ids]  # (N,)
-    cells = (128 / stride).to(torch.int64)  # (N,) lattice size per level
-    cxy = (torch.floor(torch.rand(n, 2, generator=g) * cells[:, None]) + 0.5) * stride[:, None]  # (N, 2) cell centres
-    off = torch.rand(n, generator=g) < 0.25  # (N,) a quarter off the lattice
-    cxy = torch.where(off[:, None], (cxy + torch.randn(n, 2, generator=g) * 3).round(decimals=1), cxy)  # (N, 2)
-    half = 2 * stride[:, None]  # (N, 1) square side 4 * stride
-    anchors = torch.cat([cxy - half, cxy + half], dim=1)  # (N, 4)
-    xy = (torch.rand(b, m, 2, generator=g) * 144 - 8).round()  # (B, M, 2) some outside the image
-    wh = (torch.rand(b, m, 2, generator=g) * 60).round()  # (B, M, 2) some zero-area
-    gt_boxes = torch.cat([xy, xy + wh], dim=-1)  # (B, M, 4)
-    gt_labels = torch.randint(0, 80, (b, m), generator=g)  # (B, M)
-    counts = torch.randint(0, m + 1, (b,), generator=g)  # (B,)
-    if b > 1:
-        counts[1] = m
-    gt_mask = torch.arange(m)[None, :] < counts[:, None]  # (B, M) padding at the end
-    anchor_mask = torch.rand(b, n, generator=g) < 0.9  # (B, N)
-    args = (anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask)
-    if not preds:
-        return args
-    jitter = torch.randn(b, n, 4, generator=g) * 4  # (B, N, 4)
-    p = anchors + jitter  # (B, N, 4)
-    lo, hi = torch.minimum(p[..., :2], p[..., 2:]), torch.maximum(p[..., :2], p[..., 2:])  # (B, N, 2) each
-    pred_boxes = torch.cat([lo, hi], dim=-1)  # (B, N, 4)
-    return (*args, pred_boxes)
-
-
-def catalog_entries() -> tuple:
-    """The catalog's ATSS entries: mmdetection's hard targets and PaddleDetection's IoU-soft targets."""
-    from exportable.catalog import Entry, TensorSpec
-
-    f, i, bl = "float32", "int64", "bool"
-    inputs = (
-        TensorSpec("anchors", f, ("N", 4), "(x1, y1, x2, y2) anchors of all levels, shared by the batch"),
-        TensorSpec("level_ids", i, ("N",), "FPN level of each anchor, in [0, num_levels)"),
-        TensorSpec("gt_boxes", f, ("B", "M", 4), "padded gt boxes"),
-        TensorSpec("gt_labels", i, ("B", "M"), "gt classes in [0, num_classes)"),
-        TensorSpec("gt_mask", bl, ("B", "M"), "True for real gts"),
-        TensorSpec("anchor_mask", bl, ("B", "N"), "True for anchors that take part (inside / not padding)"),
-    )
-    outputs = (
-        TensorSpec("gt_index", i, ("B", "N"), "matched gt (0-based); -1 negative; -2 outside anchor_mask"),
-        TensorSpec("labels", i, ("B", "N"), "matched gt's class; num_classes for every non-positive"),
-        TensorSpec("boxes", f, ("B", "N", 4), "matched gt box; 0 elsewhere"),
-        TensorSpec("overlaps", f, ("B", "N"), "IoU(anchor, matched gt) for positives; 0 elsewhere"),
-        TensorSpec("target_scores", f, ("B", "N"), "classification target at labels: 1 (or IoU(pred, gt)) for "
-                   "positives, 0 elsewhere"),
-        TensorSpec("weights", f, ("B", "N"), "classification weight: 1, 0 outside anchor_mask"),
-    )
-    rules = {"strict": None, "center_margin": None, "conflict": None}  # None: the variant's rule
-    common = {
-        "source": "exportable/assigners/atss.py",
-        "factory": ATSSAssigner,
-        "outputs": outputs,
-        "export_sizes": {"B": 2, "N": 40, "M": 4},
-        "test_sizes": ({"B": 1, "N": 7, "M": 1}, {"B": 3, "N": 500, "M": 9}, {"B": 2, "N": 60, "M": 0},
-                       {"B": 4, "N": 3, "M": 3}, {"B": 2, "N": 2000, "M": 16}),
-        "atol": 1e-6,
-        "rtol": 1e-6,
-    }
-    return (
-        Entry(
-            name="atss_assigner",
-            summary="ATSS (official = mmdetection 3.3): per-level top-9 nearest anchors, IoU >= mean + unbiased "
-            "std, centre inside by > 0.01 px, conflicts by IoU among the gts an anchor is positive for.",
-            params={"topk": 9, "num_levels": 5, "num_classes": 80, "variant": "mmdet", **rules},
-            inputs=inputs,
-            make_inputs=example_inputs,
-            notes="num_levels is static (one top-k per level in the graph); level_ids need not be sorted. "
-            "A gt with a single candidate gets no positive (no unbiased std), as in the peers.",
-            **common,
-        ),
-        Entry(
-            name="atss_assigner_paddle",
-            summary="ATSS as PaddleDetection / YOLOv6: IoU > mean + std (strict), centre margin 1e-9, conflicts "
-            "by argmax IoU over all gts, soft targets IoU(pred_box, gt) (PP-YOLOE).",
-            params={"topk": 9, "num_levels": 5, "num_classes": 80, "variant": "paddle", **rules},
-            inputs=(*inputs, TensorSpec("pred_boxes", f, ("B", "N", 4), "predicted (x1, y1, x2, y2) boxes, for "
-                                        "the IoU soft targets")),
-            make_inputs=lambda s, g: example_inputs(s, g, preds=True),
-            notes="PaddleDetection fails on a level smaller than topk; here k is clipped as in mmdetection.",
-            **common,
-        ),
-    )
