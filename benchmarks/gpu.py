@@ -398,7 +398,8 @@ def measure(entry, args, ort, models: Path | None) -> dict[str, Any]:
     row["observed_off"] = len(off)
     row["observed_compute_off"] = sorted(
         f"{r.name} ({r.op_type})" for r in off if not (by_name.get(r.name) and by_name[r.name].shape_only))
-    common = [r for r in observed if r.name in by_name]
+    # the prediction is for the CUDA provider: a CPU dry run has nothing to compare it with
+    common = [r for r in observed if r.name in by_name] if on_gpu else []
     row["agree"] = sum((r.provider == cuda_ep) == (by_name[r.name].kind == "cuda") for r in common)
     row["common"] = len(common)
     row["predicted_off"] = sum(n.kind != "cuda" for n in predicted.nodes)
