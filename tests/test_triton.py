@@ -77,7 +77,7 @@ def test_config_matches_the_onnx_graph(repository, name):
     assert json.loads(params.pop("assignlab.tolerance")) == {"atol": entry.atol, "rtol": entry.rtol}
     assert params.pop("assignlab.version")
     got = {k.removeprefix("assignlab."): json.loads(v) for k, v in params.items()}
-    assert got == json.loads(json.dumps(dict(entry.params)))
+    assert got == json.loads(json.dumps(entry.resolved()))  # every hyper-parameter the graph was built with
 
 
 @pytest.mark.parametrize("ensemble", list(triton.ENSEMBLES))
