@@ -7,7 +7,7 @@ EXTRAS ?= cpu,notebooks,dev,book
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.assignlab-installed
 
-.PHONY: help install demo test lint lab exercises book bench bench-peers clean
+.PHONY: help install demo test lint lab exercises book bench bench-peers bench-gpu clean
 
 help:
 	@echo "make demo       run the main job on the embedded scene (figures + ONNX under build/demo/)"
@@ -17,6 +17,7 @@ help:
 	@echo "make book       the executed notebooks as a static web site under build/book/html/"
 	@echo "make bench      benchmark tables under benchmarks/results/"
 	@echo "make bench-peers  the same workloads on mmdetection and ultralytics, side by side (optional)"
+	@echo "make bench-gpu  torch CUDA vs onnxruntime CUDA vs CPU -> benchmarks/results/gpu.md (needs CUDA)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,10 @@ bench: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py
+
+# Needs a CUDA device and onnxruntime-gpu (EXTRAS=gpu,notebooks,dev and a CUDA torch); without CUDA it says so.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis
