@@ -5,10 +5,11 @@ The reference (test oracle) for :class:`exportable.assigners.atss.ATSSAssigner` 
 ``level_ids (N,)``, ``gt_boxes (M, 4)`` for ONE image. Step numbers match the notebook,
 ``docs/algorithms.md`` §8 and the exportable module:
 
-1. IoU of every anchor box with every gt, ``(N, M)``;
-2. distances between anchor centres and gt centres, ``(N, M)``;
-3. per level, the ``min(k, n_l)`` anchors nearest each gt are its candidates (equal distances: the
+1. distances between anchor centres and gt centres, ``(N, M)``;
+2. per level, the ``min(k, n_l)`` anchors nearest each gt are its candidates (equal distances: the
    lower anchor index first, the package's tie rule);
+3. the IoU of each candidate's anchor box with the gt (read from the table of every anchor with every
+   gt, ``(N, M)``, computed up front as the official code does);
 4. threshold ``t = mean + std`` of the candidates' IoUs, with the UNBIASED std (``n - 1``);
 5. positive if ``IoU >= t`` and the anchor centre lies inside the gt by more than 0.01 px;
 6. an anchor positive for several gts takes the highest IoU among them (the lower gt index on ties);
@@ -88,7 +89,7 @@ class ATSSReference:
     std: Tensor  # (M,) float64 unbiased std (NaN with a single candidate)
     threshold: Tensor  # (M,) float64 mean + std
     positive: Tensor  # (N, M) bool: steps 4-5 passed (before step 6)
-    ious: Tensor  # (N, M) step 1
+    ious: Tensor  # (N, M) every anchor with every gt (step 3 reads the candidates')
     target_scores: Tensor  # (N,) 1 for positives (IoU(pred_box, gt) with pred_boxes), 0 elsewhere
 
     def positives_per_gt(self) -> list[int]:
@@ -119,7 +120,7 @@ def atss_assign(
     valid = torch.ones(n, dtype=torch.bool) if valid is None else valid
     gt_index = torch.full((n,), -1, dtype=torch.int64)
     overlaps = torch.zeros(n)
-    # 1. IoU of every anchor box with every gt; 2. centre distances
+    # the IoU table of every anchor box with every gt, read at the candidates in step 3; 1. centre distances
     ious = iou_table(anchors, gt_boxes)  # (N, M)
     dist = centre_distances(anchors, gt_boxes)  # (N, M)
     positive = torch.zeros(n, m, dtype=torch.bool)
@@ -128,7 +129,7 @@ def atss_assign(
     std, threshold = mean.clone(), mean.clone()
     acx, acy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2  # (N,)
     for g in range(m):
-        # 3. per level, the k nearest valid anchors (a stable sort: equal distances keep index order)
+        # 2. per level, the k nearest valid anchors (a stable sort: equal distances keep index order)
         chosen = []
         for level in torch.unique(level_ids).tolist():
             idx = torch.nonzero((level_ids == level) & valid)[:, 0]  # this level's anchors
@@ -137,7 +138,7 @@ def atss_assign(
         c = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)
         cands.append(c)
         levels_of.append(level_ids[c])
-        cand_ious.append(ious[c, g])
+        cand_ious.append(ious[c, g])  # 3. the candidates' IoUs
         if len(c) == 0:
             continue
         # 4. threshold = mean + unbiased std of the candidates' IoUs (torch.std: n - 1; NaN for one)
