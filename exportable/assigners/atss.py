@@ -133,11 +133,11 @@ class ATSSAssigner(nn.Module):
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
         levels = _levels(level_ids, self.num_levels)  # L x (n_l,) anchor indices
         if _exporting():
-            gt_index, overlaps = self.assign(anchors, levels, boxes, mask, anchor_mask)  # (B, N), (B, N)
+            gt_index, overlaps = self._assign(anchors, levels, boxes, mask, anchor_mask)  # (B, N), (B, N)
         else:  # the same function on a few images at a time (chunks never change a result)
             b = boxes.shape[0]
             step = max(1, _EAGER_ROWS // boxes.shape[1])
-            parts = [self.assign(anchors, levels, boxes[i : i + step], mask[i : i + step],
+            parts = [self._assign(anchors, levels, boxes[i : i + step], mask[i : i + step],
                                  None if anchor_mask is None else anchor_mask[i : i + step])
                      for i in range(0, max(b, 1), step)]
             gt_index, overlaps = (torch.cat(p) for p in zip(*parts))  # (B, N), (B, N)
@@ -149,7 +149,7 @@ class ATSSAssigner(nn.Module):
             result = result._replace(target_scores=torch.where(result.positive, scores, 0.0))
         return result
 
-    def assign(
+    def _assign(
         self,
         anchors: Float[Tensor, "N 4"],
         levels: tuple[Int[Tensor, " n_l"], ...],
@@ -166,12 +166,14 @@ class ATSSAssigner(nn.Module):
         near, index = [], []
         for level in levels:  # (n_l,) the level's anchor indices
             # 1. distances to the level's anchors, negated: the k largest of -d are the k nearest, ties by index.
-            #    Products, not square(): a graph's Pow(x, 2) may round differently from x * x.
-            dx = acx.index_select(0, level) - gcx  # (B, M, n_l)
+            #    An anchor outside anchor_mask gets an infinitely far centre. Products, not square(): a graph's
+            #    Pow(x, 2) may round differently from x * x.
+            ax = acx.index_select(0, level)  # (n_l,)
+            if anchor_mask is not None:
+                ax = torch.where(anchor_mask.index_select(1, level), ax, torch.inf).unsqueeze(1)  # (B, 1, n_l)
+            dx = ax - gcx  # (B, M, n_l)
             dy = acy.index_select(0, level) - gcy  # (B, M, n_l)
             neg_d = dx.mul_(dx).add_(dy.mul_(dy)).sqrt_().neg_()  # (B, M, n_l)
-            if anchor_mask is not None:
-                neg_d = torch.where(anchor_mask.index_select(1, level).unsqueeze(1), neg_d, -torch.inf)  # (B, M, n_l)
             # 2. the level's min(k, n_l) nearest anchors; a slot at -inf (outside anchor_mask) is no candidate
             val, idx = _topk(neg_d, self.topk, -1)  # (B, M, k_l) nearest first
             near.append(val)
@@ -224,8 +226,8 @@ def _levels(level_ids: Int[Tensor, " N"], num_levels: int) -> tuple[Int[Tensor, 
     n = level_ids.shape[0]
     keys = level_ids * n + torch.arange(n, device=level_ids.device)  # (N,) unique
     order = torch.sort(keys).indices  # (N,) level by level
-    levels = torch.arange(num_levels, device=level_ids.device)  # (L,)
-    sizes = (level_ids.unsqueeze(1) == levels).sum(dim=0).tolist()  # L ints
+    levels = torch.arange(num_levels, device=level_ids.device).unsqueeze(1)  # (L, 1)
+    sizes = (level_ids == levels).sum(dim=1).tolist()  # L ints
     for size in sizes:
         torch._check(size >= 0)
     torch._check(sum(sizes) == n)
