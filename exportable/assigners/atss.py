@@ -30,8 +30,9 @@ argmax over all gts.
 One path for eager and the exported graph. The anchors are taken level by level (``level_ids`` in any
 order): each level is one ``(B, M, n_l)`` block of distances and one top-k, and in a graph the level sizes
 are a ``Split`` whose sizes are known at run time only. Step 6 reduces over the candidate slots with two
-scatter reductions (the best IoU per anchor, then the lowest gt index holding it). Eager takes a few images
-at a time (about ``_EAGER_ROWS`` gts), so that a block of distances stays in the cache.
+scatter reductions (the best IoU per anchor, then the lowest gt index holding it); ``"all_gts"`` adds the
+IoU of each slot's anchor with every gt, ``(B, M, K, M)``. Eager takes a few images at a time (about
+``_EAGER_ROWS`` gts), so that a block of distances stays in the cache.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from exportable._checks import check_bool, check_boxes, check_integer, check_sca
 from exportable._checks import exporting as _exporting
 from exportable.assigners.result import IGNORED, NEGATIVE, AssignResult
 from exportable.batching import check_gt_batch, ensure_gt_rows
-from exportable.boxes import _anchor_gt_max_iou, _box_centers, _box_iou, _points_in_boxes
+from exportable.boxes import _box_centers, _box_iou, _points_in_boxes
 from exportable.ordering import _topk
 
 __all__ = ["ATSSAssigner"]
@@ -211,9 +212,14 @@ class ATSSAssigner(nn.Module):
         if self.conflict == "all_gts":  # PaddleDetection: positive for several gts -> argmax IoU over ALL gts
             hits = pair.new_zeros((b * n + 1,)).scatter_add(0, pair, torch.ones_like(pair))  # (B * N + 1,)
             several = hits[: b * n].reshape(b, n) > 1  # (B, N) positive for several gts
-            top, top_gt = _anchor_gt_max_iou(anchors, boxes, mask)  # (B, N), (B, N) over the real gts
-            best = torch.where(several, top, best)  # (B, N)
-            arg = torch.where(several, top_gt, arg)  # (B, N)
+            # each slot's anchor against every gt: (B, M, K, M), less than a full (B, N, M) while M < N / K
+            every = _box_iou(cand_boxes, boxes.unsqueeze(1))  # (B, M, K, M)
+            top, top_gt = torch.where(mask.reshape(b, 1, 1, m), every, -1.0).max(dim=-1)  # (B, M, K) real gts only
+            # all slots of one anchor hold the same values: the scatters just place them
+            top = iou.new_full((b * n + 1,), -1.0).scatter_reduce(0, pair, top.reshape(-1), "amax")  # (B * N + 1,)
+            top_gt = pair.new_full((b * n + 1,), m).scatter_reduce(0, pair, top_gt.reshape(-1), "amin")  # (B*N+1,)
+            best = torch.where(several, top[: b * n].reshape(b, n), best)  # (B, N)
+            arg = torch.where(several, top_gt[: b * n].reshape(b, n), arg)  # (B, N)
         matched = best >= 0  # (B, N) positive for at least one gt
         return torch.where(matched, arg, NEGATIVE), torch.where(matched, best, 0.0)
 
