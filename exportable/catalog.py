@@ -833,7 +833,7 @@ _ENTRIES += (
         inputs=_ATSS_INPUTS,
         outputs=_ATSS_OUTPUTS,
         make_inputs=examples.atss_inputs,
-        notes="num_levels is static (one top-k per level in the graph; the levels' sizes are a run-time Split); "
+        notes="num_levels is static (one top-k per level in the graph; each level a Slice with run-time bounds); "
         "level_ids need not be sorted. "
         "A gt with a single candidate gets no positive (no unbiased std), as in the peers.",
         **_ATSS_SIZES,

@@ -28,8 +28,8 @@ The steps of the paper's Algorithm 1, with the official code's and mmdetection 3
 argmax over all gts.
 
 One path for eager and the exported graph. The anchors are taken level by level (``level_ids`` in any
-order): each level is one ``(B, M, n_l)`` block of distances and one top-k, and in a graph the level sizes
-are a ``Split`` whose sizes are known at run time only. Step 6 reduces over the candidate slots with two
+order): each level is one ``(B, M, n_l)`` block of distances and one top-k, and in a graph each level is a
+``Slice`` whose bounds are known at run time only. Step 6 reduces over the candidate slots with two
 scatter reductions (the best IoU per anchor, then the lowest gt index holding it); ``"all_gts"`` adds the
 IoU of each slot's anchor with every gt, ``(B, M, K, M)``. Eager takes a few images at a time (about
 ``_EAGER_ROWS`` gts), so that a block of distances stays in the cache.
@@ -228,16 +228,19 @@ def _levels(level_ids: Int[Tensor, " N"], num_levels: int) -> tuple[Int[Tensor, 
     """The anchor indices of each level, in anchor order: ``num_levels`` tensors ``(n_l,)``.
 
     One sort of unique keys (level, then anchor index), so no tie rule is needed. The sizes ``n_l`` are
-    data: eager reads them (one host sync), a graph splits with sizes known at run time."""
+    data: eager reads them (one host sync), a graph slices with bounds known at run time."""
     n = level_ids.shape[0]
     keys = level_ids * n + torch.arange(n, device=level_ids.device)  # (N,) unique
     order = torch.sort(keys).indices  # (N,) level by level
     levels = torch.arange(num_levels, device=level_ids.device).unsqueeze(1)  # (L, 1)
     sizes = (level_ids == levels).sum(dim=1).tolist()  # L ints
+    levels, start = [], 0
     for size in sizes:
         torch._check(size >= 0)
-    torch._check(sum(sizes) == n)
-    return torch.split(order, sizes)
+        levels.append(order[start : start + size])  # (n_l,)
+        start = start + size
+    torch._check(start == n)
+    return tuple(levels)
 
 
 def _check_inputs(anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask, pred_boxes, num_levels,
