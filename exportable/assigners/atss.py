@@ -13,7 +13,7 @@ The steps of the paper's Algorithm 1, with the official code's and mmdetection 3
 2. on every level, the ``min(k, n_l)`` anchors nearest a gt are its candidates (``k = 9``; equal distances:
    the lower anchor index first). Anchors outside ``anchor_mask`` are never candidates;
 3. ``IoU(anchor box, gt)`` of the candidates only: ``(B, M, K)``, never a ``(B, M, N)`` matrix;
-4. the gt's threshold ``t = mean + std`` of its candidates' IoUs, the std **unbiased** (divisor ``K - 1``),
+4. the gt's threshold ``t = mean + std`` of its candidates' IoUs, the std **unbiased** (divisor: count - 1),
    written out in float64 with the candidate count as a tensor (ONNX has no Std). A gt with a single
    candidate has no std and gets no positive, as in the peers (their NaN is the rule ``count >= 2`` here);
 5. a candidate is positive if ``IoU >= t`` (``strict``: ``IoU > t``) and its centre lies inside the gt by
