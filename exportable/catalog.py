@@ -833,7 +833,8 @@ _ENTRIES += (
         inputs=_ATSS_INPUTS,
         outputs=_ATSS_OUTPUTS,
         make_inputs=examples.atss_inputs,
-        notes="num_levels is static (one top-k per level in the graph); level_ids need not be sorted. "
+        notes="num_levels is static (one top-k per level in the graph; each level a Slice with run-time bounds); "
+        "level_ids need not be sorted. "
         "A gt with a single candidate gets no positive (no unbiased std), as in the peers.",
         **_ATSS_SIZES,
     ),
@@ -843,7 +844,7 @@ _ENTRIES += (
         "by argmax IoU over all gts, soft targets IoU(pred_box, gt) (PP-YOLOE).",
         source="exportable/assigners/atss.py",
         factory=ATSSAssigner,
-        params={"variant": "paddle"},
+        params={"strict": True, "center_margin": 1e-9, "conflict": "all_gts"},  # = ATSSAssigner.paddle()
         inputs=(*_ATSS_INPUTS, TensorSpec("pred_boxes", _F, ("B", "N", 4), "predicted (x1, y1, x2, y2) boxes, "
                                           "for the IoU soft targets")),
         outputs=_ATSS_OUTPUTS,

@@ -5,10 +5,11 @@ The reference (test oracle) for :class:`exportable.assigners.atss.ATSSAssigner` 
 ``level_ids (N,)``, ``gt_boxes (M, 4)`` for ONE image. Step numbers match the notebook,
 ``docs/algorithms.md`` §8 and the exportable module:
 
-1. IoU of every anchor box with every gt, ``(N, M)``;
-2. distances between anchor centres and gt centres, ``(N, M)``;
-3. per level, the ``min(k, n_l)`` anchors nearest each gt are its candidates (equal distances: the
+1. distances between anchor centres and gt centres, ``(N, M)``;
+2. per level, the ``min(k, n_l)`` anchors nearest each gt are its candidates (equal distances: the
    lower anchor index first, the package's tie rule);
+3. the IoU of each candidate's anchor box with the gt (read from the table of every anchor with every
+   gt, ``(N, M)``, computed up front as the official code does);
 4. threshold ``t = mean + std`` of the candidates' IoUs, with the UNBIASED std (``n - 1``);
 5. positive if ``IoU >= t`` and the anchor centre lies inside the gt by more than 0.01 px;
 6. an anchor positive for several gts takes the highest IoU among them (the lower gt index on ties);
@@ -92,7 +93,7 @@ class ATSSReference:
     std: Tensor  # (M,) float64 unbiased std (NaN with a single candidate)
     threshold: Tensor  # (M,) float64 mean + std
     positive: Tensor  # (N, M) bool: steps 4-5 passed (before step 6)
-    ious: Tensor  # (N, M) step 1
+    ious: Tensor  # (N, M) every anchor with every gt (step 3 reads the candidates')
     target_scores: Tensor  # (N,) 1 for positives (IoU(pred_box, gt) with pred_boxes), 0 elsewhere
 
     def positives_per_gt(self) -> list[int]:
@@ -113,20 +114,20 @@ def atss_assign(
     strict, margin, conflict = _RULES[variant]
     n, m = anchors.shape[0], gt_boxes.shape[0]
     valid = torch.ones(n, dtype=torch.bool) if valid is None else valid
-    # 1. IoU of every anchor BOX with every gt; 2. distances between their centres
+    # the IoU table of every anchor box with every gt (read at the candidates in step 3); 1. centre distances
     ious = iou_table(anchors, gt_boxes)  # (N, M)
     dist = centre_distances(anchors, gt_boxes)  # (N, M)
     acx, acy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2  # (N,)
     positive = torch.zeros(n, m, dtype=torch.bool)  # steps 4-5 passed, per (anchor, gt)
     stats = _Statistics(m)  # what the notebook draws: candidates, mean, std, threshold per gt
     for g in range(m):
-        # 3. per level, the min(k, n_l) valid anchors nearest the gt (a stable sort: equal distances, lower index)
+        # 2. per level, the min(k, n_l) valid anchors nearest the gt (a stable sort: equal distances, lower index)
         chosen = []
         for level in torch.unique(level_ids).tolist():
             idx = torch.nonzero((level_ids == level) & valid)[:, 0]  # this level's valid anchors
             chosen.append(idx[torch.sort(dist[idx, g], stable=True).indices[:topk]])  # nearest first
         c = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)  # (K,) level by level
-        x = ious[c, g].double()  # (K,) the candidates' IoUs
+        x = ious[c, g].double()  # (K,) 3. the candidates' IoUs
         # 4. threshold = mean + UNBIASED std (divisor K - 1; NaN for a single candidate: no positive)
         mean = x.mean()
         std = x.std() if len(c) > 1 else torch.tensor(math.nan, dtype=torch.float64)
