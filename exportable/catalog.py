@@ -584,11 +584,12 @@ _ENTRIES += (
         export_sizes={"B": 2, "H": 256, "W": 320},
         test_sizes=({"B": 1, "H": 64, "W": 96}, {"B": 3, "H": 40, "W": 40}, {"B": 2, "H": 8, "W": 8},
                     {"B": 2, "H": 128, "W": 96}),
-        atol=1e-5,
+        atol=1e-4,
         rtol=1e-6,
         notes="C = 80 and A = 9 are baked in the channel dims (720, 36) and in the example inputs; "
         "max_per_img (100) is the static output dim. Floats: onnxruntime's Exp and Sigmoid differ from torch's "
-        "by an ulp or two (boxes 6e-5 px at 1216 px, scores 6e-8); labels and counts are exact.",
+        "by an ulp or two (boxes up to 6.1e-5 px at 1216 px, hence atol 1e-4; scores 6e-8); labels and counts are "
+        "exact.",
     ),
 )
 
