@@ -40,10 +40,10 @@ Three choices keep it small and static:
   with ``L0_c = -max(log(1 - p_c), -100)``, ``L1_c = -max(log p_c, -100)`` (torch's BCE clamps) and
   ``S = sum_c L0_c``: a sum per prior plus a gather at the gt's class (:func:`simota_cls_cost`; equal to
   the naive sum within ``1e-6 * (S + L1_y)``, tested).
-- step 4 adds the top IoUs one at a time in rank order, as mmdetection's column sum does, so ``int()``
-  truncates the very same float.
-- step 6 needs no ``(B, M, N)`` mark matrix: the at most ``M * K`` marks are counted per prior with two
-  scatter-adds (how many gts, and the sum of their indices: the marking gt when there is one).
+- steps 4-6 are the blocks SimOTA shares with RTMDet's DynamicSoftLabel (:mod:`exportable.assigners._dynamic_k`):
+  step 4 adds the top IoUs one at a time in rank order, as mmdetection's column sum does, so ``int()``
+  truncates the very same float; step 6 needs no ``(B, M, N)`` mark matrix: the at most ``M * K`` marks
+  are counted per prior with two scatter-adds (how many gts, and the sum of their indices).
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from exportable._checks import check_scalar, checks_enabled, exporting
+from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
 from exportable.assigners._points import check_point_assigner_inputs
-from exportable.assigners.result import NEGATIVE, AssignResult
+from exportable.assigners.result import AssignResult
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou, _points_in_boxes, _points_near_centers
-from exportable.ordering import _topk, rank_mask
 
 __all__ = ["SimOTAAssigner", "YOLOX_PRESET", "simota_cls_cost"]
 
@@ -159,7 +159,6 @@ class SimOTAAssigner(nn.Module):
         b, n, c = pred_scores.shape
         # 1. padded rows (and the one ensure_gt_rows adds when M = 0) take part in nothing below
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M)
-        m = boxes.shape[1]
         labels = torch.where(mask, labels, 0)  # (B, M) padding reads class 0, never used
         real = mask.unsqueeze(2)  # (B, M, 1)
         # 2. geometric prior, gt-major: (N, 2) points against (B, M, 1, 4) gts give (B, M, N)
@@ -181,20 +180,11 @@ class SimOTAAssigner(nn.Module):
         cost.add_(torch.where(candidate > 0, 0.0, float("inf"))).add_(torch.where(real, 0.0, float("inf")))
         # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
         iou.mul_(candidate)  # (B, M, N) a positive is always a candidate: its IoU is unchanged
-        k = _dynamic_k(iou, self.candidate_topk)  # (B, M) int64
+        k = dynamic_k(iou, self.candidate_topk)  # (B, M) int64
         # 5. each gt marks its k cheapest candidates (one top-K, ranks < k; an inf cost is never marked)
-        cheapest, idx = _topk(cost, self.candidate_topk, dim=2, largest=False)  # (B, M, K'), K' = min(K, N)
-        marked = rank_mask(k, idx.shape[2]) & (cheapest < float("inf"))  # (B, M, K')
-        # 6. conflicts: count each prior's marks and add up the marking gts' indices (the gt when count is 1)
-        slots = idx.reshape(b, -1)  # (B, M * K')
-        gt_ids = torch.arange(m, device=idx.device).view(1, m, 1)  # (1, M, 1)
-        count = torch.zeros(b, n, dtype=torch.int64, device=idx.device).scatter_add(
-            1, slots, marked.to(torch.int64).reshape(b, -1))  # (B, N)
-        marker = torch.zeros(b, n, dtype=torch.int64, device=idx.device).scatter_add(
-            1, slots, (marked * gt_ids).reshape(b, -1))  # (B, N)
-        cheapest_gt = cost.min(dim=1).indices  # (B, N) over ALL rows, the first on ties
-        gt_index = torch.where(count > 1, cheapest_gt, marker)  # (B, N)
-        gt_index = torch.where(count > 0, gt_index, NEGATIVE)  # (B, N)
+        idx, marked = mark_cheapest(cost, k, self.candidate_topk)  # (B, M, K'), K' = min(K, N)
+        # 6. conflicts: a prior marked by several gts goes to the cheapest gt over ALL rows (first on ties)
+        gt_index = resolve_conflicts(idx, marked, cost.min(dim=1).indices)  # (B, N)
         # 7. the result: the matched gt's class, box and IoU
         matched_iou = torch.gather(iou, 1, gt_index.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, N)
         overlaps = torch.where(gt_index >= 0, matched_iou, 0.0)  # (B, N)
@@ -220,16 +210,3 @@ def simota_cls_cost(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, 
     cost = log_not.index_select(0, rows).sub_(log_p)  # (B * M, N) L1 - L0 at the gt's class
     return cost.reshape(b, m, n).add_(total.unsqueeze(1))  # (B, M, N)
 
-
-def _dynamic_k(iou: Float[Tensor, "B M N"], k_max: int) -> Int[Tensor, "B M"]:
-    """4. ``max(1, int(sum of the top-k_max IoUs))`` per gt row (0 = not a candidate), int64.
-
-    The top IoUs are added one at a time in rank order, as mmdetection's column sum does, so ``int()``
-    truncates the very same float; ``k_max`` zero columns stand in for priors that do not exist (N < K).
-    """
-    top = torch.topk(iou, torch.sym_min(k_max, iou.shape[-1]), dim=-1).values  # (B, M, K') largest first
-    top = torch.cat([top, iou.new_zeros(*iou.shape[:-1], k_max)], dim=-1)  # (B, M, K' + K)
-    total = top[..., 0]  # (B, M)
-    for j in range(1, k_max):
-        total = total + top[..., j]  # (B, M)
-    return torch.floor(total).clamp(min=1.0).to(torch.int64)  # (B, M) int() truncates (total >= 0); at least 1
