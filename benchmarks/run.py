@@ -118,6 +118,27 @@ def _build_simota(workload: str) -> Case:
     return _catalog_case("simota_assigner", SimOTAAssigner().eval(), inputs)
 
 
+def _build_o2f(workload: str) -> Case:
+    """``lessons.o2f.benchmark_case``; ``<workload>/shared`` runs eager on the shared path (steps 1-4 dense, as
+    the graph does) instead of the CPU range-search shortcut, to show what the shortcut gains."""
+    from exportable.assigners.o2f import O2FAssigner
+    from lessons.o2f import benchmark_case
+
+    class SharedPathO2F(O2FAssigner):
+        """O2F with the eager shortcut switched off: eager runs the shared steps 1-4 (what the graph runs)."""
+
+        def _slots_by_range_search(self, *args):
+            return self._slots(*args)
+
+    name, _, path = workload.partition("/")
+    if path not in ("", "shared"):
+        raise ValueError(f"workload: expected {name!r} or {name + '/shared'!r}, got {workload!r}")
+    module, inputs = benchmark_case(name, seed=0)
+    if path == "shared":
+        module = SharedPathO2F(num_classes=module.num_classes).eval()  # benchmark_case's defaults otherwise
+    return _catalog_case("o2f_assigner", module, inputs)
+
+
 def _build_iou_max(workload: str) -> Case:
     from exportable.boxes import AnchorGtMaxIoU
 
@@ -357,12 +378,14 @@ SUITES: dict[str, Suite] = {
     "o2f": Suite(
         name="o2f",
         title="O2F one-to-few assignment (top 7, centre radius 1.5 stride, T = 0.6), B = 16",
-        workloads=("yolox-m20", "yolox-m100"),
-        build=_lessons_case("o2f_assigner", "lessons.o2f"),
+        workloads=("yolox-m20", "yolox-m20/shared", "yolox-m100", "yolox-m100/shared"),
+        build=_build_o2f,
         note="`lessons.o2f.benchmark_case`: the points and seeded predictions of `make_workload_predictions`, "
         "T = 0.6. Steps 1-4 (each gt's top-7 slots): the graph is dense over (B, M, N) with a float64 ranking key; "
         "eager on the CPU takes the same slots from the centre-region pairs alone (the range-search shortcut, "
-        "tested equal), then both run the same steps 5-6 on the M x 7 slots. Run beside `task_aligned` "
+        "tested equal), then both run the same steps 5-6 on the M x 7 slots. `<workload>/shared` rows run eager "
+        "on the shared path (steps 1-4 dense, what the graph runs): their eager column over the plain row's is "
+        "what the shortcut gains. Run beside `task_aligned` "
         "(`python benchmarks/run.py --suite task_aligned --suite task_aligned_ultralytics --suite o2f`).",
     ),
     "roi_head_targets": Suite(
