@@ -512,7 +512,8 @@ def test_eager_chunks_of_images_give_the_same_result(monkeypatch):
     # eager runs a few images at a time (CHUNK_PAIRS bounds each chunk's M x N); the export runs the batch
     _, args = benchmark_case("yolox-m20@3")
     a = SimOTAAssigner()
-    whole = a(*args)  # 3 x 20 x 8,400 pairs: one chunk
+    monkeypatch.setattr(simota, "CHUNK_PAIRS", 3 * 20 * 8400)  # the whole batch in one chunk
+    whole = a(*args)
     monkeypatch.setattr(simota, "CHUNK_PAIRS", 20 * 8400)  # one image per chunk
     for x, y in zip(a(*args), whole):
         assert torch.equal(x, y)

@@ -63,7 +63,7 @@ from exportable.boxes import _box_iou, _points_in_boxes, _points_near_centers
 
 __all__ = ["SimOTAAssigner", "YOLOX_PRESET", "simota_cls_cost"]
 
-CHUNK_PAIRS = 2**20  # eager works on about this many (gt, prior) pairs at a time (4 MB per float temporary)
+CHUNK_PAIRS = 2**18  # eager works on about this many (gt, prior) pairs at a time (1 MB per float temporary)
 LOG_CLAMP = -100.0  # torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100
 YOLOX_PRESET: dict[str, float | bool] = {"center_radius": 1.5, "penalty": 1e6, "iou_eps": 1e-8, "in_box_prior": False}
 """Today's official YOLOX (``get_geometry_constraint``, since YOLOX issue #1589): what :meth:`SimOTAAssigner.yolox`
@@ -194,19 +194,18 @@ class SimOTAAssigner(nn.Module):
 def simota_cls_cost(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"]) -> Float[Tensor, "B M N"]:
     """``sum_c BCE(p_c, onehot(y_g)_c)`` for every (gt, prior) pair without an ``(N, M, C)`` tensor.
 
-    ``= S - L0_y + L1_y``: ``S = sum_c L0_c`` once per prior (the one pass over all classes), then the
-    gt's class row of ``L0`` and of ``p`` (the ``(C, N)`` layout makes each a copy of whole rows) and one
-    log of the gathered ``p``. ``L0 = -max(log(1 - p), -100)`` and ``L1 = -max(log p, -100)`` are torch's
+    ``= S - L0_y + L1_y``: ``S = sum_c L0_c`` once per prior, then one row gather of ``D = L1 - L0`` at the
+    gt's class (the ``(C, N)`` layout makes it a copy of whole rows): per (gt, prior) pair one gather and one
+    add, whatever M. ``L0 = -max(log(1 - p), -100)`` and ``L1 = -max(log p, -100)`` are torch's
     ``binary_cross_entropy`` with target 0 and 1, clamps included. float32 in, float32 out; equal to the
     naive sum within float32 rounding (module docstring).
     """
     b, n, c = pred_scores.shape
     m = gt_labels.shape[1]
-    p = pred_scores.transpose(1, 2).contiguous().reshape(b * c, n)  # (B * C, N) one row per (image, class)
-    log_not = torch.log(1.0 - p).clamp_(min=LOG_CLAMP)  # (B * C, N) = -L0
-    total = log_not.reshape(b, c, n).sum(1).neg_()  # (B, N) S = sum_c L0_c
+    p = pred_scores.transpose(1, 2).contiguous()  # (B, C, N) one row per (image, class)
+    log_not = torch.log(1.0 - p).clamp_(min=LOG_CLAMP)  # (B, C, N) = -L0
+    total = log_not.sum(1).neg_()  # (B, N) S = sum_c L0_c
+    diff = log_not.sub_(torch.log(p).clamp_(min=LOG_CLAMP))  # (B, C, N) D = L1 - L0
     rows = (gt_labels + c * torch.arange(b, device=gt_labels.device).unsqueeze(1)).reshape(b * m)  # (B * M,)
-    log_p = torch.log(p.index_select(0, rows)).clamp_(min=LOG_CLAMP)  # (B * M, N) = -L1 at the gt's class
-    cost = log_not.index_select(0, rows).sub_(log_p)  # (B * M, N) L1 - L0 at the gt's class
+    cost = diff.reshape(b * c, n).index_select(0, rows)  # (B * M, N) D at the gt's class
     return cost.reshape(b, m, n).add_(total.unsqueeze(1))  # (B, M, N)
-
