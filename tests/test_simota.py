@@ -109,6 +109,20 @@ def test_cls_cost_by_hand_two_classes():
     assert simota_cls_cost(scores[None], labels[None])[0, :, 0].tolist() == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("m", [3, 40])  # M < C = 80: eager gathers first
+def test_cls_cost_gather_first_and_class_first_give_the_same_bits(monkeypatch, m):
+    # eager with M < C gathers p first; the graph (and M >= C) takes log p over all classes, then gathers
+    g = torch.Generator().manual_seed(m)
+    scores = torch.rand(2, 50, 80, generator=g) ** 3  # (B, N, C)
+    scores[:, ::7, 3] = 1.0
+    scores[:, ::5, 9] = 0.0
+    labels = torch.randint(0, 80, (2, m), generator=g)  # (B, M)
+    labels[:, :2] = torch.tensor([3, 9])
+    eager = simota_cls_cost(scores, labels)
+    monkeypatch.setattr(simota, "exporting", lambda: True)
+    assert torch.equal(simota_cls_cost(scores, labels), eager)
+
+
 def test_cls_cost_keeps_torch_bce_clamp_at_minus_100():
     # p = 0 at the gt class and p = 1 at another: torch's BCE clamps both logs at -100
     scores = T([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5]])

@@ -194,18 +194,21 @@ class SimOTAAssigner(nn.Module):
 def simota_cls_cost(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"]) -> Float[Tensor, "B M N"]:
     """``sum_c BCE(p_c, onehot(y_g)_c)`` for every (gt, prior) pair without an ``(N, M, C)`` tensor.
 
-    ``= S - L0_y + L1_y``: ``S = sum_c L0_c`` once per prior, then one row gather of ``D = L1 - L0`` at the
-    gt's class (the ``(C, N)`` layout makes it a copy of whole rows): per (gt, prior) pair one gather and one
-    add, whatever M. ``L0 = -max(log(1 - p), -100)`` and ``L1 = -max(log p, -100)`` are torch's
-    ``binary_cross_entropy`` with target 0 and 1, clamps included. float32 in, float32 out; equal to the
-    naive sum within float32 rounding (module docstring).
+    ``= S - L0_y + L1_y`` with ``S = sum_c L0_c`` once per prior, ``L0 = -max(log(1 - p), -100)`` and
+    ``L1 = -max(log p, -100)`` (torch's ``binary_cross_entropy`` with target 0 and 1, clamps included), then
+    ``D = L1 - L0`` at the gt's class by one row gather (the ``(C, N)`` layout makes it a copy of whole rows).
+    The graph takes ``log p`` over all classes and gathers ``D`` (one gather and one add per pair, whatever M);
+    eager with fewer gts than classes gathers ``p`` and ``L0`` first (M logs per prior instead of C). The same
+    elementwise operations on the same values: the same bits. Equal to the naive sum within float32 rounding.
     """
     b, n, c = pred_scores.shape
     m = gt_labels.shape[1]
-    p = pred_scores.transpose(1, 2).contiguous()  # (B, C, N) one row per (image, class)
-    log_not = torch.log(1.0 - p).clamp_(min=LOG_CLAMP)  # (B, C, N) = -L0
-    total = log_not.sum(1).neg_()  # (B, N) S = sum_c L0_c
-    diff = log_not.sub_(torch.log(p).clamp_(min=LOG_CLAMP))  # (B, C, N) D = L1 - L0
+    p = pred_scores.transpose(1, 2).contiguous().reshape(b * c, n)  # (B * C, N) one row per (image, class)
+    log_not = torch.log(1.0 - p).clamp_(min=LOG_CLAMP)  # (B * C, N) = -L0
+    total = log_not.reshape(b, c, n).sum(1).neg_()  # (B, N) S = sum_c L0_c
     rows = (gt_labels + c * torch.arange(b, device=gt_labels.device).unsqueeze(1)).reshape(b * m)  # (B * M,)
-    cost = diff.reshape(b * c, n).index_select(0, rows)  # (B * M, N) D at the gt's class
+    if not exporting() and m < c:  # gather first: L1 - L0 from the gt's class rows only
+        cost = log_not.index_select(0, rows).sub_(torch.log(p.index_select(0, rows)).clamp_(min=LOG_CLAMP))
+    else:  # D = L1 - L0 for every class, then its gt rows
+        cost = log_not.sub_(torch.log(p).clamp_(min=LOG_CLAMP)).index_select(0, rows)  # (B * M, N)
     return cost.reshape(b, m, n).add_(total.unsqueeze(1))  # (B, M, N)
