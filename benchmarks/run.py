@@ -355,7 +355,7 @@ SUITES: dict[str, Suite] = {
         build=_build_simota,
         note="`lessons.simota.benchmark_case`: the points and seeded predictions of `make_workload_predictions`; "
         "`yolox-m5000` is the many-object case of docs/workloads.md §5 (M = 5,000, B = 2). One path: eager runs "
-        "the exported function, a few images at a time (about 2^20 gt-prior pairs per chunk, at least one image); "
+        "the exported function, a few images at a time (about 2^18 gt-prior pairs per chunk, at least one image); "
         "the graph runs the whole batch. mmdetection 3.3 for orientation (docs/workloads.md): 170-190 ms/img at "
         "M = 20, 750-1,030 at M = 100; `make bench-peers` measures it side by side.",
     ),
