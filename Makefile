@@ -7,7 +7,7 @@ EXTRAS ?= cpu,notebooks,dev
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.assignlab-installed
 
-.PHONY: help install demo test lint lab exercises bench bench-peers clean
+.PHONY: help install demo test lint lab exercises bench bench-peers arena clean
 
 help:
 	@echo "make demo       run the main job on the embedded scene (figures + ONNX under build/demo/)"
@@ -16,6 +16,7 @@ help:
 	@echo "make exercises  write learner copies of the notebooks under build/exercises/"
 	@echo "make bench      benchmark tables under benchmarks/results/"
 	@echo "make bench-peers  the same workloads on mmdetection and ultralytics, side by side (optional)"
+	@echo "make arena      train one tiny detector with every assigner x 3 seeds -> benchmarks/results/arena.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,9 @@ bench: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py
+
+arena: $(STAMP)
+	$(BIN)/python -m lessons.arena run
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis
