@@ -15,6 +15,7 @@ Writes:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -58,31 +59,58 @@ def positives_on(model, name: str, data: ArenaData, config: ArenaConfig, index: 
     return [[int(i), int(res.gt_index[0, i]), round(float(res.target_scores[0, i]), 4)] for i in idx]
 
 
-def _run_record(run: RunResult) -> dict[str, Any]:
+def _run_record(run: RunResult, data: ArenaData) -> dict[str, Any]:
+    """A run as JSON: metrics, seconds, the full loss curve, AP50 per epoch, positives on the showcase images."""
     return {
         "recipe": run.recipe, "seed": run.seed, "backend": run.backend,
         "train_seconds": round(run.train_seconds, 2),
-        "metrics": {k: (None if v != v else round(v, 5)) for k, v in run.metrics.items()},
-        "epoch_ap50": [[e, round(v, 5)] for e, v in run.epoch_ap50],
-        "losses": [round(v, 5) for v in run.losses],
+        "metrics": {k: (None if v != v else v) for k, v in run.metrics.items()},
+        "epoch_ap50": [[e, v] for e, v in run.epoch_ap50],
+        "losses": run.losses,
+        "positives": {str(i): positives_on(run.model, run.recipe, data, run.config, i) for i in SHOWCASE_IMAGES},
+        "backend_checks": {
+            "steps_same_assignment": int(sum(c["same_assignment"] for c in run.backend_checks)),
+            "max_float_diff": max((c["max_float_diff"] for c in run.backend_checks), default=0.0),
+        },
     }
 
 
-def _onnx_record(eager: RunResult, ort: RunResult) -> dict[str, Any]:
-    a, b = np.asarray(eager.losses), np.asarray(ort.losses)
-    checks = ort.backend_checks
+def _onnx_record(eager: dict[str, Any], ort: dict[str, Any]) -> dict[str, Any]:
+    a, b = np.asarray(eager["losses"]), np.asarray(ort["losses"])
+    same_len = len(a) == len(b)
     return {
-        "recipe": ort.recipe, "seed": ort.seed, "steps": len(b),
-        "steps_same_assignment": int(sum(c["same_assignment"] for c in checks)),
-        "max_float_diff_vs_eager_assigner": max((c["max_float_diff"] for c in checks), default=0.0),
-        "loss_curves_bit_identical": bool(len(a) == len(b) and np.array_equal(a, b)),
-        "max_abs_loss_diff": float(np.abs(a - b).max()) if len(a) == len(b) else None,
-        "max_rel_loss_diff": float((np.abs(a - b) / np.abs(a)).max()) if len(a) == len(b) else None,
-        "metrics_eager": {k: round(v, 5) for k, v in eager.metrics.items() if v == v},
-        "metrics_onnxruntime": {k: round(v, 5) for k, v in ort.metrics.items() if v == v},
-        "train_seconds_eager": round(eager.train_seconds, 2),
-        "train_seconds_onnxruntime": round(ort.train_seconds, 2),
+        "recipe": ort["recipe"], "seed": ort["seed"], "steps": len(b),
+        "steps_same_assignment": ort["backend_checks"]["steps_same_assignment"],
+        "max_float_diff_vs_eager_assigner": ort["backend_checks"]["max_float_diff"],
+        "loss_curves_bit_identical": bool(same_len and np.array_equal(a, b)),
+        "max_abs_loss_diff": float(np.abs(a - b).max()) if same_len else None,
+        "max_rel_loss_diff": float((np.abs(a - b) / np.abs(a)).max()) if same_len else None,
+        "metrics_eager": {k: round(v, 5) for k, v in eager["metrics"].items() if v is not None},
+        "metrics_onnxruntime": {k: round(v, 5) for k, v in ort["metrics"].items() if v is not None},
+        "train_seconds_eager": eager["train_seconds"],
+        "train_seconds_onnxruntime": ort["train_seconds"],
     }
+
+
+def _code_hash() -> str:
+    """Hash of the code a run depends on (the arena and the exportable library)."""
+    import exportable
+
+    h = hashlib.sha1()
+    for root in (Path(__file__).parent, Path(exportable.__file__).parent):
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _rounded(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record for arena.json: floats rounded to 5 decimals (the cache keeps them exact)."""
+    out = {k: v for k, v in record.items() if k not in ("positives", "backend_checks")}
+    if "losses" in out:
+        out["metrics"] = {k: (None if v is None else round(v, 5)) for k, v in out["metrics"].items()}
+        out["epoch_ap50"] = [[e, round(v, 5)] for e, v in out["epoch_ap50"]]
+        out["losses"] = [round(v, 5) for v in out["losses"]]
+    return out
 
 
 def run_arena(
@@ -95,37 +123,59 @@ def run_arena(
     onnx_check: bool = True,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Train every recipe with every seed, evaluate, and write the report files; returns arena.json's dict."""
+    """Train every recipe with every seed, evaluate, and write the report files; returns arena.json's dict.
+
+    Each finished run is cached under ``<build>/runs/`` (keyed by the configuration, the recipe, the seed, the
+    backend and a hash of the code), so an interrupted ``make arena`` resumes where it stopped; the report
+    says how many runs came from the cache.
+    """
     names = list(RECIPES) if recipes is None else list(recipes)
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     data = load_data(config)
     write_coco(data.train, build)
     write_coco(data.val, build)
+    cache = Path(build) / "runs"
+    cache.mkdir(parents=True, exist_ok=True)
+    code = _code_hash()
+    cached = 0
+
+    def one(name: str, seed: int, backend: str) -> dict[str, Any]:
+        nonlocal cached
+        key = hashlib.sha1(json.dumps([asdict(config), name, seed, backend, SHOWCASE_IMAGES, code]).encode())
+        path = cache / f"{name}_seed{seed}_{backend}_{key.hexdigest()[:12]}.json"
+        if path.exists():
+            cached += 1
+            return json.loads(path.read_text())
+        try:
+            run = train(name, seed, config, data, assign_backend=backend, check_backend=backend != "eager",
+                        progress_bar=progress_bar)
+        except (FloatingPointError, RuntimeError) as err:  # a diverged run is reported, not hidden
+            return {"recipe": name, "seed": seed, "backend": backend, "error": f"{type(err).__name__}: {err}"}
+        record = _run_record(run, data)
+        path.write_text(json.dumps(record))
+        return record
+
     runs, positives, onnx = [], {}, None
     for name in names:
         for seed in seeds:
-            try:
-                run = train(name, seed, config, data, progress_bar=progress_bar)
-            except (FloatingPointError, RuntimeError) as err:  # a diverged run is reported, not hidden
-                runs.append({"recipe": name, "seed": seed, "backend": "eager", "error": f"{type(err).__name__}: {err}"})
-                continue
-            runs.append(_run_record(run))
-            if seed == seeds[0]:
-                positives[name] = {str(i): positives_on(run.model, name, data, config, i) for i in SHOWCASE_IMAGES}
+            record = one(name, seed, "eager")
+            runs.append(record)
+            if seed == seeds[0] and "error" not in record:
+                positives[name] = record["positives"]
                 if onnx_check and RECIPES[name].onnx_entry is not None and onnx is None:
-                    ort = train(name, seed, config, data, assign_backend="onnxruntime", check_backend=True,
-                                progress_bar=progress_bar)
-                    onnx = _onnx_record(run, ort)
+                    ort = one(name, seed, "onnxruntime")
+                    onnx = _onnx_record(record, ort) if "error" not in ort else {"error": ort["error"]}
     results = {
         "config": asdict(config), "recipes": {n: RECIPES[n].title for n in names}, "seeds": list(seeds),
         "machine": {
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "load_average_start": [round(v, 2) for v in load_start],
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
-            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "wall_seconds": round(time.perf_counter() - t_start, 1), "runs_from_cache": cached,
         },
-        "runs": runs, "positives": positives, "showcase_images": list(SHOWCASE_IMAGES), "onnxruntime": onnx,
+        "runs": [_rounded(r) for r in runs], "positives": positives, "showcase_images": list(SHOWCASE_IMAGES),
+        "onnxruntime": onnx,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +246,10 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         "",
         f"Machine: {mach['cpus']} CPUs, torch {mach['torch']} with {mach['torch_threads']} threads; load average "
         f"{mach['load_average_start'][0]} at the start and {mach['load_average_end'][0]} at the end (a shared machine: "
-        f"training seconds are noisy and only comparable within this run). Wall time of the whole run: "
-        f"{mach['wall_seconds'] / 60:.1f} min.",
+        f"training seconds are noisy and only comparable within this run). Wall time of this invocation: "
+        f"{mach['wall_seconds'] / 60:.1f} min, with {mach.get('runs_from_cache', 0)} of the runs taken from the cache "
+        f"of an earlier invocation (measured then). Training seconds of all runs together: "
+        f"{sum(r.get('train_seconds', 0) for r in results['runs']) / 60:.1f} min.",
         "",
         f"## Results (mean +- sample std over {n_seeds} seeds; [min, max] below)",
         "",
@@ -230,7 +282,9 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
     lines += _spread_sentences(summary, "AP", "AP") + _spread_sentences(summary, "AP50", "AP50")
     lines += _spread_sentences(summary, "AP_small", "AP_small")
     onnx = results.get("onnxruntime")
-    if onnx:
+    if onnx and "error" in onnx:
+        lines += ["", f"## Assignment through onnxruntime: the run failed: {onnx['error']}"]
+    elif onnx:
         lines += [
             "",
             "## Assignment through onnxruntime (`--assign-backend onnxruntime`)",

@@ -53,7 +53,7 @@ __all__ = ["ArenaConfig", "DEFAULT_CONFIG", "ArenaData", "OnnxAssigner", "RunRes
 class ArenaConfig:
     """Every setting of a run; the defaults are ``make arena``'s."""
 
-    epochs: int = 12
+    epochs: int = 8
     train_images: int = 1024
     val_images: int = 256
     batch_size: int = 8
