@@ -271,8 +271,8 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
     best = max(summary, key=lambda n: summary[n]["AP50"][0])
     lines += [
         "",
-        f"Best AP50: `{best}`, {summary[best]['AP50'][0]:.3f} (chance is about 0: a detector that scores boxes at "
-        "random finds almost nothing at IoU 0.5 on these images).",
+        f"Best AP50: `{best}`, {summary[best]['AP50'][0]:.3f}; worst: "
+        f"`{min(summary, key=lambda n: summary[n]['AP50'][0])}`, {min(v['AP50'][0] for v in summary.values()):.3f}.",
         "",
         "## Which differences are real",
         "",

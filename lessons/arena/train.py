@@ -87,12 +87,16 @@ def load_data(config: ArenaConfig = DEFAULT_CONFIG) -> ArenaData:
     return ArenaData(train, val, coco_from_dict(coco_dict(val)))
 
 
+_EXPORTED: dict[str, Any] = {}  # catalog entry -> onnx.ModelProto, one export per process
+
+
 class OnnxAssigner:
     """An exported assigner graph run by onnxruntime, called like the eager module it replaces.
 
     ``entry`` is the catalog entry; its parameters must be the eager assigner's (checked through
     ``extra_repr``), so the graph computes the same assignment. Inputs go in the graph's input order
-    (the eager ``forward``'s), outputs come back as an :class:`AssignResult` of CPU tensors.
+    (the eager ``forward``'s), outputs come back as an :class:`AssignResult` of CPU tensors. The graph is
+    exported once per process (exports take seconds).
     """
 
     def __init__(self, entry: str, eager: nn.Module) -> None:
@@ -101,7 +105,9 @@ class OnnxAssigner:
             raise ValueError(f"entry: {entry}'s parameters ({e.build().extra_repr()}) differ from the eager "
                              f"assigner's ({eager.extra_repr()})")
         self.entry = entry
-        self.model = e.export()
+        if entry not in _EXPORTED:
+            _EXPORTED[entry] = e.export()
+        self.model = _EXPORTED[entry]
         self.session = xonnx.session(self.model, ["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
