@@ -92,14 +92,18 @@ def _onnx_record(eager: dict[str, Any], ort: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_RUN_CODE = ("data.py", "model.py", "losses.py", "recipes.py", "train.py", "evaluate.py")  # what a run's numbers read
+
+
 def _code_hash() -> str:
-    """Hash of the code a run depends on (the arena and the exportable library)."""
+    """Hash of the code a run's numbers depend on: the arena's training and evaluation, and ``exportable``.
+    (Not this report's code: a new plot does not need new runs.)"""
     import exportable
 
+    here = Path(__file__).parent
     h = hashlib.sha1()
-    for root in (Path(__file__).parent, Path(exportable.__file__).parent):
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.read_bytes())
+    for path in [here / name for name in _RUN_CODE] + sorted(Path(exportable.__file__).parent.rglob("*.py")):
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -333,7 +337,8 @@ def plot_ap(results: dict[str, Any]):
     ax.set_ylabel("validation score")
     ax.set_title(f"Arena: mean over {len(results['seeds'])} seeds (dots: each seed)")
     ax.legend(ncols=len(keys), fontsize=8, loc="upper left")
-    ax.set_ylim(0, 1.0)
+    top = max((_value(r, k) for n in names for r in _eager_runs(results, n) for k, _ in keys), default=0.0)
+    ax.set_ylim(0, min(1.0, 1.3 * top + 0.02))  # room for the legend above the highest dot
     ax.grid(axis="y", alpha=0.3)
     return fig
 
