@@ -59,10 +59,33 @@ def check_tensor(name: str, x: object) -> Tensor:
     return x
 
 
-def check_float(name: str, x: Tensor, *, finite: bool = True) -> None:
-    """Floating dtype and no NaN (and no inf when ``finite``)."""
+def _cast_hint(dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "cast with .float() (numpy arrays are float64 by default: torch.from_numpy(a).float())"
+    if dtype == torch.int64:
+        return "cast with .long()"
+    return f"cast with .to({dtype})"
+
+
+def check_dtype(name: str, x: Tensor, dtype: torch.dtype) -> None:
+    """Exactly ``dtype``; anything else is a ``TypeError`` that names the argument and says how to cast.
+
+    Strict on purpose: a float64 box or an int32 label would otherwise change results silently (float64
+    IoUs round differently at the thresholds) or fail deep inside torch (``index_put`` / ``scatter``).
+    """
     check_tensor(name, x)
-    if not x.is_floating_point():
+    if x.dtype != dtype:
+        want, got = (str(d).removeprefix("torch.") for d in (dtype, x.dtype))
+        raise TypeError(f"{name}: expected {want}, got {got}; {_cast_hint(dtype)}")
+
+
+def check_float(name: str, x: Tensor, *, finite: bool = True, dtype: torch.dtype | None = torch.float32) -> None:
+    """Floating dtype (exactly ``dtype``, float32 by default; ``None``: any float) and no NaN (no inf either
+    when ``finite``)."""
+    check_tensor(name, x)
+    if dtype is not None:
+        check_dtype(name, x, dtype)
+    elif not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     if x.numel() == 0:
         return
@@ -75,9 +98,27 @@ def check_float(name: str, x: Tensor, *, finite: bool = True) -> None:
 
 
 def check_integer(name: str, x: Tensor) -> None:
-    check_tensor(name, x)
-    if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"{name}: expected an integer tensor (int64), got dtype {x.dtype}")
+    """int64, the package's one integer dtype (labels, indices, level ids, image sizes)."""
+    check_dtype(name, x, torch.int64)
+
+
+def check_labels(name: str, labels: Tensor, mask: Tensor | None, num_classes: int) -> None:
+    """Every real label (``mask`` True, or all when ``mask`` is None) lies in ``[0, num_classes)``.
+
+    Padded rows may hold anything. A ``ValueError`` names the argument, the range and the values found.
+    """
+    real = labels if mask is None else labels[mask]  # (real,)
+    if real.numel() and bool(((real < 0) | (real >= num_classes)).any()):
+        raise ValueError(f"{name}: real gts need a class in [0, {num_classes}), got values in "
+                         f"[{int(real.min())}, {int(real.max())}]")
+
+
+def check_image_sizes(name: str, image_sizes: Tensor, batch: int | None = None) -> None:
+    """``(B, 2)`` int64 rows of ``(H, W)``, each ``>= 0``; ``B`` must equal ``batch`` when given."""
+    check_integer(name, image_sizes)
+    check_shape(name, image_sizes, ("B" if batch is None else batch, 2))
+    if image_sizes.numel() and bool((image_sizes < 0).any()):
+        _fail(name, "image sizes must be >= 0 (rows are (H, W))", image_sizes)
 
 
 def check_bool(name: str, x: Tensor) -> None:
@@ -139,9 +180,7 @@ def check_same_leading(names: Sequence[str], tensors: Sequence[Tensor], dims: in
 
 def check_probabilities(name: str, x: Tensor) -> None:
     """Scores are probabilities in [0, 1], never logits; no NaN. One ``aminmax`` pass (NaN reaches both ends)."""
-    check_tensor(name, x)
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    check_dtype(name, x, torch.float32)
     if x.numel() == 0:
         return
     lo, hi = (float(v) for v in torch.aminmax(x))

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from exportable._checks import check_bool, check_boxes, check_integer, check_same_leading, check_shape, exporting
+from exportable._checks import check_bool, check_boxes, check_integer, check_labels, check_shape, exporting
 
 __all__ = ["GtBatch", "pad_gts", "unpad_gts", "ensure_gt_rows", "check_gt_batch"]
 
@@ -93,15 +93,23 @@ def ensure_gt_rows(
     )
 
 
-def check_gt_batch(gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
-    """Eager checks of a padded gt batch; padded rows (mask False) may hold anything finite."""
+def check_gt_batch(
+    gt_boxes: Tensor, gt_labels: Tensor | None, gt_mask: Tensor, *, num_classes: int | None = None
+) -> None:
+    """Eager checks of a padded gt batch; padded rows (mask False) may hold anything finite.
+
+    ``gt_boxes (B, M, 4)`` float32, ``gt_labels (B, M)`` int64, ``gt_mask (B, M)`` bool (TypeErrors name the
+    argument and the cast); real boxes are valid ``(x1, y1, x2, y2)``; with ``num_classes`` every real label
+    lies in ``[0, num_classes)`` (ValueError). ``gt_labels=None`` for components that take no labels.
+    """
     check_boxes("gt_boxes", gt_boxes, ndim=3, allow_inverted=True)
-    valid = gt_mask.unsqueeze(-1) if gt_mask.dim() == 2 else None
-    check_integer("gt_labels", gt_labels)
     check_bool("gt_mask", gt_mask)
-    check_shape("gt_labels", gt_labels, (gt_boxes.shape[0], gt_boxes.shape[1]))
     check_shape("gt_mask", gt_mask, (gt_boxes.shape[0], gt_boxes.shape[1]))
-    check_same_leading(["gt_boxes", "gt_labels", "gt_mask"], [gt_boxes, gt_labels, gt_mask], 2)
-    if valid is not None and gt_boxes.numel():
-        real = gt_boxes.masked_fill(~valid, 0.0)  # (B, M, 4) padding cannot trip the check
+    if gt_labels is not None:
+        check_integer("gt_labels", gt_labels)
+        check_shape("gt_labels", gt_labels, (gt_boxes.shape[0], gt_boxes.shape[1]))
+        if num_classes is not None:
+            check_labels("gt_labels", gt_labels, gt_mask, num_classes)
+    if gt_boxes.numel():
+        real = gt_boxes.masked_fill(~gt_mask.unsqueeze(-1), 0.0)  # (B, M, 4) padding cannot trip the check
         check_boxes("gt_boxes", real, ndim=3)

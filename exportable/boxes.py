@@ -28,6 +28,7 @@ calls a private unchecked twin (``_box_iou`` ...) that other modules call direct
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from exportable._checks import (
     check_boxes,
     check_float,
+    check_image_sizes,
     check_integer,
     check_masked_boxes,
     check_scalar,
@@ -45,12 +47,14 @@ from exportable._checks import (
     exporting,
 )
 from exportable.batching import ensure_gt_rows
+from exportable.numerics import atan
 
 __all__ = [
     "AnchorGtMaxIoU",
     "BoxOverlaps",
     "box_area",
     "box_centers",
+    "box_ciou",
     "box_distances",
     "box_giou",
     "box_iof",
@@ -107,21 +111,18 @@ def _check_points(name: str, points: Tensor) -> None:
 def _check_image_sizes(name: str, image_sizes: object, boxes: Tensor) -> None:
     """``(H, W)`` pair of numbers, or a tensor ``(2,)`` / ``(B, 2)`` whose B is ``boxes``' first dim."""
     if isinstance(image_sizes, Tensor):
-        if image_sizes.is_floating_point():
-            check_float(name, image_sizes)
-        else:
-            check_integer(name, image_sizes)
         if image_sizes.dim() == 1:
+            check_integer(name, image_sizes)
             check_shape(name, image_sizes, (2,))
-        else:
-            check_shape(name, image_sizes, ("B", 2))
-            if boxes.dim() < 3 or boxes.shape[0] != image_sizes.shape[0]:
-                raise ValueError(
-                    f"{name}: per-image sizes (B, 2) = {tuple(image_sizes.shape)} need boxes (B, ..., 4) "
-                    f"with the same B, got boxes of shape {tuple(boxes.shape)}"
-                )
-        if image_sizes.numel() and bool((image_sizes < 0).any()):
-            raise ValueError(f"{name}: image sizes must be >= 0 (rows are (H, W))")
+            if bool((image_sizes < 0).any()):
+                raise ValueError(f"{name}: image sizes must be >= 0 (rows are (H, W))")
+            return
+        check_image_sizes(name, image_sizes)
+        if boxes.dim() < 3 or boxes.shape[0] != image_sizes.shape[0]:
+            raise ValueError(
+                f"{name}: per-image sizes (B, 2) = {tuple(image_sizes.shape)} need boxes (B, ..., 4) "
+                f"with the same B, got boxes of shape {tuple(boxes.shape)}"
+            )
         return
     if not isinstance(image_sizes, (tuple, list)) or len(image_sizes) != 2:
         raise TypeError(f"{name}: expected an (H, W) pair or a (B, 2) tensor, got {image_sizes!r}")
@@ -323,15 +324,36 @@ def _check_pairwise_dims(points: Tensor, boxes: Tensor) -> None:
     _check_leading("points", points.shape[:-2], "boxes", boxes.shape[:-2])
 
 
-def _point_box_deltas(points: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    px = points[..., 0].unsqueeze(-1)  # (..., N, 1)
-    py = points[..., 1].unsqueeze(-1)  # (..., N, 1)
-    x1, y1, x2, y2 = (c.unsqueeze(-2) for c in boxes.unbind(-1))  # 4 x (..., 1, M)
-    return px - x1, py - y1, x2 - px, y2 - py  # 4 x (..., N, M)
+def _point_planes(points: Tensor, boxes: Tensor, aligned: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``(px, py)`` and ``(x1, y1, x2, y2)`` as contiguous planes that broadcast to the output shape.
+
+    Pairwise: ``(..., N, 1)`` against ``(..., 1, M)``; aligned: the inputs' own leading shapes. Contiguous
+    planes because a strided view of ``(..., 2)`` or ``(..., 4)`` keeps the comparisons from vectorising.
+    """
+    p = points.movedim(-1, 0).contiguous()  # (2, ..., N)
+    b = boxes.movedim(-1, 0).contiguous()  # (4, ..., M)
+    if not aligned:
+        p = p.unsqueeze(-1)  # (2, ..., N, 1)
+        b = b.unsqueeze(-2)  # (4, ..., 1, M)
+    return tuple(p.unbind(0)), tuple(b.unbind(0))
 
 
 def _box_distances(points: Tensor, boxes: Tensor) -> Tensor:
-    return torch.stack(_point_box_deltas(points, boxes), dim=-1)  # (..., N, M, 4)
+    (px, py), (x1, y1, x2, y2) = _point_planes(points, boxes, aligned=False)
+    return torch.stack([px - x1, py - y1, x2 - px, y2 - py], dim=-1)  # (..., N, M, 4)
+
+
+def _check_point_pair(points: Tensor, boxes: Tensor, aligned: bool) -> None:
+    check_float("points", points)
+    if points.dim() == 0 or points.shape[-1] != 2:
+        raise ValueError(f"points: expected (..., 2) as (x, y), got shape {tuple(points.shape)}")
+    check_boxes("boxes", boxes)
+    if aligned:
+        _check_leading("points", points.shape[:-1], "boxes", boxes.shape[:-1])
+    else:
+        if points.dim() < 2:
+            raise ValueError(f"points: pairwise tests need (..., N, 2), got shape {tuple(points.shape)}")
+        _check_pairwise_dims(points, boxes)
 
 
 def points_in_boxes(
@@ -339,64 +361,135 @@ def points_in_boxes(
     boxes: Float[Tensor, "*batch M 4"],
     *,
     margin: float = 0.0,
+    aligned: bool = False,
 ) -> Bool[Tensor, "*batch N M"]:
-    """True where ``min(l, t, r, b) > margin`` (strict): the point lies inside the box ``(x1, y1, x2, y2)``
-    by more than ``margin`` pixels on every side.
+    """True where the point lies inside the box ``(x1, y1, x2, y2)`` by MORE than ``margin`` pixels on every
+    side: ``px - x1 > margin``, ``py - y1 > margin``, ``x2 - px > margin``, ``y2 - py > margin`` (strict, so a
+    point on an edge is outside).
 
-    ATSS uses ``margin=0.01`` (mmdetection), SimOTA ``0``, ultralytics TAL ``1e-9``. ``(..., N, 2)`` points
-    and ``(..., M, 4)`` boxes give ``(..., N, M)``; a point on a box's edge is outside.
+    Pairwise: ``(..., N, 2)`` points and ``(..., M, 4)`` boxes give ``(..., N, M)``. With ``aligned=True`` the
+    two broadcast elementwise: ``points (N, 2)`` against ``gt_boxes[:, :, None] (B, M, 1, 4)`` gives the
+    assigners' gt-major ``(B, M, N)``; gathered candidates ``(B, M, K, 2)`` against ``(B, M, 1, 4)`` give
+    ``(B, M, K)``. Margins in use: ATSS and TOOD 0.01 px, SimOTA 0, ultralytics' TAL 1e-9
+    (docs/algorithms.md §8, §9, §10).
     """
     if checks_enabled():
-        _check_points("points", points)
-        check_boxes("boxes", boxes)
-        _check_pairwise_dims(points, boxes)
+        _check_point_pair(points, boxes, aligned)
         check_scalar("margin", margin)
-    return _points_in_boxes(points, boxes, margin=margin)
+    return _points_in_boxes(points, boxes, margin=margin, aligned=aligned)
 
 
-def _points_in_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0) -> Tensor:
-    # min(l, t, r, b) > margin  <=>  every side > margin; four bool (..., N, M) instead of a float stack.
-    left, top, right, bottom = _point_box_deltas(points, boxes)  # 4 x (..., N, M)
-    return (left > margin) & (top > margin) & (right > margin) & (bottom > margin)  # (..., N, M)
+def _points_in_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0, aligned: bool = False) -> Tensor:
+    (px, py), (x1, y1, x2, y2) = _point_planes(points, boxes, aligned)
+    inside = (px - x1) > margin  # (..., N, M) or the broadcast shape
+    inside &= (py - y1) > margin
+    inside &= (x2 - px) > margin
+    inside &= (y2 - py) > margin
+    return inside
 
 
 def points_near_centers(
     points: Float[Tensor, "*batch N 2"],
     boxes: Float[Tensor, "*batch M 4"],
     radius: Float[Tensor, "*batch N"] | float,
+    *,
+    aligned: bool = False,
 ) -> Bool[Tensor, "*batch N M"]:
-    """True where the point lies strictly inside the square of half-side ``radius`` around the box
-    centre: ``|px - cx| < r`` and ``|py - cy| < r``, computed as mmdetection's SimOTA does
-    (``px - (cx - r) > 0`` and ``(cx + r) - px > 0``, same for y).
+    """True where the point lies strictly inside the square of half-side ``radius`` around the centre of the
+    box ``(x1, y1, x2, y2)``: ``px - (cx - r) > 0``, ``(cx + r) - px > 0`` and the same in y, written in that
+    order as mmdetection's SimOTA writes it (so the same bits at the square's edge).
 
-    ``radius`` is per point, ``(N,)`` (e.g. ``2.5 * strides``), or one number in pixels. Boxes are
-    ``(x1, y1, x2, y2)``; ``(..., N, 2)`` points and ``(..., M, 4)`` boxes give ``(..., N, M)``.
+    ``radius`` is one number (pixels) or a tensor that broadcasts with the points' leading shape (one radius
+    per point, e.g. ``2.5 * strides``). Shapes as :func:`points_in_boxes`: pairwise ``(..., N, M)``, or with
+    ``aligned=True`` elementwise broadcasting (``points (N, 2)``, ``radius (N,)``, ``gt_boxes[:, :, None]``
+    give ``(B, M, N)``).
     """
     if checks_enabled():
-        _check_points("points", points)
-        check_boxes("boxes", boxes)
-        _check_pairwise_dims(points, boxes)
+        _check_point_pair(points, boxes, aligned)
         if isinstance(radius, Tensor):
             check_float("radius", radius)
-            if radius.dim() > 0 and radius.shape[-1] != points.shape[-2]:
+            if radius.dim() > 0 and radius.shape[-1] not in (1, points.shape[-2]):
                 raise ValueError(
                     f"radius: expected one radius per point (N,) with N = {points.shape[-2]}, "
                     f"got shape {tuple(radius.shape)}"
                 )
         else:
             check_scalar("radius", radius, low=0.0)
-    return _points_near_centers(points, boxes, radius)
+    return _points_near_centers(points, boxes, radius, aligned=aligned)
 
 
-def _points_near_centers(points: Tensor, boxes: Tensor, radius: Tensor | float) -> Tensor:
-    px = points[..., 0].unsqueeze(-1)  # (..., N, 1)
-    py = points[..., 1].unsqueeze(-1)  # (..., N, 1)
-    cx = ((boxes[..., 0] + boxes[..., 2]) / 2).unsqueeze(-2)  # (..., 1, M)
-    cy = ((boxes[..., 1] + boxes[..., 3]) / 2).unsqueeze(-2)  # (..., 1, M)
-    r = radius.unsqueeze(-1) if isinstance(radius, Tensor) and radius.dim() > 0 else radius  # (..., N, 1)
-    inside_x = (px - (cx - r) > 0) & ((cx + r) - px > 0)  # (..., N, M)
-    inside_y = (py - (cy - r) > 0) & ((cy + r) - py > 0)  # (..., N, M)
-    return inside_x & inside_y  # (..., N, M)
+def _points_near_centers(points: Tensor, boxes: Tensor, radius: Tensor | float, *, aligned: bool = False) -> Tensor:
+    (px, py), (x1, y1, x2, y2) = _point_planes(points, boxes, aligned)
+    cx = (x1 + x2) / 2  # (..., 1, M) or broadcast
+    cy = (y1 + y2) / 2
+    r = radius.unsqueeze(-1) if isinstance(radius, Tensor) and radius.dim() > 0 and not aligned else radius
+    near = (px - (cx - r)) > 0  # (..., N, M) or the broadcast shape
+    near &= ((cx + r) - px) > 0
+    near &= (py - (cy - r)) > 0
+    near &= ((cy + r) - py) > 0
+    return near
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Complete IoU (ultralytics' CIoU)
+
+CIOU_EPS = 1e-7  # ultralytics' bbox_iou default eps
+
+
+def box_ciou(
+    boxes1: Float[Tensor, "*batch M 4"],
+    boxes2: Float[Tensor, "*batch N 4"],
+    *,
+    aligned: bool = False,
+    eps: float = CIOU_EPS,
+) -> Float[Tensor, "*batch M N"]:
+    """Complete IoU of boxes ``(x1, y1, x2, y2)``, with ultralytics' ``bbox_iou(..., CIoU=True)`` formula.
+
+    ``CIoU = IoU - (rho^2 / c^2 + v * a)``: ``IoU = inter / (w1 h1 + w2 h2 - inter + eps)`` with heights
+    ``y2 - y1 + eps``; ``c^2`` the squared diagonal of the enclosing box ``+ eps``; ``rho^2`` the squared
+    distance of the centres; ``v = 4 / pi^2 (atan(w2 / h2) - atan(w1 / h1))^2``; ``a = v / (1 - IoU + v + eps)``.
+    Values lie in ``(-1.5, 1]``. ultralytics' TAL calls it with ``boxes1`` = gts and ``boxes2`` = predictions
+    and clamps at 0 (docs/algorithms.md §10.3).
+
+    ``atan`` is :func:`exportable.numerics.atan` (within 2 ulp of ``torch.atan``): every operation is then
+    IEEE-exact, so eager, onnxruntime CPU and CUDA give the same bits (two identical gts get identical
+    values, and a later argmax over them cannot flip), and the CUDA provider, which has no ``Atan`` kernel,
+    runs the whole computation. Pairwise: ``(..., M, 4)`` and ``(..., N, 4)`` give ``(..., M, N)``, the
+    arctangents computed once per box; ``aligned=True`` broadcasts elementwise. Both give the same values on
+    the same pairs.
+    """
+    if checks_enabled():
+        _check_pair(boxes1, boxes2, aligned, eps)
+    return _box_ciou(boxes1, boxes2, aligned=aligned, eps=eps)
+
+
+def _box_ciou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = CIOU_EPS) -> Tensor:
+    c1 = boxes1.movedim(-1, 0).contiguous()  # (4, ..., M)
+    c2 = boxes2.movedim(-1, 0).contiguous()  # (4, ..., N)
+    atan1 = atan((c1[2] - c1[0]) / (c1[3] - c1[1] + eps))  # (..., M) per box, once
+    atan2 = atan((c2[2] - c2[0]) / (c2[3] - c2[1] + eps))  # (..., N)
+    if not aligned:
+        c1, c2 = c1.unsqueeze(-1), c2.unsqueeze(-2)  # (4, ..., M, 1), (4, ..., 1, N)
+        atan1, atan2 = atan1.unsqueeze(-1), atan2.unsqueeze(-2)  # (..., M, 1), (..., 1, N)
+    b1_x1, b1_y1, b1_x2, b1_y2 = c1.unbind(0)
+    b2_x1, b2_y1, b2_x2, b2_y2 = c2.unbind(0)
+    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps  # (..., M, 1)
+    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps  # (..., 1, N)
+    iw = torch.minimum(b1_x2, b2_x2).sub_(torch.maximum(b1_x1, b2_x1)).clamp_(min=0)  # (..., M, N)
+    ih = torch.minimum(b1_y2, b2_y2).sub_(torch.maximum(b1_y1, b2_y1)).clamp_(min=0)  # (..., M, N)
+    inter = iw.mul_(ih)  # (..., M, N)
+    union = (w1 * h1 + w2 * h2).sub_(inter).add_(eps)  # (..., M, N)
+    iou = inter.div_(union)  # (..., M, N)
+    cw = torch.maximum(b1_x2, b2_x2).sub_(torch.minimum(b1_x1, b2_x1))  # (..., M, N) enclosing width
+    ch = torch.maximum(b1_y2, b2_y2).sub_(torch.minimum(b1_y1, b2_y1))  # (..., M, N) enclosing height
+    c2_diag = cw.mul_(cw).add_(ch.mul_(ch)).add_(eps)  # (..., M, N) squared diagonal
+    dx = (b2_x1 + b2_x2).sub(b1_x1).sub_(b1_x2)  # (..., M, N) twice the centre distance in x
+    dy = (b2_y1 + b2_y2).sub(b1_y1).sub_(b1_y2)  # (..., M, N)
+    rho2 = dx.mul_(dx).add_(dy.mul_(dy)).div_(4)  # (..., M, N)
+    dv = atan2 - atan1  # (..., M, N)
+    v = dv.mul_(dv).mul_(4 / math.pi**2)  # (..., M, N)
+    alpha = v / (1 - iou).add_(v).add_(eps)  # (..., M, N)
+    return iou.sub_(rho2.div_(c2_diag).add_(v.mul_(alpha)))  # (..., M, N)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -29,7 +29,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from exportable._checks import check_boxes, check_float, check_integer, check_scalar, check_shape, checks_enabled
+from exportable._checks import (
+    check_boxes,
+    check_float,
+    check_image_sizes,
+    check_scalar,
+    check_shape,
+    checks_enabled,
+)
 from exportable.boxes import ImageSizes, _check_image_sizes, _check_leading, _clip_boxes
 
 __all__ = [
@@ -295,10 +302,7 @@ def _check_batch(name: str, t: Tensor, n: int, last: int, batch: int | None) -> 
 def _check_sizes_tensor(name: str, image_sizes: Tensor | None, like: Tensor) -> None:
     if image_sizes is None:
         return
-    if not isinstance(image_sizes, Tensor) or image_sizes.dim() != 2:
-        raise ValueError(f"{name}: expected a (B, 2) int64 tensor of (H, W) rows")
-    check_integer(name, image_sizes)  # the graph contract: int64 (H, W) rows
-    _check_image_sizes(name, image_sizes, like)
+    check_image_sizes(name, image_sizes, like.shape[0])  # the graph contract: int64 (B, 2) rows of (H, W)
 
 
 class DeltaXYWHEncode(nn.Module):

@@ -49,7 +49,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from exportable._checks import check_float, check_integer, check_scalar, check_shape, checks_enabled, exporting
+from exportable._checks import (
+    check_float,
+    check_image_sizes,
+    check_scalar,
+    checks_enabled,
+    exporting,
+)
 from exportable.anchors import _grid_shifts
 from exportable.coders import DistancePointCoder
 from exportable.ordering import _topk
@@ -226,12 +232,7 @@ def _check_inputs(
             f"cls_scores, bbox_preds, centernesses: expected {levels} levels each (one per stride), got "
             f"{len(cls_scores)}, {len(bbox_preds)} and {len(centernesses)}"
         )
-    check_integer("image_sizes", image_sizes)
-    check_shape("image_sizes", image_sizes, ("B", 2))
-    if image_sizes.dtype != torch.int64:
-        raise TypeError(f"image_sizes: expected int64 (H, W) rows, got dtype {image_sizes.dtype}")
-    if image_sizes.numel() and bool((image_sizes < 0).any()):
-        raise ValueError("image_sizes: sizes must be >= 0 (rows are (H, W))")
+    check_image_sizes("image_sizes", image_sizes)
     for level, (cls, box, ctr) in enumerate(zip(cls_scores, bbox_preds, centernesses)):
         check_float(f"cls_{level}", cls, finite=False)  # logits: NaN rejected, +-inf allowed
         check_float(f"box_{level}", box)  # distances: finite

@@ -36,6 +36,7 @@ def topk(
     dim: int = -1,
     *,
     largest: bool = True,
+    sorted: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` largest (or smallest) entries of ``x`` along ``dim``, ties to the lower index.
 
@@ -44,10 +45,13 @@ def topk(
         k: how many to keep; clipped to the size of ``dim`` (ONNX ``TopK`` fails on k > N).
         dim: the axis to rank.
         largest: ``True`` for the largest values first, ``False`` for the smallest first.
+        sorted: ``False`` when only the SET of the k entries matters (a mask, a gather followed by a
+            reduction): eager then skips step 3; the set is the same. Exported graphs always sort.
 
     Returns:
-        ``(values, indices)``, each ``(*, K, *)`` with ``K = min(k, N)``, ordered best first;
-        among equal values the lower index comes first, in eager and in onnxruntime alike.
+        ``(values, indices)``, each ``(*, K, *)`` with ``K = min(k, N)``, ordered best first (with
+        ``sorted=False`` in eager: in no particular order); among equal values the lower index is chosen
+        (and comes first), in eager and in onnxruntime alike.
     """
     if checks_enabled():
         check_tensor("x", x)
@@ -55,18 +59,18 @@ def topk(
             check_float("x", x, finite=False)
         if k < 0:
             raise ValueError(f"k: must be >= 0, got {k}")
-    return _topk(x, k, dim, largest)
+    return _topk(x, k, dim, largest, sorted)
 
 
-def _topk(x: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
+def _topk(x: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`topk` without the input checks (for modules that checked their own inputs)."""
     k = torch.sym_min(k, x.shape[dim])  # no guard under export: TopK never asks for more than N
     if exporting():
         return torch.topk(x, k, dim=dim, largest=largest, sorted=True)
-    return _stable_topk_eager(x, k, dim, largest)
+    return _stable_topk_eager(x, k, dim, largest, sorted)
 
 
-def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool) -> tuple[Tensor, Tensor]:
+def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool, sorted: bool = True) -> tuple[Tensor, Tensor]:
     if x.dim() == 0:
         raise ValueError("x: topk needs at least one dim")
     dim = dim % x.dim()
@@ -98,9 +102,10 @@ def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool) -> tuple[Tens
             key = torch.where(sub > sub_kth, ar - n, torch.where(sub == sub_kth, ar, n))  # (R', N)
             index[rows] = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices  # (R', K)
     # 3. Order the k results by (value, index): index-sort, then a stable sort by value.
-    index = index.sort(dim=-1).values  # (R, K)
-    order = torch.sort(torch.gather(xt, -1, index), dim=-1, descending=True, stable=True).indices  # (R, K)
-    index = torch.gather(index, -1, order)  # (R, K) best first, ties by index
+    if sorted:
+        index = index.sort(dim=-1).values  # (R, K)
+        order = torch.sort(torch.gather(xt, -1, index), dim=-1, descending=True, stable=True).indices  # (R, K)
+        index = torch.gather(index, -1, order)  # (R, K) best first, ties by index
     values = torch.gather(x.movedim(dim, -1).reshape(-1, n), -1, index)  # (R, K)
     index = index.reshape(*lead, k)  # (R..., K)
     values = values.reshape(*lead, k)  # (R..., K)

@@ -30,6 +30,7 @@ from exportable._checks import (
     check_bool,
     check_boxes,
     check_float,
+    check_image_sizes,
     check_integer,
     check_masked_boxes,
     check_scalar,
@@ -231,20 +232,11 @@ def _check_targets_inputs(
 ) -> None:
     check_boxes("anchors", anchors, ndim=2)
     _check_positive_size("anchors", anchors)
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
+    check_gt_batch(gt_boxes, gt_labels, gt_mask, num_classes=num_classes)
     b, n = gt_boxes.shape[0], anchors.shape[0]
     check_bool("valid_flags", valid_flags)
     check_shape("valid_flags", valid_flags, (b, n))
-    check_integer("image_sizes", image_sizes)
-    check_shape("image_sizes", image_sizes, (b, 2))
-    if image_sizes.numel() and bool((image_sizes < 0).any()):
-        raise ValueError("image_sizes: sizes must be >= 0 (rows are (H, W))")
-    real = gt_labels[gt_mask]  # (real gts,)
-    if real.numel() and bool(((real < 0) | (real >= num_classes)).any()):
-        raise ValueError(
-            f"gt_labels: real gts need classes in [0, {num_classes}) (num_classes = {num_classes} is the "
-            f"background label), got values in [{int(real.min())}, {int(real.max())}]"
-        )
+    check_image_sizes("image_sizes", image_sizes, b)
     if (ignore_boxes is None) != (ignore_mask is None):
         raise ValueError("ignore_boxes and ignore_mask: give both or neither")
     if ignore_boxes is not None:
@@ -585,12 +577,7 @@ def _check_postprocess_inputs(
             f"cls_scores, bbox_preds: expected {levels} levels each (the generator's), "
             f"got {len(cls_scores)} and {len(bbox_preds)}"
         )
-    check_integer("image_sizes", image_sizes)
-    check_shape("image_sizes", image_sizes, ("B", 2))
-    if image_sizes.dtype != torch.int64:
-        raise TypeError(f"image_sizes: expected int64 (H, W) rows, got dtype {image_sizes.dtype}")
-    if image_sizes.numel() and bool((image_sizes < 0).any()):
-        raise ValueError("image_sizes: sizes must be >= 0 (rows are (H, W))")
+    check_image_sizes("image_sizes", image_sizes)
     b = image_sizes.shape[0]
     for level, (cls, box) in enumerate(zip(cls_scores, bbox_preds)):
         check_float(f"cls_{level}", cls, finite=False)  # logits: NaN rejected, +-inf allowed

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from exportable._checks import check_boxes, check_float, check_scalar, check_shape, checks_enabled
 
-__all__ = ["RoIAlign", "roi_align", "sample_taps", "example_roi_align_inputs"]
+__all__ = ["RoIAlign", "roi_align", "sample_taps"]
 
 OPSET_VERSION = 16  # RoiAlign-16 added coordinate_transformation_mode ("half_pixel" = aligned)
 
@@ -249,32 +249,3 @@ class RoIAlign(nn.Module):
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Example inputs for the catalog and the tests
-
-
-def example_roi_align_inputs(sizes: dict[str, int], generator: torch.Generator,
-                             stride: int = 16) -> tuple[Tensor, Tensor]:
-    """``(features (B, C, H, W), rois (B, K, 4))`` for sizes ``{"B", "C", "H", "W", "K"}``.
-
-    Features ~ N(0, 1). RoIs in image pixels of a ``(stride * H, stride * W)`` image: sides 0..1.2 x the
-    image, corners on a 0.25 px grid, some crossing or leaving the image; slot 0 is a zero-size box, slot
-    1 (if any) the whole image, slot 2 (if any) far outside (reads 0), slot 3 (if any) a box thinner than a
-    cell at the far corner.
-    """
-    b, c, h, w, k = sizes["B"], sizes["C"], sizes["H"], sizes["W"], sizes["K"]
-    g = generator
-    features = torch.randn(b, c, h, w, generator=g)  # (B, C, H, W)
-    img = torch.tensor([w * stride, h * stride], dtype=torch.float32)  # (2,) (W, H) in pixels
-    wh = torch.rand(b, k, 2, generator=g) * 1.2 * img  # (B, K, 2)
-    xy = torch.rand(b, k, 2, generator=g) * (img * 1.2) - 0.2 * img  # (B, K, 2)
-    rois = (torch.cat([xy, xy + wh], dim=-1) * 4).round() / 4  # (B, K, 4)
-    if k >= 1:
-        rois[:, 0] = torch.tensor([40.0, 24.0, 40.0, 24.0])  # zero-size
-    if k >= 2:
-        rois[:, 1] = torch.cat([torch.zeros(2), img])  # the whole image
-    if k >= 3:
-        rois[:, 2] = torch.cat([img * 2, img * 2 + 64])  # far outside: every sample reads 0
-    if k >= 4:
-        rois[:, 3] = torch.cat([img - 6, img - 1])  # thinner than a cell, at the far corner
-    return features, rois

@@ -32,7 +32,7 @@ onnxruntime and in the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -50,7 +50,6 @@ from exportable.batching import check_gt_batch, ensure_gt_rows
 from exportable.boxes import _box_iou
 from exportable.coders import DeltaXYWHCoder
 from exportable.ordering import _topk, rank_mask
-from exportable.roi_align import RoIAlign, example_roi_align_inputs
 from exportable.sampling import Rounding, _pos_quota, check_noise, check_sampler_params, sample_quotas
 
 __all__ = [
@@ -58,8 +57,6 @@ __all__ = [
     "RoITargets",
     "counts_to_mask",
     "class_specific",
-    "example_roi_target_inputs",
-    "catalog_entries",
 ]
 
 RoIVariant = Literal["faster_rcnn", "mmdet"]
@@ -327,150 +324,9 @@ def _check_inputs(rois, roi_mask, gt_boxes, gt_labels, gt_mask, noise, num_class
         check_shape("roi_mask", roi_mask, (b, k))
         if rois.numel():
             check_boxes("rois", rois.masked_fill(~roi_mask.unsqueeze(-1), 0.0), ndim=3)
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
+    check_gt_batch(gt_boxes, gt_labels, gt_mask, num_classes=num_classes)
     if gt_boxes.shape[0] != b:
         raise ValueError(f"gt_boxes: expected B = {b} images as in rois, got shape {tuple(gt_boxes.shape)}")
-    real = gt_labels[gt_mask]
-    if real.numel() and bool(((real < 0) | (real >= num_classes)).any()):
-        raise ValueError(f"gt_labels: real gts must have classes in [0, {num_classes}) (num_classes)")
     check_noise(noise, (b, k + gt_boxes.shape[1]))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Example inputs for the catalog and the tests (seeded; degenerate rows on purpose)
-
-
-def example_roi_target_inputs(sizes: Mapping[str, int], generator: torch.Generator,
-                              num_classes: int = 20) -> tuple[Tensor, ...]:
-    """``(rois, roi_mask, gt_boxes, gt_labels, gt_mask, noise)`` for sizes ``{"B", "K", "M"}``.
-
-    A 256 x 256 canvas. gts of sides 16..112 px; about half the RoIs are jittered copies of gts (IoU
-    around and above 0.5, some exact copies: IoU 1), the rest random boxes of sides 4..160 px (a few
-    zero-size, some leaving the canvas); RoIs on a 0.5 px grid. Padding: image 0 keeps a random share of
-    its RoIs and may have no gt, image 1 (if any) every RoI and every gt, image 2 (if any) no gt at all;
-    noise on a 1/64 grid (ties).
-    """
-    b, k, m = sizes["B"], sizes["K"], sizes["M"]
-    g = generator
-    xy = torch.rand(b, m, 2, generator=g) * 144  # (B, M, 2)
-    wh = 16 + torch.rand(b, m, 2, generator=g) * 96  # (B, M, 2)
-    gt_boxes = ((torch.cat([xy, xy + wh], dim=-1)) * 2).round() / 2  # (B, M, 4)
-    gt_labels = torch.randint(0, num_classes, (b, m), generator=g)  # (B, M)
-    counts = torch.randint(0, m + 1, (b,), generator=g)  # (B,)
-    if b >= 2:
-        counts[1] = m
-    if b >= 3:
-        counts[2] = 0
-    gt_mask = torch.arange(m).unsqueeze(0) < counts.unsqueeze(1)  # (B, M)
-    # RoIs: jittered gts (positives and near misses) and random boxes (mostly negatives)
-    rxy = torch.rand(b, k, 2, generator=g) * 272 - 16  # (B, K, 2)
-    rwh = 4 + torch.rand(b, k, 2, generator=g) * 156  # (B, K, 2)
-    rois = torch.cat([rxy, rxy + rwh], dim=-1)  # (B, K, 4)
-    if m >= 1:
-        src = torch.randint(0, m, (b, k), generator=g)  # (B, K) which gt to jitter
-        base = torch.gather(gt_boxes, 1, src.unsqueeze(-1).expand(-1, -1, 4))  # (B, K, 4)
-        side = (base[..., 2:] - base[..., :2]).repeat(1, 1, 2)  # (B, K, 4)
-        jitter = (torch.rand(b, k, 4, generator=g) - 0.5) * 0.5 * side  # (B, K, 4)
-        jitter = torch.where(torch.rand(b, k, 1, generator=g) < 0.1, 0.0, jitter)  # (B, K, 4) exact copies
-        near = base + jitter  # (B, K, 4)
-        near = torch.cat([near[..., :2].minimum(near[..., 2:]), near[..., :2].maximum(near[..., 2:])], dim=-1)
-        rois = torch.where((torch.arange(k) % 2 == 0).view(1, k, 1), near, rois)  # (B, K, 4)
-    rois = (rois * 2).round() / 2  # (B, K, 4)
-    if k >= 2:
-        rois[:, 1, 2:] = rois[:, 1, :2]  # zero-size RoI
-    roi_mask = torch.ones(b, k, dtype=torch.bool)  # (B, K)
-    if b >= 1:
-        roi_mask[0] = torch.arange(k) < torch.randint(0, k + 1, (1,), generator=g)
-    noise = torch.floor(torch.rand(b, k + m, generator=g) * 64) / 64  # (B, K + M) ties
-    return rois, roi_mask, gt_boxes, gt_labels, gt_mask, noise
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Catalog entries (registered in exportable.catalog._ENTRY_MODULES)
-
-
-def catalog_entries():
-    from exportable.catalog import Entry, TensorSpec
-
-    f, i, bl = "float32", "int64", "bool"
-    inputs = (
-        TensorSpec("rois", f, ("B", "K", 4), "(x1, y1, x2, y2) proposals per image, padded"),
-        TensorSpec("roi_mask", bl, ("B", "K"), "True for real proposals"),
-        TensorSpec("gt_boxes", f, ("B", "M", 4), "padded gt boxes"),
-        TensorSpec("gt_labels", i, ("B", "M"), "gt classes in [0, num_classes)"),
-        TensorSpec("gt_mask", bl, ("B", "M"), "True for real gts"),
-        TensorSpec("noise", f, ("B", "N"), "uniform [0, 1), one per candidate (K RoIs + M gts): largest sampled"),
-    )
-
-    def outputs(s: int) -> tuple:
-        return (
-            TensorSpec("sample_rois", f, ("B", s, 4), "sampled RoIs: positives first, then negatives; 0 padding"),
-            TensorSpec("labels", i, ("B", s), "gt class (positives), num_classes (negatives), -1 (padding)"),
-            TensorSpec("label_weights", f, ("B", s), "1 for sampled RoIs, 0 for padding"),
-            TensorSpec("bbox_targets", f, ("B", s, 4), "normalised DeltaXYWH targets of positives; 0 elsewhere"),
-            TensorSpec("bbox_weights", f, ("B", s, 4), "1 for positives"),
-            TensorSpec("sample_index", i, ("B", s), "candidate index of each slot; -1 padding"),
-            TensorSpec("matched_gt", i, ("B", s), "gt each positive regresses to; -1 elsewhere"),
-            TensorSpec("num_pos", i, ("B",), "positive slots per image"),
-            TensorSpec("num_neg", i, ("B",), "negative slots per image"),
-        )
-
-    common = {"pos_fraction": 0.25, "pos_iou_thr": 0.5, "neg_iou_thr": 0.5, "neg_iou_lo": 0.0,
-              "neg_pos_ub": -1.0, "means": (0.0, 0.0, 0.0, 0.0), "stds": (0.1, 0.1, 0.2, 0.2),
-              "class_specific": False}
-    sizes = {
-        "export_sizes": {"B": 2, "K": 40, "M": 4},
-        "test_sizes": ({"B": 1, "K": 7, "M": 1}, {"B": 3, "K": 2000, "M": 9}, {"B": 2, "K": 50, "M": 0},
-                       {"B": 4, "K": 1, "M": 3}, {"B": 2, "K": 0, "M": 2}),
-        "atol": 1e-5,
-        "rtol": 1e-5,
-    }
-    return (
-        Entry(
-            name="roi_head_targets",
-            summary="ProposalTargetCreator (simple-faster-rcnn): gts appended, IoU 0.5, 128 RoIs with at most 32 "
-            "positives, targets normalised by (0.1, 0.1, 0.2, 0.2).",
-            source="exportable/roi_head.py",
-            factory=ProposalTargetCreator,
-            params={"variant": "faster_rcnn", "num_classes": 20, "num": 128, "rounding": "round"} | common,
-            inputs=inputs,
-            outputs=outputs(128),
-            make_inputs=example_roi_target_inputs,
-            notes="noise is (B, K + M) in candidate order [RoIs | gts]; class_specific=True turns bbox_targets and "
-            "bbox_weights into (B, 128, 4 * num_classes).",
-            **sizes,
-        ),
-        Entry(
-            name="roi_head_targets_mmdet",
-            summary="mmdetection's RoI sampling: gts prepended, MaxIoU 0.5 / 0.5, RandomSampler 512 / 0.25, "
-            "ascending indices within positives and negatives.",
-            source="exportable/roi_head.py",
-            factory=ProposalTargetCreator,
-            params={"variant": "mmdet", "num_classes": 20, "num": 512, "rounding": "int"} | common,
-            inputs=inputs,
-            outputs=outputs(512),
-            make_inputs=example_roi_target_inputs,
-            notes="noise is (B, M + K) in candidate order [gts | RoIs].",
-            **sizes,
-        ),
-        Entry(
-            name="roi_align",
-            summary="RoIAlign (average, aligned / half_pixel, sampling_ratio 2) of padded RoIs: one ONNX RoiAlign.",
-            source="exportable/roi_align.py",
-            factory=RoIAlign,
-            params={"output_size": 7, "spatial_scale": 1 / 16, "sampling_ratio": 2, "aligned": True},
-            inputs=(
-                TensorSpec("features", f, ("B", "C", "H", "W"), "feature maps (stride 1 / spatial_scale)"),
-                TensorSpec("rois", f, ("B", "K", 4), "(x1, y1, x2, y2) RoIs in image pixels, padded per image"),
-            ),
-            outputs=(TensorSpec("pooled", f, ("B", "K", "C", 7, 7), "average of 2 x 2 bilinear samples per bin"),),
-            make_inputs=example_roi_align_inputs,
-            export_sizes={"B": 2, "C": 3, "H": 6, "W": 7, "K": 5},
-            test_sizes=({"B": 1, "C": 1, "H": 1, "W": 1, "K": 1}, {"B": 3, "C": 16, "H": 38, "W": 63, "K": 200},
-                        {"B": 2, "C": 4, "H": 9, "W": 5, "K": 0}, {"B": 2, "C": 256, "H": 13, "W": 11, "K": 30}),
-            atol=1e-5,
-            rtol=1e-5,
-            notes="Eager sums the samples in another order than onnxruntime: float32 rounding only. "
-            "sampling_ratio must be a fixed int >= 1 (the adaptive 0 is not static).",
-        ),
-    )

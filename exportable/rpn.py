@@ -29,7 +29,7 @@ anchor ``(B, N)`` (the document's 18 = 2 x 9 softmax channels reduce to the fore
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -40,6 +40,7 @@ import exportable.nms  # noqa: F401  (registers torch.ops.assignlab.nms)
 from exportable._checks import (
     check_boxes,
     check_float,
+    check_image_sizes,
     check_integer,
     check_masked_boxes,
     check_scalar,
@@ -61,8 +62,6 @@ __all__ = [
     "IndexedProposals",
     "ProposalCreator",
     "anchor_inside",
-    "example_anchor_target_inputs",
-    "example_proposal_inputs",
 ]
 
 RPNVariant = Literal["faster_rcnn", "mmdet"]
@@ -342,15 +341,8 @@ def _check_target_inputs(anchors, gt_boxes, gt_mask, image_sizes, noise) -> None
         raise ValueError("anchors: zero-width or zero-height anchor; encoding divides by the anchor's size")
     check_masked_boxes("gt_boxes", gt_boxes, gt_mask)
     b = gt_boxes.shape[0]
-    _check_image_sizes(image_sizes, b)
+    check_image_sizes("image_sizes", image_sizes, b)
     check_noise(noise, (b, anchors.shape[0]))
-
-
-def _check_image_sizes(image_sizes: Tensor, b: int) -> None:
-    check_integer("image_sizes", image_sizes)
-    check_shape("image_sizes", image_sizes, (b, 2))
-    if image_sizes.numel() and bool((image_sizes < 0).any()):
-        raise ValueError("image_sizes: rows are (H, W) and must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -602,74 +594,6 @@ def _check_proposal_inputs(anchors, level_ids, objectness, deltas, image_sizes, 
     b = objectness.shape[0]
     check_float("deltas", deltas)
     check_shape("deltas", deltas, (b, n, 4))
-    _check_image_sizes(image_sizes, b)
+    check_image_sizes("image_sizes", image_sizes, b)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Example inputs for the catalog and the tests (seeded; degenerate rows on purpose)
-
-
-def _random_boxes(g: torch.Generator, shape: Sequence[int], extent: float, min_side: float,
-                  max_side: float) -> Tensor:
-    """Boxes with sides in ``[min_side, max_side)``, corners on a 0.5 px grid, some beyond ``[0, extent]``."""
-    wh = min_side + torch.rand(*shape, 2, generator=g) * (max_side - min_side)  # (*shape, 2)
-    xy = torch.rand(*shape, 2, generator=g) * (extent + max_side / 2) - max_side / 2  # (*shape, 2)
-    boxes = torch.cat([xy, xy + wh], dim=-1)  # (*shape, 4)
-    return (boxes * 2).round() / 2
-
-
-def example_anchor_target_inputs(sizes: Mapping[str, int], generator: torch.Generator) -> tuple[Tensor, ...]:
-    """``(anchors, gt_boxes, gt_mask, image_sizes, noise)`` for sizes ``{"B", "N", "M"}``.
-
-    Anchors of sides 8..64 px over a 128 x 128 canvas (some cross the border), images 64..128 px,
-    gts of sides 8..56 px inside the top-left 64 x 64 px (so inside every image), with padding (image 0
-    may have none; image 1 has all M), every third gt a copy of an anchor in that region (IoU 1 ties),
-    image 2 (if any) 4 x 4 px (no anchor inside: everything -1), noise on a
-    1/256 grid (ties).
-    """
-    b, n, m = sizes["B"], sizes["N"], sizes["M"]
-    g = generator
-    anchors = _random_boxes(g, (n,), 128.0, 8.0, 64.0)  # (N, 4)
-    xy = torch.rand(b, m, 2, generator=g) * 48  # (B, M, 2)
-    wh = 8 + torch.rand(b, m, 2, generator=g) * (56 - xy)  # (B, M, 2) x2, y2 <= 64
-    gts = (torch.cat([xy, xy + wh], dim=-1) * 2).round() / 2  # (B, M, 4)
-    small = torch.nonzero((anchors[:, :2] >= 0).all(1) & (anchors[:, 2:] <= 64).all(1)).squeeze(1)  # (S,)
-    if len(small) and m >= 1:
-        pick = small[torch.randint(0, len(small), (b, m), generator=g)]  # (B, M)
-        gts = torch.where((torch.arange(m) % 3 == 0).view(1, m, 1), anchors[pick], gts)  # (B, M, 4)
-    counts = torch.randint(0, m + 1, (b,), generator=g)  # (B,)
-    if b >= 2:
-        counts[1] = m
-    gt_mask = torch.arange(m).unsqueeze(0) < counts.unsqueeze(1)  # (B, M)
-    hs = torch.randint(64, 129, (b,), generator=g)  # (B,)
-    ws = torch.randint(64, 129, (b,), generator=g)  # (B,)
-    image_sizes = torch.stack([hs, ws], dim=1)  # (B, 2)
-    if b >= 3:
-        image_sizes[2] = 4
-    noise = torch.floor(torch.rand(b, n, generator=g) * 256) / 256  # (B, N) ties
-    return anchors, gts, gt_mask, image_sizes.to(torch.int64), noise
-
-
-def example_proposal_inputs(sizes: Mapping[str, int], generator: torch.Generator,
-                            num_levels: int = 5) -> tuple[Tensor, ...]:
-    """``(anchors, level_ids, objectness, deltas, image_sizes)`` for sizes ``{"B", "N"}``.
-
-    Anchors of sides 4..160 px over 256 x 256 (small ones fall under ``min_size`` 16 after decoding),
-    ``num_levels`` contiguous level blocks, objectness on a 1/32 grid (ties), deltas ~ N(0, 0.3^2) with
-    a few beyond the wh clip, images 128..256 px; with B >= 2 image 1 is 16 x 16 px (most boxes clip to
-    nothing). Many candidates overlap, so NMS removes a good share.
-    """
-    b, n = sizes["B"], sizes["N"]
-    g = generator
-    anchors = _random_boxes(g, (n,), 256.0, 4.0, 160.0)  # (N, 4)
-    level_ids = (torch.arange(n) * num_levels) // max(n, 1)  # (N,) contiguous blocks
-    objectness = torch.floor(torch.rand(b, n, generator=g) * 32) / 32  # (B, N) in [0, 1), ties
-    deltas = torch.randn(b, n, 4, generator=g) * 0.3  # (B, N, 4)
-    if n >= 1:
-        deltas[:, 0, 2:] = 6.0  # beyond |log(16/1000)|: clamped
-    hs = torch.randint(128, 257, (b,), generator=g)  # (B,)
-    ws = torch.randint(128, 257, (b,), generator=g)  # (B,)
-    image_sizes = torch.stack([hs, ws], dim=1)  # (B, 2)
-    if b >= 2:
-        image_sizes[1] = 16
-    return anchors, level_ids.to(torch.int64), objectness, deltas, image_sizes.to(torch.int64)

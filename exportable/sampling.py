@@ -30,7 +30,7 @@ to ``(B, N)``. No ``randperm``, no ``rand_like``, no data-dependent shapes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from exportable._checks import check_bool, check_float, check_shape, checks_enabled
 from exportable.ordering import _topk, rank_mask
 
-__all__ = ["Sample", "NoiseSampler", "sample_by_noise", "draw_noise", "sample_quotas", "example_sampler_inputs"]
+__all__ = ["Sample", "NoiseSampler", "sample_by_noise", "draw_noise", "sample_quotas"]
 
 Rounding = Literal["int", "round"]
 
@@ -204,22 +204,3 @@ class NoiseSampler(nn.Module):
         if checks_enabled():
             _check_sample_inputs(pos, neg, noise, self.num, self.pos_fraction, self.rounding)
         return _sample_by_noise(pos, neg, noise, self.num, self.pos_fraction, self.neg_pos_ub, self.rounding)
-
-
-def example_sampler_inputs(sizes: Mapping[str, int], generator: torch.Generator) -> tuple[Tensor, ...]:
-    """Catalog example inputs ``(pos, neg, noise)`` for sizes ``{"B", "N"}``.
-
-    Image 0 has few positives (fewer than any quota), image 1 (if any) mostly positives, the rest
-    about 10 % positives and 60 % negatives; noise is quantised to 1/64 so ties are frequent.
-    """
-    b, n = sizes["B"], sizes["N"]
-    u = torch.rand(b, n, generator=generator)  # (B, N)
-    share = torch.full((b, 1), 0.1)  # (B, 1) positive share per image
-    if b >= 1:
-        share[0] = 0.01
-    if b >= 2:
-        share[1] = 0.9
-    pos = u < share  # (B, N)
-    neg = (u >= share) & (u < share + 0.6)  # (B, N)
-    noise = torch.floor(torch.rand(b, n, generator=generator) * 64) / 64  # (B, N) in [0, 1), many ties
-    return pos, neg, noise

@@ -225,26 +225,18 @@ SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
     "retinanet_postprocess": _retinanet_postprocess_inputs,
 }
 
-# Later lessons define their photo inputs beside their code: each module below has a
-# ``demo_scene_inputs() -> dict[str, Callable[[Context], tuple[Tensor, ...]]]`` (it imports
-# Context's helpers from here lazily).
-_SCENE_INPUT_MODULES: tuple[str, ...] = (
-    "lessons.roi_head_sampling",
-    "lessons.atss",
-    "lessons.simota",
-    "lessons.o2f",
-    "lessons.task_aligned",
-)
 
 
-def _collect_scene_inputs() -> None:
-    import importlib
+def _topic_scene_inputs() -> None:
+    """The later topics keep their photo inputs beside their lesson code (``demo_scene_inputs()`` in each
+    module, which imports this module's helpers lazily); they are listed here by import, explicitly."""
+    from lessons import atss, o2f, roi_head_sampling, simota, task_aligned
 
-    for module in _SCENE_INPUT_MODULES:
-        SCENE_INPUTS.update(importlib.import_module(module).demo_scene_inputs())
+    for topic in (roi_head_sampling, atss, simota, o2f, task_aligned):
+        SCENE_INPUTS.update(topic.demo_scene_inputs())
 
 
-_collect_scene_inputs()
+_topic_scene_inputs()
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,11 +255,15 @@ def write_figures(ctx: Context, out: Path) -> list[Path]:
     face_gt = int((scene.labels == face).nonzero()[0, 0]) if (scene.labels == face).any() else 0
     level = 2
     sel = ctx.level_ids == level
+    fb = scene.boxes[face_gt].tolist()
+    face_centre = ((fb[0] + fb[2]) / 2, (fb[1] + fb[3]) / 2)
     figures = {
         "01_gts.png": draw.show_boxes(scene.image, scene.boxes, scene.labels, scene.class_names,
                                       title="The embedded scene: hand-labelled gts"),
-        "02_anchors.png": draw.show_anchors(scene.image, ctx.anchors, ctx.level_ids,
-                                            title="RetinaNet anchors: 9 per location, per level"),
+        "02_anchors.png": draw.anchor_levels(scene.image, ctx.anchors, ctx.level_ids, at=face_centre,
+                                             strides=[8, 16, 32, 64, 128],
+                                             title="RetinaNet anchors: the 9 of the location nearest the face, "
+                                             "on each level (dots: every location)"),
         "03_iou_heatmap.png": draw.iou_heatmap(ctx.iou[sel, face_gt], ctx.featmap_sizes[level], scene.image,
                                                stride=32, gt_box=scene.boxes[face_gt],
                                                title=f"IoU with gt {face_gt} on level {level} (stride 32)"),

@@ -326,7 +326,7 @@ MATLAB_TABLE = [
 def test_py_faster_rcnn_anchors():
     python = ref.py_faster_rcnn_base_anchors()  # window (0, 0, 15, 15), centre 7.5
     matlab = ref.py_faster_rcnn_base_anchors(first_pixel=1)  # window (1, 1, 16, 16), centre 8.5
-    # The table in algorithms.md 2.4 (and in py-faster-rcnn's source comment) is the MATLAB one ...
+    # The table in py-faster-rcnn's source comment (docs/algorithms.md §2.4) is the MATLAB one ...
     assert matlab == MATLAB_TABLE
     # ... the Python code returns it shifted by one pixel up and left.
     assert python == [(x1 - 1, y1 - 1, x2 - 1, y2 - 1) for x1, y1, x2, y2 in MATLAB_TABLE]

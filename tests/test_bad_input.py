@@ -70,3 +70,51 @@ def test_feature_map_count_and_rank_are_checked(name):
     feats[0] = feats[0][0]
     with pytest.raises(ValueError, match=r"feats\[0\]"):
         module(*feats)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_and_int32_are_refused_with_a_type_error_that_says_how_to_cast(name):
+    """numpy hands out float64 by default: never a silent change of results, never a torch error from deep inside."""
+    entry = catalog.get(name)
+    module = entry.build()
+    wrong = {"float32": (torch.float64, r"\.float\(\)"), "int64": (torch.int32, r"\.long\(\)")}
+    checked = 0
+    for i, spec in enumerate(entry.inputs):
+        if spec.dtype not in wrong or name in ("anchor_grid", "point_grid"):
+            continue  # feature maps are read for their shapes only
+        dtype, hint = wrong[spec.dtype]
+        args = list(entry.example())
+        args[i] = args[i].to(dtype)
+        with pytest.raises(TypeError, match=rf"{_arg_pattern(entry, i)}: expected {spec.dtype}, got .*{hint}"):
+            module(*args)
+        checked += 1
+    assert checked or name in ("anchor_grid", "point_grid")
+
+
+_LABELLED = [n for n in NAMES if any(s.name == "gt_labels" for s in catalog.get(n).inputs)]
+
+
+@pytest.mark.parametrize("name", _LABELLED)
+@pytest.mark.parametrize("bad", [-5, "num_classes", 500])
+def test_a_real_gt_label_outside_the_classes_is_refused(name, bad):
+    """Label num_classes would come back as background on a positive, -5 or 500 as the label: refuse them."""
+    entry = catalog.get(name)
+    module = entry.build()
+    names = [s.name for s in entry.inputs]
+    args = list(entry.example(entry.test_sizes[1]))
+    labels, mask = args[names.index("gt_labels")].clone(), args[names.index("gt_mask")]
+    assert mask.any()
+    classes = args[names.index("pred_scores")].shape[-1] if "pred_scores" in names else module.num_classes
+    first = mask.nonzero()[0]
+    labels[first[0], first[1]] = classes if bad == "num_classes" else bad
+    args[names.index("gt_labels")] = labels
+    with pytest.raises(ValueError, match=rf"gt_labels: real gts need a class in \[0, {classes}\)"):
+        module(*args)
+    # the same value on a padded row is fine: padding may hold anything
+    if (~mask).any():
+        pad = (~mask).nonzero()[0]
+        labels = args[names.index("gt_labels")].clone()
+        labels[first[0], first[1]] = 0
+        labels[pad[0], pad[1]] = -5
+        args[names.index("gt_labels")] = labels
+        module(*args)

@@ -82,3 +82,21 @@ def test_empty_result():
     res = empty_result(2, 3, 80, like=torch.zeros(1))
     assert (res.gt_index == -1).all() and (res.labels == 80).all() and (res.weights == 1).all()
     assert res.boxes.shape == (2, 3, 4)
+
+
+def test_from_gt_index_looks_up_boxes_and_labels_and_fills_the_encoding():
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [5, 5, 20, 20]], [[1.0, 1, 2, 2], [0, 0, 0, 0]]])  # (2, 2, 4)
+    labels = torch.tensor([[3, 7], [1, 0]])  # (2, 2)
+    gt_index = torch.tensor([[1, -1, 0, -2], [0, 0, -1, -1]])  # (2, 4)
+    overlaps = torch.tensor([[0.9, 0.3, 0.6, 0.45], [0.7, 0.8, 0.0, 0.1]])
+    res = AssignResult.from_gt_index(gt_index, boxes, labels, 80, overlaps=overlaps)
+    assert res.labels.tolist() == [[7, 80, 3, 80], [1, 1, 80, 80]]
+    assert res.boxes[0, 0].tolist() == [5, 5, 20, 20] and res.boxes[0, 2].tolist() == [0, 0, 10, 10]
+    assert res.boxes[0, 1].tolist() == [0, 0, 0, 0] and res.boxes[0, 3].tolist() == [0, 0, 0, 0]
+    assert torch.equal(res.overlaps, overlaps)  # as given (MaxIoU keeps every anchor's best IoU)
+    assert res.target_scores.tolist() == [[1, 0, 1, 0], [1, 1, 0, 0]]
+    assert res.weights.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    soft = AssignResult.from_gt_index(gt_index, boxes, labels, 80, overlaps=overlaps, target_scores=overlaps,
+                                      weights=torch.full_like(overlaps, 0.4))
+    assert torch.equal(soft.target_scores, torch.where(gt_index >= 0, overlaps, 0.0))  # 0 off positives
+    assert soft.weights.eq(0.4).all()

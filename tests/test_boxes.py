@@ -241,9 +241,10 @@ def test_clip_boxes_tuple_and_per_image():
     assert out.dtype == torch.float32
     assert out[0].tolist() == [[0, 0, 30, 40], [10, 10, 20, 30]]
     assert out[1].tolist() == [[0, 0, 50, 50], [90, 2, 100, 3]]
-    # float sizes and a (2,) tensor give the same numbers
-    assert torch.equal(clip_boxes(boxes, sizes.float()), out)
+    # a (2,) tensor gives the same numbers; size tensors are int64, as everywhere (float ones are refused)
     assert torch.equal(clip_boxes(boxes[0], torch.tensor([40, 30])), out[0])
+    with pytest.raises(TypeError, match=r"image_sizes: expected int64, got float32; cast with \.long\(\)"):
+        clip_boxes(boxes, sizes.float())
     # a box entirely outside the image collapses onto the border (zero area)
     assert clip_boxes(t([[50, 50, 60, 60]]), (40, 30)).tolist() == [[30, 40, 30, 40]]
 
@@ -395,3 +396,21 @@ def test_anchor_gt_max_iou_onnx_with_no_gts():
         want = module(anchors, gts, mask)
         np.testing.assert_allclose(got[0], want[0].numpy(), rtol=0, atol=1e-6)
         assert np.array_equal(got[1], want[1].numpy())
+
+
+def test_point_tests_pairwise_and_aligned_give_the_same_answers_in_both_layouts():
+    g = torch.Generator().manual_seed(4)
+    points = (torch.rand(50, 2, generator=g) * 64).round()  # (N, 2) on a pixel grid: exact edge cases
+    xy = (torch.rand(3, 6, 2, generator=g) * 48).round()
+    gts = torch.cat([xy, xy + (torch.rand(3, 6, 2, generator=g) * 24).round()], -1)  # (B, M, 4) some zero-size
+    radius = torch.full((50,), 8.0)  # (N,)
+    pair = points_in_boxes(points, gts, margin=0.01)  # (B, N, M)
+    gt_major = points_in_boxes(points, gts[:, :, None], margin=0.01, aligned=True)  # (B, M, N)
+    assert torch.equal(pair.transpose(1, 2), gt_major)
+    near = points_near_centers(points, gts, radius)  # (B, N, M)
+    assert torch.equal(near.transpose(1, 2), points_near_centers(points, gts[:, :, None], radius, aligned=True))
+    # gathered candidates (B, M, K, 2) against their own gt (B, M, 1, 4)
+    cand = points[torch.randint(0, 50, (3, 6, 5), generator=g)]  # (B, M, K, 2)
+    inside = points_in_boxes(cand, gts[:, :, None], aligned=True)  # (B, M, K)
+    d = torch.cat([cand - gts[:, :, None, :2], gts[:, :, None, 2:] - cand], -1)  # (B, M, K, 4)
+    assert torch.equal(inside, d.amin(-1) > 0)

@@ -76,13 +76,37 @@ def test_model_metadata_and_hygiene(name, exported):
     entry = catalog.get(name)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["assignlab.component"] == name
-    assert json.loads(meta["assignlab.params"]) == json.loads(json.dumps(dict(entry.params)))
+    # every hyper-parameter is recorded (the constructor's defaults with the entry's overrides)
+    assert json.loads(meta["assignlab.params"]) == json.loads(json.dumps(entry.resolved()))
+    assert set(entry.params) <= set(json.loads(meta["assignlab.params"]))
     assert [i["name"] for i in json.loads(meta["assignlab.inputs"])] == [s.name for s in entry.inputs]
     assert "assignlab.version" in meta
     assert all(len(n.metadata_props) == 0 for n in model.graph.node)
     assert model.opset_import[0].version >= 18
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     onnx.checker.check_model(model, full_check=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entry_params_hold_only_overrides_of_the_constructor_defaults(name):
+    entry = catalog.get(name)
+    defaults = entry.defaults()
+    repeated = {k: v for k, v in entry.params.items() if k in defaults and defaults[k] == v}
+    assert not repeated, f"{name}: params repeat the constructor's defaults {repeated}"
+    entry.build()  # every override is a real keyword of the constructor
+
+
+def test_the_catalog_module_lists_its_entries_explicitly():
+    import pathlib
+
+    package = pathlib.Path(catalog.__file__).parent
+    assert "importlib" not in pathlib.Path(catalog.__file__).read_text()
+    for path in package.rglob("*.py"):
+        if path.name in ("catalog.py", "__main__.py"):
+            continue
+        text = path.read_text()
+        assert "def catalog_entries" not in text and "exportable.catalog" not in text, (
+            f"{path.relative_to(package)} registers catalog entries itself")
 
 
 @pytest.mark.onnx

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from exportable import onnx as xonnx
+from exportable.examples import proposal_inputs
 from exportable.nms import batched_nms, nms
-from exportable.rpn import ProposalCreator, example_proposal_inputs
+from exportable.rpn import ProposalCreator
 from lessons.proposals_and_nms import ProposalCreator as RefCreator
 from lessons.proposals_and_nms import (
     class_aware_nms,
@@ -70,13 +71,13 @@ CASES = [
 @pytest.mark.parametrize("variant,kw,sizes", CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_reference(variant, kw, sizes, seed):
-    args = example_proposal_inputs(sizes, torch.Generator().manual_seed(seed))
+    args = proposal_inputs(sizes, torch.Generator().manual_seed(seed))
     out = ProposalCreator(variant, return_index=True, **kw)(*args)
     assert_matches(out, reference(variant, *args, **kw))
 
 
 def test_default_output_is_the_pinned_triple():
-    args = example_proposal_inputs({"B": 2, "N": 300}, torch.Generator())
+    args = proposal_inputs({"B": 2, "N": 300}, torch.Generator())
     out = ProposalCreator()(*args)
     assert out._fields == ("proposals", "scores", "counts")
     assert out.proposals.shape == (2, 2000, 4) and out.scores.shape == (2, 2000) and out.counts.dtype == torch.int64
@@ -171,7 +172,7 @@ def test_zero_scores_still_take_part():
 @pytest.mark.parametrize("variant", ["faster_rcnn", "mmdet"])
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_tiny_inputs(variant, n):
-    args = example_proposal_inputs({"B": 2, "N": n}, torch.Generator().manual_seed(n))
+    args = proposal_inputs({"B": 2, "N": n}, torch.Generator().manual_seed(n))
     out = ProposalCreator(variant, return_index=True, pre_nms=5, post_nms=3)(*args)
     assert out.proposals.shape == (2, 3, 4)
     assert_matches(out, reference(variant, *args, pre_nms=5, post_nms=3))
@@ -185,7 +186,7 @@ def test_one_proposal(variant):
 
 
 def test_everything_too_small():
-    args = list(example_proposal_inputs({"B": 2, "N": 100}, torch.Generator()))
+    args = list(proposal_inputs({"B": 2, "N": 100}, torch.Generator()))
     out = ProposalCreator(min_size=1000.0)(*args)
     assert out.counts.tolist() == [0, 0] and (out.proposals == 0).all()
     args[4] = torch.zeros(2, 2, dtype=torch.int64)  # 0 x 0 images: every clipped box has size 0
@@ -193,7 +194,7 @@ def test_everything_too_small():
 
 
 def test_bad_inputs():
-    args = list(example_proposal_inputs({"B": 2, "N": 20}, torch.Generator()))
+    args = list(proposal_inputs({"B": 2, "N": 20}, torch.Generator()))
     with pytest.raises(ValueError, match="objectness"):
         ProposalCreator()(*args[:2], args[2] * 4 - 2, *args[3:])  # logits, not probabilities
     with pytest.raises(ValueError, match="level_ids"):
@@ -254,7 +255,7 @@ ONNX_PARAMS = {"faster_rcnn": {"pre_nms": 400, "post_nms": 150}, "mmdet": {"pre_
 @pytest.fixture(scope="module", params=["faster_rcnn", "mmdet"])
 def exported_proposals(request):
     module = ProposalCreator(request.param, return_index=True, **ONNX_PARAMS[request.param])
-    example = example_proposal_inputs({"B": 2, "N": 300}, torch.Generator().manual_seed(0))
+    example = proposal_inputs({"B": 2, "N": 300}, torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = xonnx.export(module, example, input_names=INPUTS, output_names=OUTPUTS, input_dims=DIMS)
@@ -265,7 +266,7 @@ def exported_proposals(request):
 def test_onnx_matches_eager(exported_proposals):
     module, sess = exported_proposals
     for sizes in ({"B": 3, "N": 2500}, {"B": 1, "N": 7}, {"B": 2, "N": 1}, {"B": 2, "N": 0}):
-        args = example_proposal_inputs(sizes, torch.Generator().manual_seed(sizes["N"]))
+        args = proposal_inputs(sizes, torch.Generator().manual_seed(sizes["N"]))
         with torch.no_grad():
             eager = module(*args)
         got = xonnx.run(sess, args)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from exportable import onnx as xonnx
-from exportable.roi_align import RoIAlign, example_roi_align_inputs, roi_align
+from exportable.examples import roi_align_inputs
+from exportable.roi_align import RoIAlign, roi_align
 from lessons import roi_head_sampling as ref
 
 
@@ -69,7 +70,7 @@ CASES = [
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_the_per_roi_reference(kw, seed):
     sizes = {"B": 2, "C": 3, "H": 9, "W": 11, "K": 12}
-    feat, rois = example_roi_align_inputs(sizes, torch.Generator().manual_seed(seed))
+    feat, rois = roi_align_inputs(sizes, torch.Generator().manual_seed(seed))
     out = RoIAlign(spatial_scale=1 / 16, **kw)(feat, rois)
     for b in range(2):
         want = ref.roi_align_reference(feat[b], rois[b], kw["output_size"], 1 / 16, kw["sampling_ratio"], kw["aligned"])
@@ -93,7 +94,7 @@ def test_matches_onnx_reference_implementation_of_roialign(kw):
     """onnx's own Python RoiAlign (``onnx.reference``) is a third, independent oracle."""
     from onnx.reference import ReferenceEvaluator
 
-    feat, rois = example_roi_align_inputs({"B": 2, "C": 2, "H": 6, "W": 7, "K": 6}, torch.Generator().manual_seed(5))
+    feat, rois = roi_align_inputs({"B": 2, "C": 2, "H": 6, "W": 7, "K": 6}, torch.Generator().manual_seed(5))
     module = RoIAlign(spatial_scale=1 / 16, **kw)
     out = module(feat, rois).contiguous()
     model = _onnx_roialign_model("half_pixel" if kw["aligned"] else "output_half_pixel", module.output_size,
@@ -148,7 +149,7 @@ def test_one_roialign_node_and_parity_at_other_sizes(exported):
     assert attrs["sampling_ratio"] == 2 and attrs["output_height"] == attrs["output_width"] == 7
     sess = xonnx.session(model)
     # the document's size: a 600 x 1000 image at stride 16 (38 x 63), 300 RoIs per image, 256 channels
-    feat, rois = example_roi_align_inputs({"B": 2, "C": 256, "H": 38, "W": 63, "K": 300},
+    feat, rois = roi_align_inputs({"B": 2, "C": 256, "H": 38, "W": 63, "K": 300},
                                           torch.Generator().manual_seed(3))
     got = xonnx.run(sess, (feat, rois))[0]
     np.testing.assert_allclose(got, RoIAlign()(feat, rois).numpy(), atol=1e-5, rtol=1e-5)
@@ -157,7 +158,7 @@ def test_one_roialign_node_and_parity_at_other_sizes(exported):
 @pytest.mark.onnx
 def test_output_half_pixel_export_matches_eager():
     module = RoIAlign(output_size=(2, 3), spatial_scale=1 / 8, sampling_ratio=3, aligned=False)
-    feat, rois = example_roi_align_inputs({"B": 2, "C": 3, "H": 6, "W": 7, "K": 5}, torch.Generator().manual_seed(0),
+    feat, rois = roi_align_inputs({"B": 2, "C": 3, "H": 6, "W": 7, "K": 5}, torch.Generator().manual_seed(0),
                                           stride=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -166,7 +167,7 @@ def test_output_half_pixel_export_matches_eager():
     sess = xonnx.session(model)
     other = ({"B": 1, "C": 5, "H": 11, "W": 4, "K": 9}, {"B": 3, "C": 2, "H": 3, "W": 20, "K": 1})
     for seed, sizes in enumerate(other):
-        feat, rois = example_roi_align_inputs(sizes, torch.Generator().manual_seed(seed), stride=8)
+        feat, rois = roi_align_inputs(sizes, torch.Generator().manual_seed(seed), stride=8)
         got = xonnx.run(sess, (feat, rois))[0]
         np.testing.assert_allclose(got, module(feat, rois).numpy(), atol=1e-5, rtol=1e-5)
 

@@ -10,7 +10,8 @@ import torch
 
 from exportable import onnx as xonnx
 from exportable.boxes import box_iou
-from exportable.roi_head import ProposalTargetCreator, class_specific, counts_to_mask, example_roi_target_inputs
+from exportable.examples import roi_target_inputs
+from exportable.roi_head import ProposalTargetCreator, class_specific, counts_to_mask
 from exportable.rpn import ProposalCreator
 from lessons import roi_head_sampling as ref
 from lessons.scenes import default_scene
@@ -190,7 +191,7 @@ PARAMS = [
 @pytest.mark.parametrize("variant,kw,ref_kw", PARAMS)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_reference(variant, kw, ref_kw, seed):
-    args = example_roi_target_inputs({"B": 3, "K": 300, "M": 7}, torch.Generator().manual_seed(seed))
+    args = roi_target_inputs({"B": 3, "K": 300, "M": 7}, torch.Generator().manual_seed(seed))
     rois, roi_mask, gt_boxes, gt_labels, gt_mask, noise = args
     out = ProposalTargetCreator(variant, num_classes=20, **kw)(*args)
     refs = reference(variant, *args, **ref_kw)
@@ -198,7 +199,7 @@ def test_matches_reference(variant, kw, ref_kw, seed):
 
 
 def test_tied_noise_lower_candidate_index_first():
-    args = list(example_roi_target_inputs({"B": 2, "K": 200, "M": 5}, torch.Generator().manual_seed(7)))
+    args = list(roi_target_inputs({"B": 2, "K": 200, "M": 5}, torch.Generator().manual_seed(7)))
     args[5] = torch.floor(args[5] * 4) / 4  # 4 noise values only: ties everywhere
     for variant in ("faster_rcnn", "mmdet"):
         out = ProposalTargetCreator(variant)(*args)
@@ -206,7 +207,7 @@ def test_tied_noise_lower_candidate_index_first():
 
 
 def test_same_noise_same_sample_and_noise_decides():
-    args = example_roi_target_inputs({"B": 2, "K": 400, "M": 6}, torch.Generator().manual_seed(1))
+    args = roi_target_inputs({"B": 2, "K": 400, "M": 6}, torch.Generator().manual_seed(1))
     creator = ProposalTargetCreator()
     a, b = creator(*args), creator(*args)
     assert torch.equal(a.sample_index, b.sample_index)
@@ -258,7 +259,7 @@ def test_why_84_layouts():
 
 @pytest.mark.parametrize("variant", ["faster_rcnn", "mmdet"])
 def test_no_gts_all_negatives(variant):
-    rois = example_roi_target_inputs({"B": 2, "K": 300, "M": 1}, torch.Generator().manual_seed(2))[0]
+    rois = roi_target_inputs({"B": 2, "K": 300, "M": 1}, torch.Generator().manual_seed(2))[0]
     gt = torch.zeros(2, 0, 4)
     out = ProposalTargetCreator(variant, num=128)(rois, None, gt, torch.zeros(2, 0, dtype=torch.int64),
                                                   torch.zeros(2, 0, dtype=torch.bool), torch.rand(2, 300))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from exportable import onnx as xonnx
-from exportable.rpn import AnchorTargetCreator, anchor_inside, example_anchor_target_inputs
+from exportable.examples import anchor_target_inputs
+from exportable.rpn import AnchorTargetCreator, anchor_inside
 from lessons.rpn_anchor_targets import AnchorTargetCreator as RefCreator
 from lessons.rpn_anchor_targets import (
     count_inside,
@@ -125,7 +126,7 @@ PARAMS = [
 @pytest.mark.parametrize("variant,kw,ref_kw", PARAMS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_reference(variant, kw, ref_kw, seed):
-    args = example_anchor_target_inputs({"B": 3, "N": 600, "M": 6}, torch.Generator().manual_seed(seed))
+    args = anchor_target_inputs({"B": 3, "N": 600, "M": 6}, torch.Generator().manual_seed(seed))
     out = AnchorTargetCreator(variant, **kw)(*args)
     assert_matches(out, reference(variant, *args, **ref_kw), variant)
 
@@ -160,7 +161,7 @@ def _sfrcnn_numpy(bbox, anchor, H, W, noise, n_sample=256, pos_ratio=0.5):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_matches_simple_faster_rcnn_in_its_own_box_order(seed):
-    anchors, gts, mask, sizes, noise = example_anchor_target_inputs({"B": 2, "N": 900, "M": 5},
+    anchors, gts, mask, sizes, noise = anchor_target_inputs({"B": 2, "N": 900, "M": 5},
                                                                    torch.Generator().manual_seed(seed + 10))
     out = AnchorTargetCreator()(anchors, gts, mask, sizes, noise)
     for i in range(2):
@@ -206,7 +207,7 @@ def test_all_ties_of_a_gts_best_and_the_matched_gt():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_variants_agree_on_labels_when_the_gate_never_bites(seed):
-    anchors, gts, mask, sizes, noise = example_anchor_target_inputs({"B": 2, "N": 500, "M": 5},
+    anchors, gts, mask, sizes, noise = anchor_target_inputs({"B": 2, "N": 500, "M": 5},
                                                                    torch.Generator().manual_seed(seed))
     pick = torch.randperm(500, generator=torch.Generator().manual_seed(seed))[:10].view(2, 5)
     gts = anchors[pick] + 0.5  # every gt's best IoU is high
@@ -225,7 +226,7 @@ def test_inclusive_far_side():
 
 
 def test_targets_faster_rcnn_every_inside_anchor_mmdet_positives_only():
-    args = example_anchor_target_inputs({"B": 2, "N": 300, "M": 4}, torch.Generator().manual_seed(7))
+    args = anchor_target_inputs({"B": 2, "N": 300, "M": 4}, torch.Generator().manual_seed(7))
     inside = anchor_inside(args[0], args[3])
     fr = AnchorTargetCreator()(*args)
     has_gt = args[2].any(1, keepdim=True)
@@ -244,7 +245,7 @@ def test_targets_faster_rcnn_every_inside_anchor_mmdet_positives_only():
 @pytest.mark.parametrize("variant", ["faster_rcnn", "mmdet"])
 @pytest.mark.parametrize("m", [0, 3])
 def test_no_gts(variant, m):
-    anchors, _, _, sizes, noise = example_anchor_target_inputs({"B": 2, "N": 400, "M": 1}, torch.Generator())
+    anchors, _, _, sizes, noise = anchor_target_inputs({"B": 2, "N": 400, "M": 1}, torch.Generator())
     gts = torch.zeros(2, m, 4)
     out = AnchorTargetCreator(variant)(anchors, gts, torch.zeros(2, m, dtype=torch.bool), sizes, noise)
     assert not (out.labels == 1).any() and (out.bbox_targets == 0).all() and (out.matched_gt == -1).all()
@@ -265,14 +266,14 @@ def test_every_anchor_outside(variant):
 @pytest.mark.parametrize("variant", ["faster_rcnn", "mmdet"])
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_fewer_anchors_than_the_caps(variant, n):
-    args = example_anchor_target_inputs({"B": 2, "N": n, "M": 2}, torch.Generator().manual_seed(n))
+    args = anchor_target_inputs({"B": 2, "N": n, "M": 2}, torch.Generator().manual_seed(n))
     out = AnchorTargetCreator(variant)(*args)
     assert out.labels.shape == (2, n) and out.bbox_targets.shape == (2, n, 4)
     assert_matches(out, reference(variant, *args), variant)
 
 
 def test_bad_inputs():
-    args = list(example_anchor_target_inputs({"B": 2, "N": 10, "M": 2}, torch.Generator()))
+    args = list(anchor_target_inputs({"B": 2, "N": 10, "M": 2}, torch.Generator()))
     module = AnchorTargetCreator()
     with pytest.raises(ValueError, match="noise"):
         module(*args[:4], args[4] + 2)
@@ -302,7 +303,7 @@ def test_variant_defaults_and_overrides():
 @pytest.fixture(scope="module", params=["faster_rcnn", "mmdet"])
 def exported_targets(request):
     module = AnchorTargetCreator(request.param)
-    example = example_anchor_target_inputs({"B": 2, "N": 300, "M": 4}, torch.Generator().manual_seed(0))
+    example = anchor_target_inputs({"B": 2, "N": 300, "M": 4}, torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = xonnx.export(module, example, input_names=INPUTS, output_names=OUTPUTS, input_dims=DIMS)
@@ -312,7 +313,7 @@ def exported_targets(request):
 @pytest.mark.onnx
 def test_onnx_matches_eager(exported_targets):
     module, sess = exported_targets
-    cases = [example_anchor_target_inputs(sizes, torch.Generator().manual_seed(sizes["N"]))
+    cases = [anchor_target_inputs(sizes, torch.Generator().manual_seed(sizes["N"]))
              for sizes in ({"B": 3, "N": 2000, "M": 9}, {"B": 1, "N": 7, "M": 1}, {"B": 2, "N": 50, "M": 0},
                            {"B": 4, "N": 1, "M": 3}, {"B": 2, "N": 0, "M": 3})]
     cases.append(scene_600x1000(num_gts=160, seed=2, copies=160))  # positives plentiful: the 128 cap binds
@@ -332,7 +333,7 @@ def test_onnx_matches_eager(exported_targets):
 def test_eager_compact_ious_equal_the_dense_exported_formulation(seed, min_pos_iou):
     # eager works image by image on inside anchors x real gts; the graph on every pair with masks
     g = torch.Generator().manual_seed(seed)
-    anchors, gts, gt_mask, image_sizes, _ = example_anchor_target_inputs({"B": 4, "N": 500, "M": 7}, g)
+    anchors, gts, gt_mask, image_sizes, _ = anchor_target_inputs({"B": 4, "N": 500, "M": 7}, g)
     gt_mask[0] = False  # an image without gts
     module = AnchorTargetCreator(min_pos_iou=min_pos_iou)
     inside = anchor_inside(anchors, image_sizes, module.allowed_border, module.inclusive)

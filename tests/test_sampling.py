@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exportable import onnx as xonnx
+from exportable.examples import sampler_inputs
 from exportable.sampling import (
     NoiseSampler,
     draw_noise,
-    example_sampler_inputs,
     sample_by_noise,
     sample_quotas,
 )
@@ -168,7 +168,7 @@ def sampler_session():
     module = NoiseSampler(num=64, pos_fraction=0.25)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = xonnx.export(module, example_sampler_inputs({"B": 2, "N": 300}, torch.Generator().manual_seed(0)),
+        model = xonnx.export(module, sampler_inputs({"B": 2, "N": 300}, torch.Generator().manual_seed(0)),
                              **SAMPLER_IO)
     return module, xonnx.session(model, ["CPUExecutionProvider"])
 
@@ -177,7 +177,7 @@ def sampler_session():
 @pytest.mark.parametrize("sizes", [{"B": 3, "N": 1000}, {"B": 1, "N": 7}, {"B": 4, "N": 1}, {"B": 2, "N": 0}])
 def test_onnx_matches_eager(sampler_session, sizes):
     module, sess = sampler_session
-    args = example_sampler_inputs(sizes, torch.Generator().manual_seed(sizes["N"]))
+    args = sampler_inputs(sizes, torch.Generator().manual_seed(sizes["N"]))
     eager = module(*args)
     got = xonnx.run(sess, args)
     for e, o in zip(eager, got):

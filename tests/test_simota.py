@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from exportable import catalog
 from exportable import onnx as xonnx
-from exportable.assigners.simota import SimOTAAssigner, _example_inputs, simota_cls_cost
+from exportable.assigners.simota import SimOTAAssigner, simota_cls_cost
 from exportable.batching import pad_gts
+from exportable.examples import simota_inputs
 from lessons.scenes import default_scene
 from lessons.simota import (
     benchmark_case,
@@ -249,7 +250,7 @@ def test_tiny_objects_old_prior_penalises_everything_new_prior_does_not():
 
 def test_a_gt_far_from_every_prior_still_takes_one_penalised_prior():
     # gt 1 lies outside the grid: no candidate of its own, IoUs 0 -> k = 1, and it takes the cheapest
-    # candidate of the image (all penalised for it), here one of gt 0's: algorithms.md 9.5.
+    # candidate of the image (all penalised for it), here one of gt 0's: docs/algorithms.md §9.5.
     points = GRID
     preds = [[p[0] - 4, p[1] - 4, p[0] + 4, p[1] + 4] for p in points]
     scores = [[0.5, 0.5]] * 25
@@ -273,13 +274,10 @@ def test_a_perfect_prediction_outside_the_geometric_prior_is_not_a_candidate():
     assert res.gt_index[0].tolist() == [0, -1, -1, -1]
 
 
-def test_half_precision_scores_are_costed_in_float32():
+def test_half_precision_scores_are_refused_with_the_cast_to_make():
     p, s, sc, pb, gb, gl, gm = _tiny_batch([[[0, 0, 40, 40], [10, 10, 30, 26]]], [[0, 2]])
-    half = sc.half()
-    a = SimOTAAssigner()
-    res = a(p, s, half, pb, gb, gl, gm)
-    assert torch.equal(res.gt_index, a(p, s, half.float(), pb, gb, gl, gm).gt_index)
-    assert simota_cls_cost(half, gl).dtype == torch.float32
+    with pytest.raises(TypeError, match=r"pred_scores: expected float32, got float16; cast with \.float\(\)"):
+        SimOTAAssigner()(p, s, sc.half(), pb, gb, gl, gm)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,7 +354,7 @@ def test_one_gt_one_prior_and_fewer_than_ten_priors():
 def test_reference_parity_on_random_scenes(variant, seed):
     g = torch.Generator().manual_seed(seed)
     sizes = {"B": 3, "N": 200 + 97 * seed, "M": 2 + 3 * seed, "C": [1, 5, 80][seed % 3]}
-    p, s, sc, pb, gb, gl, gm = _example_inputs(sizes, g)  # tie-heavy scores, duplicated predictions
+    p, s, sc, pb, gb, gl, gm = simota_inputs(sizes, g)  # tie-heavy scores, duplicated predictions
     if seed % 2:
         sc = torch.rand(sc.shape, generator=g)  # continuous scores
     a = SimOTAAssigner(variant=variant)

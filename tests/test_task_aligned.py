@@ -17,12 +17,12 @@ from exportable.assigners.task_aligned import (
     _pow,
     alignment_metric,
     box_ciou,
-    example_inputs,
     gather_gt_scores,
     stal_boxes,
     topk_candidates,
 )
 from exportable.batching import pad_gts
+from exportable.examples import task_aligned_inputs
 from exportable.ordering import topk as stable_topk
 from lessons import task_aligned as ref
 
@@ -113,7 +113,7 @@ def test_tood_single_positive_and_the_eps():
 
 
 def test_no_gts_all_padding_m1_and_fewer_points_than_topk():
-    pts, st, sc, pb, _, _, _ = example_inputs({"B": 3, "N": 7, "M": 1, "C": 3}, torch.Generator().manual_seed(0))
+    pts, st, sc, pb, _, _, _ = task_aligned_inputs({"B": 3, "N": 7, "M": 1, "C": 3}, torch.Generator().manual_seed(0))
     for variant in ("tood", "ultralytics"):
         a = TaskAlignedAssigner(variant=variant)
         empty = a(pts, st, sc, pb, torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.int64),
@@ -140,7 +140,8 @@ def test_no_gts_all_padding_m1_and_fewer_points_than_topk():
 
 
 def test_padded_rows_in_the_middle_never_win():
-    pts, st, sc, pb, gb, gl, gm = example_inputs({"B": 2, "N": 300, "M": 6, "C": 4}, torch.Generator().manual_seed(3))
+    pts, st, sc, pb, gb, gl, gm = task_aligned_inputs({"B": 2, "N": 300, "M": 6, "C": 4},
+        torch.Generator().manual_seed(3))
     gm = torch.tensor([[True, False, True, False, True, True], [False, True, True, True, False, True]])
     gl = torch.where(gm, gl, 99)  # padded rows carry an impossible class
     for variant in ("tood", "ultralytics"):
@@ -322,7 +323,7 @@ SIZES = ({"B": 3, "N": 700, "M": 13, "C": 5}, {"B": 2, "N": 400, "M": 30, "C": 8
 def test_eager_matches_the_per_image_reference(variant):
     for seed in range(3):
         for sizes in SIZES:
-            pts, st, sc, pb, gb, gl, gm = example_inputs(sizes, torch.Generator().manual_seed(seed))
+            pts, st, sc, pb, gb, gl, gm = task_aligned_inputs(sizes, torch.Generator().manual_seed(seed))
             res = TaskAlignedAssigner(variant=variant)(pts, st, sc, pb, gb, gl, gm)
             for i in range(sizes["B"]):
                 r = ref.task_aligned_assign(pts, sc[i], pb[i], gb[i][gm[i]], gl[i][gm[i]], variant=variant)
@@ -337,7 +338,7 @@ def test_sparse_eager_steps_equal_the_dense_exported_formulation(variant):
     a = TaskAlignedAssigner(variant=variant)
     for seed in range(3):
         for sizes in SIZES:
-            pts, _, sc, pb, gb, gl, gm = example_inputs(sizes, torch.Generator().manual_seed(seed))
+            pts, _, sc, pb, gb, gl, gm = task_aligned_inputs(sizes, torch.Generator().manual_seed(seed))
             sparse = a._assign(pts, sc, pb, gb, gl, gm, dense=False)
             dense = a._assign(pts, sc, pb, gb, gl, gm, dense=True)
             assert torch.equal(sparse.gt_index, dense.gt_index) and torch.equal(sparse.labels, dense.labels)
@@ -346,7 +347,8 @@ def test_sparse_eager_steps_equal_the_dense_exported_formulation(variant):
 
 
 def test_eager_chunking_never_changes_a_result():
-    pts, st, sc, pb, gb, gl, gm = example_inputs({"B": 5, "N": 300, "M": 9, "C": 4}, torch.Generator().manual_seed(5))
+    pts, st, sc, pb, gb, gl, gm = task_aligned_inputs({"B": 5, "N": 300, "M": 9, "C": 4},
+        torch.Generator().manual_seed(5))
     for variant in ("tood", "ultralytics"):
         a = TaskAlignedAssigner(variant=variant)
         whole = a(pts, st, sc, pb, gb, gl, gm)
@@ -369,7 +371,7 @@ def test_onnxruntime_on_degenerate_inputs_gives_zero_not_nan(name, exported):
     entry = catalog.get(name)
     module = entry.build()
     g = torch.Generator().manual_seed(7)
-    pts, st, sc, pb, gb, gl, gm = example_inputs({"B": 3, "N": 90, "M": 5, "C": 3}, g)
+    pts, st, sc, pb, gb, gl, gm = task_aligned_inputs({"B": 3, "N": 90, "M": 5, "C": 3}, g)
     gb[0] = T([[400, 400, 430, 430]] * 5)  # image 0: every gt far from every prediction -> metric all 0
     gm[0] = True
     gm[1] = False  # image 1: all padding
@@ -419,7 +421,8 @@ def test_the_normalisation_eps_survives_export(name, eps, exported):
 
 
 def test_bad_input_names_the_argument():
-    pts, st, sc, pb, gb, gl, gm = example_inputs({"B": 2, "N": 20, "M": 3, "C": 4}, torch.Generator().manual_seed(0))
+    pts, st, sc, pb, gb, gl, gm = task_aligned_inputs({"B": 2, "N": 20, "M": 3, "C": 4},
+        torch.Generator().manual_seed(0))
     a = TaskAlignedAssigner()
     with pytest.raises(ValueError, match="pred_scores"):
         a(pts, st, sc * 3 - 1, pb, gb, gl, gm)  # logits, not probabilities

@@ -124,7 +124,8 @@ class MaxIoUAssigner(nn.Module):
         ignore_mask: Bool[Tensor, "B K"] | None = None,
     ) -> AssignResult:
         if checks_enabled():
-            _check_inputs(anchors, gt_boxes, gt_labels, gt_mask, anchor_mask, ignore_boxes, ignore_mask)
+            _check_inputs(anchors, gt_boxes, gt_labels, gt_mask, anchor_mask, ignore_boxes, ignore_mask,
+                          self.num_classes)
         if not _exporting() and gt_boxes.shape[0] > 1:
             # Eager: one image at a time keeps peak memory near one image's (N, M). Same numbers.
             parts = [
@@ -224,9 +225,10 @@ def _result(gt_index: Tensor, overlaps: Tensor, boxes: Tensor, labels: Tensor, n
     )
 
 
-def _check_inputs(anchors, gt_boxes, gt_labels, gt_mask, anchor_mask, ignore_boxes, ignore_mask) -> None:
+def _check_inputs(anchors, gt_boxes, gt_labels, gt_mask, anchor_mask, ignore_boxes, ignore_mask,
+                  num_classes) -> None:
     check_boxes("anchors", anchors, ndim=2)
-    check_gt_batch(gt_boxes, gt_labels, gt_mask)
+    check_gt_batch(gt_boxes, gt_labels, gt_mask, num_classes=num_classes)
     b, n = gt_boxes.shape[0], anchors.shape[0]
     if anchor_mask is not None:
         check_bool("anchor_mask", anchor_mask)

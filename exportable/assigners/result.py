@@ -65,6 +65,50 @@ class AssignResult(NamedTuple):
         onehot = torch.nn.functional.one_hot(self.labels, num_classes + 1)[..., :num_classes]  # (B, N, C)
         return onehot.to(self.target_scores.dtype) * self.target_scores.unsqueeze(-1)  # (B, N, C)
 
+    @classmethod
+    def from_gt_index(
+        cls,
+        gt_index: Int[Tensor, "B N"],
+        gt_boxes: Float[Tensor, "B M 4"],
+        gt_labels: Int[Tensor, "B M"],
+        num_classes: int,
+        *,
+        overlaps: Float[Tensor, "B N"],
+        target_scores: Float[Tensor, "B N"] | None = None,
+        weights: Float[Tensor, "B N"] | None = None,
+    ) -> AssignResult:
+        """The result of an assignment given as ``gt_index`` (0-based gt, -1 negative, -2 ignored).
+
+        Looks up each positive's gt box and class (non-positives: box 0, class ``num_classes``).
+        ``overlaps`` is stored as given (MaxIoU keeps every anchor's best IoU, the others pass 0 for
+        non-positives). ``target_scores`` defaults to 1 for positives (hard targets) and is 0 for every
+        non-positive either way; ``weights`` defaults to 1 except 0 for ignored anchors. Boxes are
+        ``(x1, y1, x2, y2)``. One flat ``index_select`` per field from the gt rows plus one extra row (box 0,
+        class ``num_classes``) that every non-positive reads: no ``(B, N, M)`` tensor, no ``where`` over
+        ``(B, N, 4)`` (onnxruntime's Where is several times slower than a gather there).
+        """
+        b, n = gt_index.shape
+        m = gt_boxes.shape[1]
+        positive = gt_index >= 0  # (B, N)
+        offsets = torch.arange(b, device=gt_index.device).unsqueeze(1) * m  # (B, 1)
+        rows = torch.where(positive, gt_index + offsets, b * m).reshape(-1)  # (B*N,) non-positives: row B*M
+        labels = torch.cat([gt_labels.reshape(b * m), gt_labels.new_full((1,), num_classes)])  # (B*M + 1,)
+        boxes = torch.cat([gt_boxes.reshape(b * m, 4), gt_boxes.new_zeros((1, 4))])  # (B*M + 1, 4)
+        if target_scores is None:
+            target_scores = positive.to(overlaps.dtype)  # (B, N)
+        else:
+            target_scores = torch.where(positive, target_scores, 0.0)  # (B, N)
+        if weights is None:
+            weights = (gt_index != IGNORED).to(overlaps.dtype)  # (B, N)
+        return cls(
+            gt_index=gt_index,
+            labels=labels.index_select(0, rows).reshape(b, n),  # (B, N)
+            boxes=boxes.index_select(0, rows).reshape(b, n, 4),  # (B, N, 4)
+            overlaps=overlaps,
+            target_scores=target_scores,
+            weights=weights,
+        )
+
     def to_mmdet(self) -> Int[Tensor, "B N"]:
         """mmdetection's 1-based ``gt_inds``: k > 0 is gt k-1, 0 negative, -1 ignored."""
         return torch.where(self.gt_index >= 0, self.gt_index + 1, torch.where(self.ignored, -1, 0))

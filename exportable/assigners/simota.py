@@ -62,13 +62,13 @@ from exportable._checks import (
     checks_enabled,
 )
 from exportable._checks import exporting as _exporting
-from exportable.assigners._points import check_point_assigner_inputs, example_point_inputs
+from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou
 from exportable.ordering import _topk
 
-__all__ = ["SimOTAAssigner", "SIMOTA_VARIANTS", "simota_cls_cost", "catalog_entries"]
+__all__ = ["SimOTAAssigner", "SIMOTA_VARIANTS", "simota_cls_cost"]
 
 Variant = Literal["mmdet", "yolox"]
 
@@ -333,62 +333,3 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
     check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Catalog entries (registered in exportable/catalog.py's _ENTRY_MODULES)
-
-
-def _example_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
-    """Points on a 3-level grid of a ~128 px image (any N), tied scores, duplicated predictions, gts of every
-    size incl. smaller than a stride, zero-area and partly outside (:func:`example_point_inputs`)."""
-    return example_point_inputs(s, g, far_gts=False)
-
-
-def catalog_entries() -> tuple:
-    from exportable.catalog import Entry, TensorSpec, point_assigner_inputs
-
-    f, i = "float32", "int64"
-    inputs = point_assigner_inputs("class probabilities sqrt(sigmoid(cls) * sigmoid(obj))")
-    outputs = (
-        TensorSpec("gt_index", i, ("B", "N"), "matched gt (0-based); -1 negative (SimOTA ignores nothing)"),
-        TensorSpec("labels", i, ("B", "N"), "matched gt's class; C for non-positives"),
-        TensorSpec("boxes", f, ("B", "N", 4), "matched gt box (the regression target); 0 for non-positives"),
-        TensorSpec("overlaps", f, ("B", "N"), "IoU of the prediction with its matched gt; 0 for non-positives"),
-        TensorSpec("target_scores", f, ("B", "N"), "classification target at labels: the IoU (YOLOX); 0 else"),
-        TensorSpec("weights", f, ("B", "N"), "classification loss weight: 1 everywhere"),
-    )
-    sizes = {
-        "export_sizes": {"B": 2, "N": 60, "M": 4, "C": 3},
-        "test_sizes": ({"B": 1, "N": 9, "M": 1, "C": 1}, {"B": 3, "N": 700, "M": 13, "C": 5},
-                       {"B": 2, "N": 50, "M": 0, "C": 4}, {"B": 4, "N": 5, "M": 3, "C": 2},
-                       {"B": 2, "N": 400, "M": 30, "C": 80}),
-        "atol": 1e-6,
-    }
-    params = {"center_radius": 2.5, "candidate_topk": 10, "iou_weight": 3.0, "cls_weight": 1.0, "penalty": 1e5,
-              "iou_eps": 1e-7, "in_box_prior": True, "variant": "mmdet"}
-    return (
-        Entry(
-            name="simota_assigner",
-            summary="SimOTA as mmdetection 3.3 (box or 2.5-stride square candidates, 1e5 penalty, dynamic k "
-            "from the top-10 IoUs, conflicts to the cheapest gt), batched with one top-k.",
-            source="exportable/assigners/simota.py",
-            factory=SimOTAAssigner,
-            params=params,
-            inputs=inputs,
-            outputs=outputs,
-            make_inputs=_example_inputs,
-            notes="The cost never builds (N, M, C): sum_c BCE = S - L0_y + L1_y. Ties: lower prior index first.",
-            **sizes,
-        ),
-        Entry(
-            name="simota_assigner_yolox",
-            summary="SimOTA with today's official YOLOX prior: 1.5-stride centre square only, 1e6 penalty, eps 1e-8.",
-            source="exportable/assigners/simota.py",
-            factory=SimOTAAssigner,
-            params=params | {"center_radius": 1.5, "penalty": 1e6, "iou_eps": 1e-8, "in_box_prior": False,
-                             "variant": "yolox"},
-            inputs=inputs,
-            outputs=outputs,
-            make_inputs=_example_inputs,
-            **sizes,
-        ),
-    )

@@ -79,7 +79,7 @@ from exportable._checks import (
     checks_enabled,
 )
 from exportable._checks import exporting as _exporting
-from exportable.assigners._points import check_point_assigner_inputs, example_point_inputs
+from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou
@@ -654,69 +654,3 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
                                 num_classes=num_classes)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Catalog entries (registered in exportable/catalog.py's _ENTRY_MODULES)
-
-
-def example_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
-    """Seeded inputs at sizes ``s`` (keys B, N, M, C): :func:`~exportable.assigners._points.example_point_inputs`
-    with gts far from every prediction (a gt whose metric is all zero)."""
-    return example_point_inputs(s, g, far_gts=True)
-
-
-def catalog_entries() -> tuple:
-    from exportable.catalog import Entry, TensorSpec, point_assigner_inputs
-
-    f, i = "float32", "int64"
-    inputs = point_assigner_inputs("class probabilities (sigmoid outputs, not logits)",
-                                   "stride of each point's level (not read: the common signature)")
-
-    def outputs(overlap: str) -> tuple:
-        return (
-            TensorSpec("gt_index", i, ("B", "N"), "matched gt (0-based); -1 negative (nothing is ignored)"),
-            TensorSpec("labels", i, ("B", "N"), "matched gt's class; C for non-positives"),
-            TensorSpec("boxes", f, ("B", "N", 4), "matched gt box (the regression target); 0 for non-positives"),
-            TensorSpec("overlaps", f, ("B", "N"), f"{overlap} of the prediction with its gt; 0 for non-positives"),
-            TensorSpec("target_scores", f, ("B", "N"),
-                       "classification target at labels: t_hat = normalised s^alpha u^beta; 0 else"),
-            TensorSpec("weights", f, ("B", "N"), "classification loss weight: 1 everywhere"),
-        )
-
-    sizes = {
-        "export_sizes": {"B": 2, "N": 60, "M": 4, "C": 3},
-        "test_sizes": ({"B": 1, "N": 9, "M": 1, "C": 1}, {"B": 3, "N": 700, "M": 13, "C": 5},
-                       {"B": 2, "N": 50, "M": 0, "C": 4}, {"B": 4, "N": 5, "M": 3, "C": 2},
-                       {"B": 2, "N": 400, "M": 30, "C": 80}),
-        "atol": 1e-6,
-    }
-    tood = {"variant": "tood", **VARIANT_DEFAULTS["tood"], "topk": 13, "num_classes": None}
-    ultra = {"variant": "ultralytics", **VARIANT_DEFAULTS["ultralytics"], "topk": 10, "num_classes": None}
-    return (
-        Entry(
-            name="task_aligned_assigner",
-            summary="TOOD's task-aligned assigner as mmdetection 3.3 (top-13 of s * IoU^6 over all points, t > 0, "
-            "centre in gt, conflicts to the highest IoU), soft targets t_hat with eps 1e-7.",
-            source="exportable/assigners/task_aligned.py",
-            factory=TaskAlignedAssigner,
-            params=tood,
-            inputs=inputs,
-            outputs=outputs("IoU"),
-            make_inputs=example_inputs,
-            notes="Ties: lower point index first (top-k), lower gt index first (conflicts). No (B, M, N, C) tensor.",
-            **sizes,
-        ),
-        Entry(
-            name="task_aligned_assigner_ultralytics",
-            summary="ultralytics 8.4's TAL (YOLOv8-YOLO12): CIoU, in-gt (STAL 16 px) before the top-10 of "
-            "sqrt(s) * CIoU^6, no t > 0 test, conflicts by argmax over all gts, eps 1e-9.",
-            source="exportable/assigners/task_aligned.py",
-            factory=TaskAlignedAssigner,
-            params=ultra,
-            inputs=inputs,
-            outputs=outputs("CIoU (clamped at 0)"),
-            make_inputs=example_inputs,
-            notes="Zero-metric positives follow the tie rule (lower point index first); ultralytics' own order "
-            "for them is its backend's top-k order.",
-            **sizes,
-        ),
-    )
