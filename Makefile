@@ -68,8 +68,9 @@ bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py
 
 # A benchmark, never part of make test: resumable (finished runs are cached under build/arena/runs/).
+# One torch thread: on a shared 2-core machine two threads ran 20x slower (busy-waiting), see README.
 arena: $(STAMP)
-	$(BIN)/python -m lessons.arena run
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lessons.arena run
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

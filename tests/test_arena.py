@@ -15,7 +15,6 @@ from exportable.assigners.task_aligned import TaskAlignedAssigner
 from exportable.o2f_inference import O2FPostProcess
 from lessons.arena import data as arena_data
 from lessons.arena.evaluate import coco_ap, coco_from_dict, postprocess, to_coco_detections
-from lessons.arena.exercises import check_assignment_stats, check_duplicates
 from lessons.arena.model import TinyDetector, decode_boxes, make_priors
 from lessons.arena.recipes import RECIPES, Predictions, Progress
 from lessons.arena.train import ArenaConfig, OnnxAssigner, load_data, train, train_step
@@ -165,72 +164,6 @@ def test_no_nms_postprocess_equals_o2f_exported_postprocess():
         assert torch.equal(lab, ref.labels[i, :n])
         torch.testing.assert_close(s, ref.scores[i, :n], rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(b, ref.boxes[i, :n], rtol=1e-5, atol=1e-4)
-
-
-# -- the notebook's exercise checks reject wrong answers ----------------------------------------------------
-
-
-def _stats_right(gt_index, gt_mask):
-    pos = gt_index >= 0
-    counts = torch.stack([torch.bincount(gt_index[i][pos[i]], minlength=gt_mask.shape[1])
-                          for i in range(len(gt_index))])  # (B, M)
-    real = gt_mask.sum()
-    return float(pos.sum() / real), float(((counts == 0) & gt_mask).sum() / real)
-
-
-def _stats_counts_ignored(gt_index, gt_mask):  # -2 (ignored) taken for a positive
-    pos = gt_index != -1
-    return float(pos.sum() / gt_mask.sum()), _stats_right(gt_index, gt_mask)[1]
-
-
-def _stats_counts_padding(gt_index, gt_mask):  # padded rows taken for gts
-    pos = gt_index >= 0
-    counts = torch.stack([torch.bincount(gt_index[i][pos[i]], minlength=gt_mask.shape[1])
-                          for i in range(len(gt_index))])  # (B, M)
-    return float(pos.sum() / gt_mask.numel()), float((counts == 0).sum() / gt_mask.numel())
-
-
-def test_assignment_stats_checker_accepts_right_and_rejects_wrong():
-    assert check_assignment_stats(_stats_right)
-    for wrong in (_stats_counts_ignored, _stats_counts_padding):
-        with pytest.raises(AssertionError):
-            check_assignment_stats(wrong)
-
-
-def _dups(boxes, scores, labels, gt_boxes, gt_labels, *, strict_iou=False, strict_score=False, any_class=False,
-          best_only=False, sort=True):
-    from exportable.boxes import box_iou
-
-    order = torch.argsort(scores, descending=True, stable=True) if sort else torch.arange(len(scores))
-    iou = box_iou(boxes, torch.as_tensor(gt_boxes))  # (D, M)
-    same = torch.ones_like(iou, dtype=torch.bool) if any_class else labels[:, None] == torch.as_tensor(gt_labels)
-    taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
-    dups = 0
-    for d in order.tolist():
-        if (scores[d] <= 0.3) if strict_score else (scores[d] < 0.3):
-            continue
-        hit = ((iou[d] > 0.5) if strict_iou else (iou[d] >= 0.5)) & same[d]
-        if not hit.any():
-            continue
-        if best_only:
-            g = int(torch.where(hit, iou[d], -1.0).argmax())
-            dups += int(taken[g])
-            taken[g] = True
-            continue
-        free = hit & ~taken
-        if free.any():
-            taken[int(torch.where(free, iou[d], -1.0).argmax())] = True
-        else:
-            dups += 1
-    return dups
-
-
-@pytest.mark.parametrize("wrong", ["strict_iou", "strict_score", "any_class", "best_only", "unsorted"])
-def test_duplicates_checker_rejects_wrong_solutions(wrong):
-    assert check_duplicates(_dups)
-    kwargs = {"sort": False} if wrong == "unsorted" else {wrong: True}
-    with pytest.raises(AssertionError):
-        check_duplicates(lambda *a: _dups(*a, **kwargs))
 
 
 # -- training -----------------------------------------------------------------------------------------------

@@ -33,8 +33,12 @@ from lessons.arena.model import decode_boxes, make_priors
 from lessons.arena.recipes import RECIPES, Predictions, Progress
 from lessons.arena.train import DEFAULT_CONFIG, ArenaConfig, ArenaData, RunResult, load_data, train
 
-__all__ = ["SHOWCASE_IMAGES", "run_arena", "positives_on", "summarise", "write_report", "plot_ap", "plot_curves"]
+__all__ = [
+    "RESULTS_DIR", "SHOWCASE_IMAGES", "load_results", "run_arena", "positives_on", "summarise", "write_report",
+    "plot_ap", "plot_curves",
+]
 
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # make arena's committed report
 SHOWCASE_IMAGES = (5, 10)  # validation images whose positives arena.json keeps: a "small" and a "crowded" scene
 TABLE = (  # (key, header, format)
     ("AP", "AP", ".3f"), ("AP50", "AP50", ".3f"), ("AP_small", "AP_small", ".3f"),
@@ -188,6 +192,14 @@ def run_arena(
     return results
 
 
+def load_results(path: str | Path | None = None) -> dict[str, Any]:
+    """arena.json's dict: the committed one under ``benchmarks/results/`` unless ``path`` names another."""
+    path = RESULTS_DIR / "arena.json" if path is None else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: {path} does not exist; run `make arena` to write it")
+    return json.loads(path.read_text())
+
+
 # ---------------------------------------------------------------------------------------------------
 # Report
 
@@ -253,7 +265,8 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         f"training seconds are noisy and only comparable within this run). Wall time of this invocation: "
         f"{mach['wall_seconds'] / 60:.1f} min, with {mach.get('runs_from_cache', 0)} of the runs taken from the cache "
         f"of an earlier invocation (measured then). Training seconds of all runs together: "
-        f"{sum(r.get('train_seconds', 0) for r in results['runs']) / 60:.1f} min.",
+        f"{sum(r.get('train_seconds', 0) for r in results['runs']) / 60:.1f} min."
+        + (f" {mach['note']}" if mach.get("note") else ""),
         "",
         f"## Results (mean +- sample std over {n_seeds} seeds; [min, max] below)",
         "",
