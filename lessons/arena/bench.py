@@ -238,7 +238,7 @@ def _spread_sentences(summary: dict[str, dict[str, tuple]], key: str, label: str
                          f"(their min-max ranges overlap).")
         else:
             lines.append(f"- {label}: `{a}` ({ma:.3f}) over `{b}` ({mb:.3f}) is outside the seed spread "
-                         f"(worst seed of `{a}` {lo_a:.3f} > best seed of `{b}` {hi_b:.3f}).")
+                         f"(worst seed of `{a}` {lo_a:.4f} > best seed of `{b}` {hi_b:.4f}).")
     return lines
 
 
