@@ -37,6 +37,7 @@ from exportable.assigners.atss import ATSSAssigner
 from exportable.assigners.hungarian import HungarianAssigner, HungarianCost
 from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.assigners.o2f import O2FAssigner
+from exportable.assigners.ota import OTAAssigner
 from exportable.assigners.simota import SimOTAAssigner
 from exportable.assigners.task_aligned import TaskAlignedAssigner
 from exportable.boxes import AnchorGtMaxIoU, BoxOverlaps
@@ -1077,6 +1078,25 @@ _ENTRIES += (
         notes="Eager solves with scipy, the graph with its own exact solver (float64): the same optimal total on "
         "every problem, the same matching on tie-free costs. About 2 M loop iterations at DETR-like costs.",
         **_HUNGARIAN_SIZES,
+    ),
+)
+
+# -- OTA: SimOTA's cost solved as optimal transport (assigners/ota.py) --
+
+_ENTRIES += (
+    Entry(
+        name="ota_assigner",
+        summary="OTA with SimOTA's cost and dynamic k (mmdetection 3.3 defaults): gts supply k units, the "
+        "background the rest, 50 log-space Sinkhorn iterations (eps 0.1, float64), argmax of the rescaled plan.",
+        source="exportable/assigners/ota.py",
+        factory=OTAAssigner,
+        params={},
+        inputs=_SIMOTA_INPUTS,
+        outputs=_point_outputs("IoU", "1 (OTA's hard target)"),
+        make_inputs=examples.simota_inputs,
+        notes="The iterations are unrolled (a constructor int); the plan is float64, so eager and onnxruntime "
+        "agree on every argmax.",
+        **_POINT_SIZES,
     ),
 )
 
