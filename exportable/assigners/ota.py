@@ -142,7 +142,8 @@ class OTAAssigner(nn.Module):
         pair = in_box & in_ctr if self.in_box_prior else in_ctr  # (B, M, N)
         # 3. the cost: SimOTA's for (gt, candidate), the background's "no object" for every prior
         iou = _box_iou(gt_boxes, pred_boxes)  # (B, M, N)
-        cls = simota_cls_cost(pred_scores, gt_labels)  # (B, M, N)
+        safe_labels = torch.where(gt_mask, gt_labels, 0)  # (B, M) padding may hold any label
+        cls = simota_cls_cost(pred_scores, safe_labels)  # (B, M, N)
         cost = cls * self.cls_weight + torch.log(iou + self.iou_eps).neg() * self.iou_weight  # (B, M, N)
         cost = torch.where(pair, cost, cost + self.penalty)  # (B, M, N)
         cost = torch.where(cand.unsqueeze(1), cost, NEVER)  # (B, M, N) non-candidates: background only
