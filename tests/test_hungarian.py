@@ -315,3 +315,22 @@ def test_checker_rejects_wrong_solutions(wrong):
 def test_matching_total():
     cost = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     assert matching_total(cost, torch.tensor([1, -1, 0])) == 7.0
+
+
+def test_notebook_12_solution_passes_its_checker():
+    """The ``def my_matching`` of notebook 12's exercise cell, run on its own, passes the checker."""
+    import ast
+    import itertools
+    import json
+    from pathlib import Path
+
+    nb = Path(__file__).resolve().parent.parent / "notebooks" / "12_matching_as_transport.ipynb"
+    cells = json.loads(nb.read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if c["cell_type"] == "code" and "def my_matching(" in "".join(
+        c["source"]))
+    assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code")  # committed without outputs
+    tree = ast.parse(source)
+    defs = ast.Module(body=[n for n in tree.body if isinstance(n, ast.FunctionDef)], type_ignores=[])
+    namespace = {"torch": torch, "itertools": itertools}
+    exec(compile(defs, "12_matching_as_transport:my_matching", "exec"), namespace)  # noqa: S102
+    check_matching(namespace["my_matching"])
