@@ -15,7 +15,7 @@ Two solvers, one answer:
 - ``"graph"``: a batched shortest-augmenting-path solver (Kuhn's Hungarian method in the Jonker-Volgenant
   form, as in scipy), written with ``torch``'s ``while_loop``, which the dynamo exporter turns into ONNX
   ``Loop``; the exported graph always uses it. Exact, in float64: it reaches scipy's optimal total on every
-  tested problem (``tests/test_hungarian.py``: thousands, with tied integer costs, both rectangular shapes
+  tested problem (``tests/test_hungarian.py``: over a thousand, with tied integer costs, both rectangular shapes
   and padding). Where several assignments share the optimal total, the two solvers may pick different
   ones; on tie-free costs they agree pair for pair.
 
