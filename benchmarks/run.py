@@ -256,6 +256,28 @@ def _build_hungarian(solver: str):
     return build
 
 
+def _solver_module():
+    """``(cost (B, Q, M), gt_mask (B, M)) -> gt_index (B, Q)``: scipy per image in eager, the Loop when exported."""
+    import torch
+
+    from exportable.lsa import linear_sum_assignment
+
+    class Solver(torch.nn.Module):
+        def forward(self, cost, gt_mask):
+            return linear_sum_assignment(cost, gt_mask)
+
+    return Solver()
+
+
+def _build_hungarian_solver(workload: str) -> Case:
+    from exportable.assigners.hungarian import HungarianCost
+
+    inputs = _hungarian_inputs(workload)
+    cost = HungarianCost()(*inputs)  # (B, Q, M) the same matrices the assigner solves
+    return Case(_solver_module(), (cost, inputs[4]), ["cost", "gt_mask"], [("B", "Q", "M"), ("B", "M")],
+                ["gt_index"], 8)
+
+
 def _reference_hungarian(workload: str):
     from lessons.matching import hungarian_assign
 
@@ -393,6 +415,17 @@ SUITES: dict[str, Suite] = {
         "the exported graph, whose solver is the batched shortest-augmenting-path Loop (`exportable/lsa.py`); the "
         "reference is `lessons.matching.hungarian_assign` per image (per-image cost + scipy). mmdetection side by "
         "side: `python benchmarks/peers.py --suite hungarian`.",
+    ),
+    "hungarian_solver": Suite(
+        name="hungarian_solver",
+        title="The matching step alone on DETR costs (300 queries, B = 8): scipy per image vs the exact Loop solver "
+        "in onnxruntime",
+        workloads=("detr-q300-m100", "detr-q300-m20"),
+        build=_build_hungarian_solver,
+        note="Inputs: the `hungarian` suite's cost matrices `(8, 300, M)` (computed once by `HungarianCost`). Eager: "
+        "`exportable.lsa.linear_sum_assignment` = `scipy.optimize.linear_sum_assignment` image by image (float64, "
+        "the input check included); onnxruntime: the exported batched shortest-augmenting-path `Loop`. Both return "
+        "the same `gt_index` on these tie-free costs (`tests/test_hungarian.py`).",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",
