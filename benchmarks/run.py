@@ -423,9 +423,9 @@ SUITES: dict[str, Suite] = {
         workloads=("detr-q300-m100", "detr-q300-m20"),
         build=_build_hungarian_solver,
         note="Inputs: the `hungarian` suite's cost matrices `(8, 300, M)` (computed once by `HungarianCost`). Eager: "
-        "`exportable.lsa.linear_sum_assignment` = `scipy.optimize.linear_sum_assignment` image by image (float64, "
-        "the input check included); onnxruntime: the exported batched shortest-augmenting-path `Loop`. Both return "
-        "the same `gt_index` on these tie-free costs (`tests/test_hungarian.py`).",
+        "`exportable.lsa.linear_sum_assignment` = `scipy.optimize.linear_sum_assignment` image by image (float64; the "
+        "input checks off, as for every eager row); onnxruntime: the exported batched shortest-augmenting-path "
+        "`Loop`. Both return the same `gt_index` on these tie-free costs (`tests/test_hungarian.py`).",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",
