@@ -550,6 +550,52 @@ def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict):
     return step, outputs_of
 
 
+def _prepare_hungarian(workload: str) -> tuple[dict, dict]:
+    """``detr-q{Q}-m{M}``: B = 8 DETR-like images (``exportable.examples.hungarian_inputs``, continuous scores and
+    boxes: tie-free), every gt real, 80 classes."""
+    import torch
+
+    from exportable.examples import hungarian_inputs
+
+    q, m = (int(part[1:]) for part in workload.split("-")[1:])
+    b, c = 8, 80
+    scores, pred_boxes, gt_boxes, gt_labels, _, image_sizes = hungarian_inputs(
+        {"B": b, "Q": q, "M": m, "C": c}, torch.Generator().manual_seed(0))
+    arrays = {"pred_scores": scores, "pred_boxes": pred_boxes, "gt_boxes": gt_boxes, "gt_labels": gt_labels,
+              "gt_mask": torch.ones(b, m, dtype=torch.bool), "image_sizes": image_sizes}
+    meta = {"batch": b, "num_priors": q, "m": m, "num_classes": c}
+    return {k: v.numpy() for k, v in arrays.items()}, meta
+
+
+HUNGARIAN_COSTS = [dict(type="FocalLossCost", weight=2.0), dict(type="BBoxL1Cost", weight=5.0, box_format="xywh"),
+                   dict(type="IoUCost", iou_mode="giou", weight=2.0)]
+
+
+def _peer_mmdet_hungarian(arrays: dict, meta: dict):
+    import torch
+    from mmengine.structures import InstanceData
+
+    assigner = _import_mmdet().build(dict(type="HungarianAssigner", match_costs=HUNGARIAN_COSTS))
+    logits = torch.logit(torch.from_numpy(arrays["pred_scores"]).double()).float()  # FocalLossCost applies sigmoid
+    pboxes = torch.from_numpy(arrays["pred_boxes"])
+    sizes = arrays["image_sizes"].tolist()
+    boxes, labels = _mmdet_gts(arrays)
+
+    def step():  # image by image, as DeformableDETRHead / DINOHead._get_targets_single
+        return [assigner.assign(InstanceData(scores=sc, bboxes=pb), InstanceData(bboxes=b, labels=lab),
+                                img_meta=dict(img_shape=tuple(hw)))
+                for sc, pb, b, lab, hw in zip(logits, pboxes, boxes, labels, sizes)]
+
+    def outputs_of(results) -> dict:
+        inds = torch.stack([r.gt_inds for r in results])  # (B, Q) 1-based, 0 unmatched
+        labels_ = torch.stack([r.labels for r in results])  # (B, Q) -1 unmatched
+        pos = inds > 0
+        return {"gt_index": torch.where(pos, inds - 1, -1).numpy(),
+                "labels": torch.where(pos, labels_, meta["num_classes"]).numpy()}
+
+    return step, outputs_of
+
+
 def _ours(module_path: str, cls: str, **kwargs):
     def build():
         import importlib
@@ -653,6 +699,22 @@ SUITES: dict[str, Suite] = {
             "square of side 4 stride jittered by +-1 stride) and `make_workload_batch`, seed 0.",
         ),
     ),
+    "hungarian": Suite(
+        name="hungarian",
+        title="Hungarian matching (DETR; focal 2 + L1 5 + GIoU 2) against mmdetection, B = 8",
+        workloads=("detr-q300-m100", "detr-q300-m20"),
+        prepare=_prepare_hungarian,
+        peers={"mmdetection": PeerRun(
+            env="mmdet", run=_peer_mmdet_hungarian,
+            timed="`TASK_UTILS.build(dict(type='HungarianAssigner', match_costs=[FocalLossCost 2, BBoxL1Cost 5 "
+                  "(xywh), IoUCost giou 2]))` `.assign(InstanceData(scores=logits, bboxes), InstanceData(bboxes, "
+                  "labels), img_meta=dict(img_shape=(H, W)))`, image by image (the cost, then scipy on the CPU)")},
+        notes=("Inputs: `exportable.examples.hungarian_inputs` (B = 8, 80 classes, continuous sigmoid scores and "
+               "boxes: tie-free), every gt real; mmdetection gets `logit(p)` (its FocalLossCost applies the "
+               "sigmoid). Our eager solves with scipy per image, as mmdetection; our onnxruntime graph solves with "
+               "its own exact batched solver (an ONNX Loop). mmdetection records no overlaps: parity covers "
+               "gt_index and labels.",),
+    ),
 }
 
 OURS: dict[str, dict[str, Ours]] = {
@@ -685,6 +747,17 @@ OURS: dict[str, dict[str, Ours]] = {
             parity=_MMDET_PARITY,
             timed="`exportable.assigners.simota.SimOTAAssigner()(points, strides, pred_scores, pred_boxes, gt_boxes, "
                   "gt_labels, gt_mask)` on the batch" + (" (eager)" if b == "eager" else ", exported, onnxruntime CPU"))
+        for b in ("eager", "onnxruntime")
+    },
+    "hungarian": {
+        f"ours HungarianAssigner {b}": Ours(
+            b, _ours("exportable.assigners.hungarian", "HungarianAssigner"),
+            inputs=("pred_scores", "pred_boxes", "gt_boxes", "gt_labels", "gt_mask", "image_sizes"), outputs=_RESULT,
+            dims=(("B", "Q", "C"), ("B", "Q", 4), ("B", "M", 4), ("B", "M"), ("B", "M"), ("B", 2)),
+            parity=(("gt_index", "mmdetection", "gt_index", None), ("labels", "mmdetection", "labels", None)),
+            timed="`exportable.assigners.hungarian.HungarianAssigner()(pred_scores, pred_boxes, gt_boxes, gt_labels, "
+                  "gt_mask, image_sizes)` on the batch" + (" (eager: scipy per image)" if b == "eager" else
+                                                           ", exported (the Loop solver), onnxruntime CPU"))
         for b in ("eager", "onnxruntime")
     },
     "task_aligned": {

@@ -271,6 +271,61 @@ def _reference_nms(workload: str):
     return lambda: greedy_nms(boxes, scores, thr)
 
 
+def _hungarian_inputs(workload: str) -> tuple:
+    """``detr-q{Q}-m{M}``: B = 8 DETR-like images, every gt real, 80 classes (the peers' suite uses the same)."""
+    import torch
+
+    from exportable.examples import hungarian_inputs
+
+    q, m = (int(part[1:]) for part in workload.split("-")[1:])
+    scores, pred_boxes, gt_boxes, gt_labels, _, sizes = hungarian_inputs({"B": 8, "Q": q, "M": m, "C": 80},
+                                                                          torch.Generator().manual_seed(0))
+    return scores, pred_boxes, gt_boxes, gt_labels, torch.ones(8, m, dtype=torch.bool), sizes
+
+
+def _build_hungarian(solver: str):
+    def build(workload: str) -> Case:
+        from exportable.assigners.hungarian import HungarianAssigner
+
+        return _catalog_case("hungarian_assigner", HungarianAssigner(solver=solver), _hungarian_inputs(workload))
+
+    return build
+
+
+def _solver_module():
+    """``(cost (B, Q, M), gt_mask (B, M)) -> gt_index (B, Q)``: scipy per image in eager, the Loop when exported."""
+    import torch
+
+    from exportable.lsa import linear_sum_assignment
+
+    class Solver(torch.nn.Module):
+        def forward(self, cost, gt_mask):
+            return linear_sum_assignment(cost, gt_mask)
+
+    return Solver()
+
+
+def _build_hungarian_solver(workload: str) -> Case:
+    from exportable.assigners.hungarian import HungarianCost
+
+    inputs = _hungarian_inputs(workload)
+    cost = HungarianCost()(*inputs)  # (B, Q, M) the same matrices the assigner solves
+    return Case(_solver_module(), (cost, inputs[4]), ["cost", "gt_mask"], [("B", "Q", "M"), ("B", "M")],
+                ["gt_index"], 8)
+
+
+def _reference_hungarian(workload: str):
+    from lessons.matching import hungarian_assign
+
+    scores, pred_boxes, gt_boxes, gt_labels, _, sizes = _hungarian_inputs(workload)
+
+    def step():
+        return [hungarian_assign(s, p, g, lab, tuple(hw.tolist()))
+                for s, p, g, lab, hw in zip(scores, pred_boxes, gt_boxes, gt_labels, sizes)]
+
+    return step
+
+
 def _lessons_reference(lessons_module: str, **params):
     def reference(workload: str):
         import importlib
@@ -387,6 +442,30 @@ SUITES: dict[str, Suite] = {
         "on the shared path (steps 1-4 dense, what the graph runs): their eager column over the plain row's is "
         "what the shortcut gains. Run beside `task_aligned` "
         "(`python benchmarks/run.py --suite task_aligned --suite task_aligned_ultralytics --suite o2f`).",
+    ),
+    "hungarian": Suite(
+        name="hungarian",
+        title="Hungarian matching (DETR; focal 2 + L1 5 + GIoU 2): scipy in eager vs the exact Loop solver in "
+        "onnxruntime, B = 8",
+        workloads=("detr-q300-m100", "detr-q300-m20"),
+        build=_build_hungarian("auto"),
+        reference=_reference_hungarian,
+        note="Inputs: `exportable.examples.hungarian_inputs` (B = 8, 80 classes, tie-free), every gt real. Eager is "
+        "the batched cost + `scipy.optimize.linear_sum_assignment` per image (what every peer runs); onnxruntime runs "
+        "the exported graph, whose solver is the batched shortest-augmenting-path Loop (`exportable/lsa.py`); the "
+        "reference is `lessons.matching.hungarian_assign` per image (per-image cost + scipy). mmdetection side by "
+        "side: `python benchmarks/peers.py --suite hungarian`.",
+    ),
+    "hungarian_solver": Suite(
+        name="hungarian_solver",
+        title="The matching step alone on DETR costs (300 queries, B = 8): scipy per image vs the exact Loop solver "
+        "in onnxruntime",
+        workloads=("detr-q300-m100", "detr-q300-m20"),
+        build=_build_hungarian_solver,
+        note="Inputs: the `hungarian` suite's cost matrices `(8, 300, M)` (computed once by `HungarianCost`). Eager: "
+        "`exportable.lsa.linear_sum_assignment` = `scipy.optimize.linear_sum_assignment` image by image (float64; the "
+        "input checks off, as for every eager row); onnxruntime: the exported batched shortest-augmenting-path "
+        "`Loop`. Both return the same `gt_index` on these tie-free costs (`tests/test_hungarian.py`).",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",

@@ -35,8 +35,10 @@ from exportable import onnx as xonnx
 from exportable.anchors import AnchorGenerator, AnchorGrid, PointGenerator, PointGrid
 from exportable.assigners.atss import ATSSAssigner
 from exportable.assigners.dynamic_soft_label import DynamicSoftLabelAssigner
+from exportable.assigners.hungarian import HungarianAssigner, HungarianCost
 from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.assigners.o2f import O2FAssigner
+from exportable.assigners.ota import OTAAssigner
 from exportable.assigners.simota import SimOTAAssigner
 from exportable.assigners.task_aligned import TaskAlignedAssigner
 from exportable.boxes import AnchorGtMaxIoU, BoxOverlaps
@@ -1041,6 +1043,81 @@ _ENTRIES += (
         make_inputs=examples.dynamic_soft_label_inputs,
         notes="No (N, M, C) tensor: the other classes' cost is one table per (image, class, prior). Logs, the power "
         "of 10 and the class sum run in float64, rounded once: the same float32 cost in eager and onnxruntime.",
+        **_POINT_SIZES,
+    ),
+)
+
+# -- Hungarian matching (assigners/hungarian.py, lsa.py) --
+
+_HUNGARIAN_INPUTS = (
+    TensorSpec("pred_scores", _F, ("B", "Q", "C"), "class probabilities of the queries (sigmoid outputs)"),
+    TensorSpec("pred_boxes", _F, ("B", "Q", 4), "decoded query boxes (x1, y1, x2, y2) in pixels"),
+    TensorSpec("gt_boxes", _F, ("B", "M", 4), "padded gt boxes"),
+    TensorSpec("gt_labels", _I, ("B", "M"), "gt classes in [0, C)"),
+    TensorSpec("gt_mask", _B, ("B", "M"), "True for real gts"),
+    TensorSpec("image_sizes", _I, ("B", 2), "(H, W) of each image: the L1 cost's normaliser"),
+)
+_HUNGARIAN_SIZES: dict[str, Any] = {
+    "export_sizes": {"B": 2, "Q": 12, "M": 4, "C": 3},
+    "test_sizes": ({"B": 1, "Q": 5, "M": 1, "C": 1}, {"B": 3, "Q": 300, "M": 30, "C": 80},
+                   {"B": 2, "Q": 10, "M": 0, "C": 4}, {"B": 3, "Q": 4, "M": 9, "C": 2},
+                   {"B": 4, "Q": 40, "M": 13, "C": 5}),
+    "atol": 1e-5,
+}
+
+_ENTRIES += (
+    Entry(
+        name="hungarian_cost",
+        summary="DETR's matching cost (mmdetection 3.3, Deformable DETR / DINO): 2 x focal + 5 x L1 on "
+        "normalised (cx, cy, w, h) + 2 x -GIoU, for a host-side solver.",
+        source="exportable/assigners/hungarian.py",
+        factory=HungarianCost,
+        params={},
+        inputs=_HUNGARIAN_INPUTS,
+        outputs=(TensorSpec("cost", _F, ("B", "Q", "M"), "matching cost of every (query, gt); padded gts 0"),),
+        make_inputs=examples.hungarian_inputs,
+        notes="The whole assignment, solver included, is the hungarian_assigner entry; this graph stops at the "
+        "cost for a host step (e.g. scipy.optimize.linear_sum_assignment on each image's real columns).",
+        **_HUNGARIAN_SIZES,
+    ),
+    Entry(
+        name="hungarian_assigner",
+        summary="DETR's one-to-one Hungarian matching (mmdetection 3.3's HungarianAssigner with focal, L1 and "
+        "GIoU costs): the cost matrix and an exact batched shortest-augmenting-path solver in an ONNX Loop.",
+        source="exportable/assigners/hungarian.py",
+        factory=HungarianAssigner,
+        params={},
+        inputs=_HUNGARIAN_INPUTS,
+        outputs=(
+            TensorSpec("gt_index", _I, ("B", "Q"), "matched gt (0-based); -1 for a query left to no-object"),
+            TensorSpec("labels", _I, ("B", "Q"), "matched gt's class; C for no-object"),
+            TensorSpec("boxes", _F, ("B", "Q", 4), "matched gt box; 0 for no-object"),
+            TensorSpec("overlaps", _F, ("B", "Q"), "IoU of the query's box with its gt; 0 for no-object"),
+            TensorSpec("target_scores", _F, ("B", "Q"), "classification target at labels: 1; 0 for no-object"),
+            TensorSpec("weights", _F, ("B", "Q"), "classification loss weight: 1 everywhere"),
+        ),
+        make_inputs=examples.hungarian_inputs,
+        notes="Eager solves with scipy, the graph with its own exact solver (float64): the same optimal total on "
+        "every problem, the same matching on tie-free costs. About 2 M loop iterations at DETR-like costs.",
+        **_HUNGARIAN_SIZES,
+    ),
+)
+
+# -- OTA: SimOTA's cost solved as optimal transport (assigners/ota.py) --
+
+_ENTRIES += (
+    Entry(
+        name="ota_assigner",
+        summary="OTA with SimOTA's cost and dynamic k (mmdetection 3.3 defaults): gts supply k units, the "
+        "background the rest, 50 log-space Sinkhorn iterations (eps 0.1, float64), argmax of the rescaled plan.",
+        source="exportable/assigners/ota.py",
+        factory=OTAAssigner,
+        params={},
+        inputs=_SIMOTA_INPUTS,
+        outputs=_point_outputs("IoU", "1 (OTA's hard target)"),
+        make_inputs=examples.simota_inputs,
+        notes="The iterations are unrolled (a constructor int); the plan is float64, so eager and onnxruntime "
+        "agree on every argmax.",
         **_POINT_SIZES,
     ),
 )

@@ -489,3 +489,21 @@ def sampler_inputs(sizes: Mapping[str, int], generator: torch.Generator) -> tupl
     neg = (u >= share) & (u < share + 0.6)  # (B, N)
     noise = torch.floor(torch.rand(b, n, generator=generator) * 64) / 64  # (B, N) in [0, 1), many ties
     return pos, neg, noise
+
+
+def hungarian_inputs(s: Mapping[str, int], g: torch.Generator) -> tuple[Tensor, ...]:
+    """DETR-like inputs at sizes ``{"B", "Q", "M", "C"}``: continuous sigmoid scores and boxes (tie-free, so
+    scipy and the exported solver give the same matching), gts of every size incl. zero-width and partly outside
+    the image, padding at the end (image 0 may have no gt; image 1 is full), per-image ``(H, W)``."""
+    b, q, m, c = s["B"], s["Q"], s["M"], s["C"]
+    image_sizes = _image_sizes(g, b)  # (B, 2) (H, W) in [64, 128]
+    scores = torch.sigmoid(torch.randn(b, q, c, generator=g) * 2 - 2)  # (B, Q, C) probabilities
+    centre = torch.rand(b, q, 2, generator=g) * 128  # (B, Q, 2)
+    half = torch.rand(b, q, 2, generator=g) * 30 + 0.5  # (B, Q, 2)
+    pred_boxes = torch.cat([centre - half, centre + half], dim=-1)  # (B, Q, 4)
+    xy = torch.rand(b, m, 2, generator=g) * 136 - 8  # (B, M, 2) some outside
+    wh = torch.rand(b, m, 2, generator=g) * 60  # (B, M, 2)
+    wh = torch.where(torch.rand(b, m, 1, generator=g) < 0.1, wh * torch.tensor([0.0, 1.0]), wh)  # zero width
+    gt_boxes = torch.cat([xy, xy + wh], dim=-1)  # (B, M, 4)
+    gt_labels = torch.randint(0, c, (b, m), generator=g)  # (B, M)
+    return scores, pred_boxes, gt_boxes, gt_labels, _gt_mask(g, b, m), image_sizes
