@@ -134,7 +134,7 @@ def check_matching(fn) -> None:
     Any optimal matching passes: each case compares (pairs made, every gt at most once, total cost). Cases: the
     hand case where greedy fails, more queries than gts, more gts than queries, no gts, a tie between two optima.
     """
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def summary(cost: Tensor):
         def run(c: Tensor):
@@ -169,7 +169,7 @@ def check_matching(fn) -> None:
         Case("tied costs: any optimal matching passes", (tied,), expected(tied)),
         Case("a random 6 x 4 cost", (rand,), expected(rand), atol=1e-6),
     ]
-    run_cases("matching", lambda c: summary(c)(c), cases)
+    check_cases("matching", lambda c: summary(c)(c), cases)
 
 
 # ------------------------------------------------------------------------------------------------
