@@ -330,7 +330,7 @@ def _peer_mmdet_maxiou(arrays: dict, meta: dict):
 
 
 def _max_iou_core():
-    from exportable.boxes import AnchorGtMaxIoU
+    from exportable.assigners.max_iou import AnchorGtMaxIoU
 
     return AnchorGtMaxIoU()
 

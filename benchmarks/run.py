@@ -104,7 +104,7 @@ def _lessons_case(entry_name: str, lessons_module: str, **params):
 
 
 def _build_iou_max(workload: str) -> Case:
-    from exportable.boxes import AnchorGtMaxIoU
+    from exportable.assigners.max_iou import AnchorGtMaxIoU
 
     anchors, gts = _workload(workload)
     inputs = (anchors, gts.gt_boxes, gts.gt_mask)
