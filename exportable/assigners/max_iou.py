@@ -38,7 +38,6 @@ from typing import NamedTuple
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from torch._higher_order_ops.scan import scan
 
 from exportable._checks import check_bool, check_boxes, check_masked_boxes, check_scalar, check_shape, checks_enabled
 from exportable._checks import exporting as _exporting
@@ -46,11 +45,7 @@ from exportable.assigners.result import IGNORED, NEGATIVE, AssignResult, empty_r
 from exportable.batching import check_gt_batch, ensure_gt_rows
 from exportable.boxes import _box_iof, _box_iou
 
-__all__ = ["AnchorGtMaxIoU", "MaxIoUAssigner", "visit_gts"]
-
-STEP_PAIRS = 1 << 18
-"""Eager: about this many (gt, anchor) pairs per step (``R = STEP_PAIRS // N`` gts, at least 1)."""
-
+__all__ = ["AnchorGtMaxIoU", "MaxIoUAssigner", "best_gts"]
 
 class MaxIoUAssigner(nn.Module):
     """Assign each anchor to the gt it overlaps most, with thresholds and low-quality matches.
@@ -149,8 +144,6 @@ class MaxIoUAssigner(nn.Module):
         if not _exporting() and n == 0:
             return empty_result(b, 0, self.num_classes, like=anchors)  # no anchors: nothing to assign
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M) M >= 1
-        # 3. Padded gts become zero-size boxes: IoU 0 with every anchor (never above a real gt's).
-        gts = torch.where(mask.unsqueeze(2), boxes, 0.0)  # (B, M, 4)
         # 4. Anchors in an ignore region or outside anchor_mask become zero-size boxes too.
         dropped = self._in_ignore_region(anchors, ignore_boxes, ignore_mask)  # (B, N) or None
         outside = None if anchor_mask is None else ~anchor_mask  # (B, N)
@@ -162,7 +155,7 @@ class MaxIoUAssigner(nn.Module):
         low_quality = None
         if self.match_low_quality:
             low_quality = LowQuality(self.min_pos_iou, self.guard_zero_iou, self.gt_max_assign_all)
-        best = visit_gts(priors, gts, mask, low_quality)
+        best = best_gts(priors, boxes, mask, gone, low_quality)
         max_overlaps = best.iou if dropped is None else torch.where(dropped, -1.0, best.iou)  # (B, N) 4.: -1
         # 7. Negatives (every anchor of an image without real gts); everything else starts ignored.
         lo, hi = self.neg_range
@@ -205,76 +198,88 @@ class LowQuality(NamedTuple):
 
 
 class BestGt(NamedTuple):
-    """What :func:`visit_gts` returns, each ``(B, N)``: the best IoU and gt of each anchor (first gt on
-    ties; the image's first real gt when every IoU is 0), and step 9's ``claim``: 1 + the last gt whose
-    best IoU the anchor reaches, 0 for none (None when step 9 is off)."""
+    """Steps 6 and 9 per anchor, each ``(B, N)``: the best IoU and the first gt reaching it (the first real gt
+    when every IoU is 0), and ``claim``: 1 + the last gt whose best IoU the anchor reaches, 0 for none (step 9;
+    None when it is off)."""
 
     iou: Tensor
     gt: Tensor
     claim: Tensor | None
 
 
-def visit_gts(priors: Tensor, gts: Tensor, mask: Tensor, low_quality: LowQuality | None) -> BestGt:
-    """Steps 3, 6 and the gt side of 9: visit the gts in order, a few IoU rows ``(R, N)`` at a time.
+BLOCK = 64
+"""Anchors per block: consecutive anchors, neighbours on a grid, so a block's bounding box is small."""
 
-    ``priors (1 | B, N, 4)``, ``gts (B, M, 4)`` and ``mask (B, M)``; padded gts and removed anchors are
-    zero-size boxes already (IoU 0). Eager: image by image, ``R = STEP_PAIRS // N`` gts per step;
-    exported: one ONNX ``Scan`` over the gts (``R = 1``) for the whole batch. Same numbers.
+
+def best_gts(priors: Tensor, gts: Tensor, mask: Tensor, gone: Tensor | None, low_quality: LowQuality | None) -> BestGt:
+    """Steps 3, 6 and the gt side of 9, on the (gt, anchor) pairs that can overlap.
+
+    ``priors (1 | B, N, 4)`` with removed anchors as zero-size boxes (``gone (B, N)`` marks them, or None),
+    ``gts (B, M, 4)``, ``mask (B, M)``. IoU is 0 unless two boxes intersect. The anchors are cut into
+    blocks of :data:`BLOCK`; only the (gt, block) pairs whose bounding boxes intersect get IoUs (about a
+    tenth of all pairs at RetinaNet's sizes), all other IoUs are 0. One ``NonZero`` lists the pairs,
+    scatter-reductions take the maxima; eager works image by image (same numbers).
     """
     b, m = mask.shape
-    n = priors.shape[1]
-    # (max, not argmax: the exporter would name an ArgMax node "argmax", a graph output's name elsewhere)
-    first_real = mask.to(priors.dtype).max(dim=1, keepdim=True).indices  # (B, 1) 0 without real gts
-    state = [priors.new_zeros((b, n)), first_real.expand(b, n).contiguous()]  # best IoU, best gt: (B, N)
-    if low_quality is not None:
-        state.append(torch.zeros((b, n), dtype=torch.int64, device=priors.device))  # claim (B, N)
-    ids = torch.arange(m, device=priors.device)  # (M,)
-    if _exporting():
-        def one_gt(carry, row):
-            g, real, i = row  # (B, 4), (B,), ()
-            return _step(carry, priors, g.unsqueeze(1), real.unsqueeze(1), i.unsqueeze(0), low_quality), ()
-
-        state, _ = scan(one_gt, state, (gts.transpose(0, 1), mask.transpose(0, 1), ids))  # over (M, ...)
-    else:
-        # The column-major view makes _box_iou's coordinate planes free (no copy per step).
-        priors = priors.transpose(1, 2).contiguous().transpose(1, 2)  # (1|B, N, 4) strides (4N, 1, N)
-        r = max(1, STEP_PAIRS // max(n, 1))
-        parts = []
-        for k in range(b):
-            p = priors[k : k + 1] if priors.shape[0] > 1 else priors  # (1, N, 4)
-            s = [t[k : k + 1] for t in state]  # (1, N) each
-            for j in range(0, m, r):
-                s = _step(s, p, gts[k : k + 1, j : j + r], mask[k : k + 1, j : j + r], ids[j : j + r], low_quality)
-            parts.append(s)
-        state = [torch.cat(t) for t in zip(*parts)]  # (B, N) each
-    return BestGt(state[0], state[1], state[2] if low_quality is not None else None)
-
-
-def _step(state: Sequence[Tensor], priors: Tensor, g: Tensor, real: Tensor, ids: Tensor,
-          low_quality: LowQuality | None) -> list[Tensor]:
-    """One visit: gts ``g (B, R, 4)`` with ``real (B, R)`` and indices ``ids (R,)`` against every prior."""
-    best, arg = state[0], state[1]  # (B, N), (B, N)
-    # 3. This step's rows of the IoU matrix.
-    iou = _box_iou(g, priors)  # (B, R, N)
-    # 6. A later gt takes an anchor over only with a strictly larger IoU: the first gt wins ties.
-    row_best, row_arg = iou.max(dim=1)  # (B, N), (B, N) first row on ties
-    better = row_best > best  # (B, N)
-    out = [torch.where(better, row_best, best), torch.where(better, row_arg + ids[0], arg)]
+    n, dev = priors.shape[1], priors.device
+    if not _exporting() and b > 1:  # eager: one image at a time, its pairs stay in cache
+        parts = [best_gts(priors if gone is None else priors[i : i + 1], gts[i : i + 1], mask[i : i + 1],
+                          None if gone is None else gone[i : i + 1], low_quality) for i in range(b)]
+        return BestGt(*(None if t[0] is None else torch.cat(t) for t in zip(*parts)))
+    # Blocks of S = BLOCK consecutive anchors, the last ones padded with zero-size boxes. Written so that
+    # the exporter keeps N symbolic: at least two blocks, built and read back by gathers, never by reshapes
+    # that split a dim.
+    nb = n // BLOCK + 2
+    size = b * nb * BLOCK  # anchors of every image, each padded to whole blocks
+    padded = torch.cat([priors, priors.new_zeros((priors.shape[0], 2 * BLOCK, 4))], dim=1)  # (1|B, N + 2S, 4)
+    in_block = torch.arange(BLOCK, device=dev)  # (S,)
+    blocks = padded[:, torch.arange(nb, device=dev).unsqueeze(1) * BLOCK + in_block]  # (1|B, NB, S, 4)
+    planes = blocks.permute(3, 0, 1, 2).flatten(1, 2)  # (4, (1|B) * NB, S)
+    lo, hi = blocks[..., :2].amin(dim=2).unsqueeze(2), blocks[..., 2:].amax(dim=2).unsqueeze(2)  # (1|B, NB, 1, 2)
+    back = (torch.arange(b, device=dev).unsqueeze(1) * (nb * BLOCK) + torch.arange(n, device=dev)).flatten()  # (B*N,)
+    g = gts.unsqueeze(1)  # (B, 1, M, 4)
+    meet = (g[..., :2] < hi).all(dim=3) & (g[..., 2:] > lo).all(dim=3) & mask.unsqueeze(1)  # (B, NB, M)
+    image, block, gt = meet.nonzero(as_tuple=True)  # (P,) each: the pairs that can have IoU > 0
+    slot = image * nb + block  # (P,) the pair's row of (B * NB, S)
+    pair_gt = image * m + gt  # (P,) the pair's gt in (B * M)
+    boxes = planes.index_select(1, block if gone is None else slot).permute(1, 2, 0)  # (P, S, 4) column-major
+    # 3. IoU of each pair's gt with its block's anchors.
+    iou = _box_iou(gts.reshape(-1, 4).index_select(0, pair_gt).unsqueeze(1), boxes).squeeze(1)  # (P, S)
+    # 6. The best IoU of each anchor, then the first gt that reaches it (all IoUs 0: the first real gt).
+    rows = slot.unsqueeze(1).expand(-1, BLOCK)  # (P, S)
+    best = iou.new_zeros((b * nb, BLOCK)).scatter_reduce(0, rows, iou, "amax")  # (B * NB, S)
+    at_best = (iou == best.index_select(0, slot)) & (iou > 0)  # (P, S)
+    first = torch.full((b * nb, BLOCK), m, device=dev).scatter_reduce(
+        0, rows, torch.where(at_best, gt.unsqueeze(1), m), "amin")  # (B * NB, S)
+    best, first = (x.flatten().index_select(0, back).view(b, n) for x in (best, first))  # (B, N) each
+    first_real = mask.to(iou.dtype).max(dim=1, keepdim=True).indices  # (B, 1)
+    out = [best, torch.where(best > 0, first, first_real)]  # (B, N) each
     if low_quality is None:
-        return out
-    # 9. A row holds every anchor, so each visited gt's best IoU is final: gate it, find who reaches it.
-    gt_max, gt_argmax = iou.max(dim=2)  # (B, R), (B, R) first anchor on ties
-    gate = real & (gt_max >= low_quality.min_pos_iou)  # (B, R)
+        return BestGt(*out, None)
+    # 9. gt_max: the best of the gt's pairs (0 without one). A gated gt at gt_max > 0 reaches its best
+    #    anchors within its pairs; one at gt_max 0 reaches every anchor (all its IoUs are 0).
+    gt_max = iou.new_zeros(b * m).scatter_reduce(0, pair_gt, iou.amax(dim=1), "amax").view(b, m)  # (B, M)
+    gate = mask & (gt_max >= low_quality.min_pos_iou)  # (B, M)
     if low_quality.guard_zero_iou:
-        gate = gate & (gt_max > 0)  # (B, R)
-    if low_quality.assign_all:  # no IoU exceeds gt_max: >= is equality; a closed gate asks for +inf
-        hit = iou >= torch.where(gate, gt_max, float("inf")).unsqueeze(2)  # (B, R, N)
-    else:  # only the first anchor at gt_max
-        anchor_ids = torch.arange(iou.shape[2], device=iou.device)  # (N,)
-        hit = (anchor_ids == gt_argmax.unsqueeze(2)) & gate.unsqueeze(2)  # (B, R, N)
-    claim = torch.where(hit, ids.view(1, -1, 1) + 1, 0).amax(dim=1)  # (B, N) 1 + the last hit row, 0 none
-    out.append(torch.maximum(state[2], claim))  # later gts have larger ids: the last claim wins
-    return out
+        gate = gate & (gt_max > 0)  # (B, M)
+    target = torch.where(gate & (gt_max > 0), gt_max, float("inf")).flatten().index_select(0, pair_gt)  # (P,)
+    hit = iou >= target.unsqueeze(1)  # (P, S) no IoU exceeds gt_max: >= is equality
+    ids = torch.arange(1, m + 1, device=dev)  # (M,) 1-based
+    zero = torch.where(gate & (gt_max == 0), ids, 0).amax(dim=1)  # (B,) the last gated gt at gt_max 0; 0: none
+    if low_quality.assign_all:
+        claim = torch.zeros((b * nb, BLOCK), dtype=torch.int64, device=dev).scatter_reduce(
+            0, rows, torch.where(hit, gt.unsqueeze(1) + 1, 0), "amax")  # (B * NB, S) a later gt wins
+        claim = torch.maximum(claim.flatten().index_select(0, back).view(b, n), zero.unsqueeze(1))  # (B, N)
+    else:  # each gated gt claims only its first anchor at gt_max (at gt_max 0: the first taking part)
+        anchor = slot.unsqueeze(1) * BLOCK + in_block  # (P, S) index into (B * NB * S)
+        at = torch.where(hit, anchor, size).amin(dim=1)  # (P,) size: no hit
+        at = torch.full((b * m,), size, device=dev).scatter_reduce(0, pair_gt, at, "amin")  # (B * M,)
+        claim = torch.zeros(size + 1, dtype=torch.int64, device=dev)  # (B * NB * S + 1,) the last: a bin
+        claim = claim.scatter_reduce(0, at, torch.where(at < size, ids.repeat(b), 0), "amax")
+        first_in = mask.new_zeros(b, dtype=torch.int64) if gone is None else (~gone).to(iou.dtype).max(dim=1).indices
+        at_zero = torch.arange(b, device=dev) * (nb * BLOCK) + first_in  # (B,)
+        claim = claim.scatter_reduce(0, at_zero, zero, "amax").index_select(0, back).view(b, n)  # (B, N)
+    return BestGt(*out, claim)
 
 
 class AnchorGtMaxIoU(nn.Module):
@@ -297,8 +302,7 @@ class AnchorGtMaxIoU(nn.Module):
             check_boxes("anchors", anchors, ndim=2)
             check_masked_boxes("gt_boxes", gt_boxes, gt_mask)
         boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M, 4), (B, M) M >= 1
-        gts = torch.where(mask.unsqueeze(2), boxes, 0.0)  # (B, M, 4) padding: IoU 0
-        best = visit_gts(anchors.unsqueeze(0), gts, mask, None)
+        best = best_gts(anchors.unsqueeze(0), boxes, mask, None, None)
         has_gt = mask.any(dim=1, keepdim=True)  # (B, 1)
         return torch.where(has_gt, best.iou, 0.0), torch.where(has_gt, best.gt, -1)  # (B, N), (B, N)
 
