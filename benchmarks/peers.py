@@ -595,7 +595,7 @@ SUITES: dict[str, Suite] = {
         extra_parity=_parity_maxiou_argmax,
         notes=(
             "Like-for-like: the `ours MaxIoUAssigner` rows (the whole assignment, mmdetection's steps). "
-            "**Not like-for-like:** the `ours IoU+max core` rows time `exportable.boxes.AnchorGtMaxIoU`, "
+            "**Not like-for-like:** the `ours IoU+max core` rows time `exportable.assigners.max_iou.AnchorGtMaxIoU`, "
             "the IoU + max/argmax step of MaxIoU only (mmdetection's `overlaps.max(dim=0)`), the suite's module "
             "before `MaxIoUAssigner` landed; their ratio against mmdetection's whole `assign` overstates our "
             "advantage and is kept as the cost of that step alone.",
@@ -666,8 +666,8 @@ OURS: dict[str, dict[str, Ours]] = {
             timed="the exported `MaxIoUAssigner` graph, whole batch, onnxruntime CPU EP"),
         "ours IoU+max core eager": Ours(
             "eager", _max_iou_core, **_CORE_IO,
-            timed="`exportable.boxes.AnchorGtMaxIoU()(anchors, gt_boxes, gt_mask)` on the batch: MaxIoU's IoU + "
-                  "max/argmax step only (eager runs it image by image)"),
+            timed="`exportable.assigners.max_iou.AnchorGtMaxIoU()(anchors, gt_boxes, gt_mask)` on the batch: "
+                  "MaxIoU's IoU + max/argmax step only (eager runs it image by image)"),
         "ours IoU+max core onnxruntime": Ours(
             "onnxruntime", _max_iou_core, **_CORE_IO,
             timed="the exported `AnchorGtMaxIoU` graph, whole batch, onnxruntime CPU EP"),

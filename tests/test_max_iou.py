@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from exportable.assigners.max_iou import AnchorGtMaxIoU, MaxIoUAssigner
 from exportable.batching import pad_gts
+from exportable.box_pairs import anchor_blocks, overlapping_pairs
 from exportable.boxes import box_iou
 from lessons.retinanet_targets import max_iou_assign, to_mmdet_gt_inds
 
@@ -261,3 +262,53 @@ def test_anchor_gt_max_iou_onnx_with_no_gts():
         want = module(anchors, gts, mask)
         np.testing.assert_allclose(got[0], want[0].numpy(), rtol=0, atol=1e-6)
         assert np.array_equal(got[1], want[1].numpy())
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 300])
+@pytest.mark.parametrize("grid", [True, False])
+def test_overlapping_pairs_hold_every_nonzero_iou(n, grid):
+    """The pairs' IoUs, scattered into (M, N), are exactly the dense IoU (padded gts: 0), for grid anchors and
+    scattered ones, block-sized edge counts, zero-area and out-of-image gts."""
+    g = torch.Generator().manual_seed(n)
+    if grid:
+        side = int(n**0.5) + 1
+        ys, xs = torch.meshgrid(torch.arange(side) * 8.0, torch.arange(side) * 8.0, indexing="ij")
+        xy = torch.stack([xs.flatten(), ys.flatten()], 1)[:n]  # (N, 2) row by row, as an anchor grid
+        anchors = torch.cat([xy - 10, xy + 10], 1)
+    else:
+        anchors = _boxes(g, n)
+    gts = torch.cat([_boxes(g, 6), T([[30, 30, 30, 30], [500, 500, 520, 530], [-40, -40, -5, -5], [40, 40, 60, 50]])])
+    mask = torch.tensor([True] * 9 + [False])  # the last gt is padding
+    blocks = anchor_blocks(anchors)
+    pairs = overlapping_pairs(blocks, gts, mask)
+    dense = torch.zeros(len(gts), blocks.index.numel())  # (M, NB * S)
+    dense[pairs.gt.unsqueeze(1).expand_as(pairs.slot), pairs.slot] = pairs.iou
+    want = torch.where(mask.unsqueeze(1), box_iou(gts, anchors), 0.0)  # (M, N)
+    assert torch.equal(dense[:, :n], want)
+    assert (dense[:, n:] == 0).all()  # padding slots
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("cfg", [
+    {"gt_max_assign_all": False},
+    {"ignore_iof_thr": 0.5},
+    {"ignore_iof_thr": 0.3, "gt_max_assign_all": False, "neg_iou_thr": (0.1, 0.4)},
+    {"pos_iou_thr": 0.7, "neg_iou_thr": 0.3, "min_pos_iou": 0.3},
+])
+def test_anchor_mask_is_the_reference_on_the_inside_anchors(seed, cfg):
+    """anchor_mask: as if mmdetection ran on the inside anchors only; the far gt (gt_max 0) hijacks, and with
+    gt_max_assign_all=False it takes the first INSIDE anchor."""
+    anchors, gts, labels, ignore = _random_case(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    inside = torch.rand(2, len(anchors), generator=g) > 0.3  # (B, N)
+    inside[:, :5] = False  # the first anchors outside: the first inside one is not anchor 0
+    batch = pad_gts([gts, gts[:4]], [labels, labels[:4]])
+    ign = pad_gts([ignore, ignore[:1]])
+    res = MaxIoUAssigner(num_classes=5, **cfg)(anchors, batch.boxes, batch.labels, batch.mask, anchor_mask=inside,
+                                               ignore_boxes=ign.boxes, ignore_mask=ign.mask)
+    for i, (gt, lab, ib) in enumerate([(gts, labels, ignore), (gts[:4], labels[:4], ignore[:1])]):
+        a = anchors[inside[i]]
+        ref = max_iou_assign(a, gt, lab, ignore_boxes=ib, num_classes=5, overlaps=box_iou(gt, a), **cfg)
+        assert torch.equal(res.gt_index[i][inside[i]], ref.gt_index), (i, cfg)
+        assert torch.equal(res.overlaps[i][inside[i]], ref.max_overlaps)
+        assert (res.gt_index[i][~inside[i]] == -2).all() and (res.overlaps[i][~inside[i]] == 0).all()

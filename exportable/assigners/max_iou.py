@@ -1,39 +1,43 @@
 """MaxIoU assignment (RPN, RetinaNet, the R-CNN head): each anchor takes the gt it overlaps most.
 
 Shape shorthand: ``B`` images, ``N`` anchors (shared by the batch), ``M`` gts per image (padded),
-``K`` ignore boxes per image (padded), ``R`` gts visited in one step. Boxes are ``(x1, y1, x2, y2)`` in
-absolute pixels, float32, ``x1 <= x2``. Returns :class:`~exportable.assigners.result.AssignResult`
-(``gt_index`` 0-based, -1 negative, -2 ignored; ``labels`` = ``num_classes`` for every non-positive).
+``K`` ignore boxes per image (padded), ``S`` anchors per block, ``NB`` blocks, ``P`` (gt, block) pairs.
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, ``x1 <= x2``. Returns
+:class:`~exportable.assigners.result.AssignResult` (``gt_index`` 0-based, -1 negative, -2 ignored;
+``labels`` = ``num_classes`` for every non-positive).
 
-The steps are mmdetection 3.3's ``MaxIoUAssigner``, numbered as in ``docs/algorithms.md`` §4:
+The steps are mmdetection 3.3's ``MaxIoUAssigner``, numbered as in ``docs/algorithms.md`` §4.1 (steps 1
+and 2, moving big cases to the CPU and jittering duplicate gts, are not reproduced). For each image:
 
-3. ``IoU(gt, anchor)`` for every pair. Padded gts count as zero-size boxes: IoU 0 with every anchor.
-4. Anchors whose IoF with an ignore box is ``> ignore_iof_thr`` (over the anchor's area by default) and
-   anchors outside ``anchor_mask`` take no part: they count as zero-size boxes too, and come back
-   ignored with overlap -1 (ignore regions, as mmdetection) or 0 (outside ``anchor_mask``).
+3. ``IoU(gt, anchor)``, for the pairs that can overlap: the anchors come in blocks of S = 64 consecutive
+   ones (neighbours on a grid) and only the (gt, block) pairs whose bounding boxes intersect get IoUs.
+   Every other IoU is 0 (:mod:`exportable.box_pairs`). Padded gts take no part.
+4. Anchors whose IoF with a real ignore box is ``> ignore_iof_thr`` (over the anchor's area by default)
+   and anchors outside ``anchor_mask`` take no part: their IoUs count as 0, and they come back ignored
+   with overlap -1 (ignore regions, as mmdetection) or 0 (outside ``anchor_mask``).
 5. An image without a real gt: every anchor is negative, overlap 0.
-6. Per anchor its best gt (``max_overlaps``; the first gt on ties); per gt its best IoU ``gt_max``.
+6. Per anchor its best IoU ``max_overlaps`` and the first gt reaching it (the first real gt when every
+   IoU is 0); per gt its best IoU ``gt_max``.
 7. Negatives: ``0 <= max_overlaps < neg_iou_thr`` (``lo <= max_overlaps < hi`` for a pair).
 8. Positives: ``max_overlaps >= pos_iou_thr`` take their best gt (over step 7).
 9. Low-quality matches: visiting the gts in order, every gt with ``gt_max >= min_pos_iou`` takes the
    anchors whose IoU with it equals ``gt_max`` (all ties; with ``gt_max_assign_all=False`` the first),
    over steps 7-8 and over earlier gts: the last gt that claims an anchor wins.
+10. Each positive's gt class and box (:meth:`AssignResult.from_gt_index`).
 
 The quirk of step 9 is kept on purpose (it is what mmdetection trains with): with ``min_pos_iou = 0``
 a gt whose best IoU is 0 (far from every anchor, or zero-area) takes every anchor whose IoU with it is 0,
 nearly all of them. ``guard_zero_iou=True`` also requires ``gt_max > 0``.
 
-How it runs: steps 3, 6 and the gt side of step 9 visit the gts in order, a few rows of the ``(M, N)``
-IoU matrix at a time (:func:`visit_gts`), so the matrix never exists whole: a row holds every anchor,
-so each gt's ``gt_max`` is final when its row is visited. Eager loops in Python, image by image, with
-``R`` gts per step so that a step's tensors stay near 1 MB (in cache); the exported graph is one ONNX
-``Scan`` over the gts, one gt per iteration for the whole batch. Both run the same step function.
+How it runs: one function does steps 3-9 for one image; eager calls it image by image in a Python loop,
+the exported graph runs it in one ONNX ``Scan`` over the images, so both hold one image's pairs at a
+time (about a tenth of its ``(M, N)`` IoUs at RetinaNet's sizes). Steps 6 and 9 are scatter-reductions
+over the pairs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -44,9 +48,11 @@ from exportable._checks import check_bool, check_boxes, check_masked_boxes, chec
 from exportable._checks import exporting as _exporting
 from exportable.assigners.result import IGNORED, AssignResult, empty_result
 from exportable.batching import check_gt_batch, ensure_gt_rows
-from exportable.boxes import _box_iof, _box_iou
+from exportable.box_pairs import BLOCK, AnchorBlocks, Pairs, anchor_blocks, overlapping_pairs
+from exportable.boxes import _box_iof
 
-__all__ = ["AnchorGtMaxIoU", "MaxIoUAssigner", "best_gts"]
+__all__ = ["AnchorGtMaxIoU", "MaxIoUAssigner"]
+
 
 class MaxIoUAssigner(nn.Module):
     """Assign each anchor to the gt it overlaps most, with thresholds and low-quality matches.
@@ -130,178 +136,126 @@ class MaxIoUAssigner(nn.Module):
                           self.num_classes)
         return self._assign(anchors, gt_boxes, gt_labels, gt_mask, anchor_mask, ignore_boxes, ignore_mask)
 
-    def _assign(
-        self,
-        anchors: Tensor,
-        gt_boxes: Tensor,
-        gt_labels: Tensor,
-        gt_mask: Tensor,
-        anchor_mask: Tensor | None = None,
-        ignore_boxes: Tensor | None = None,
-        ignore_mask: Tensor | None = None,
-    ) -> AssignResult:
+    def _assign(self, anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor,
+                anchor_mask: Tensor | None = None, ignore_boxes: Tensor | None = None,
+                ignore_mask: Tensor | None = None) -> AssignResult:
         """:meth:`forward` without the input checks (for modules that checked their inputs)."""
         b, n = gt_boxes.shape[0], anchors.shape[0]
-        if not _exporting() and n == 0:
-            return empty_result(b, 0, self.num_classes, like=anchors)  # no anchors: nothing to assign
+        if not _exporting() and (n == 0 or b == 0):
+            return empty_result(b, n, self.num_classes, like=anchors)  # nothing to assign
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M) M >= 1
-        # 4. Anchors in an ignore region or outside anchor_mask take no part: zero-size boxes (IoU 0).
-        dropped = self._in_ignore_region(anchors, ignore_boxes, ignore_mask)  # (B, N) or None
-        outside = None if anchor_mask is None else ~anchor_mask  # (B, N)
-        gone = outside if dropped is None else (dropped if outside is None else dropped | outside)  # (B, N)
-        priors = anchors.unsqueeze(0) if gone is None else torch.where(gone.unsqueeze(2), 0.0, anchors)  # (1|B, N, 4)
+        blocks = anchor_blocks(anchors)  # once for the batch
+        xs = [boxes, mask] + ([] if anchor_mask is None else [anchor_mask])  # scanned over the images
+        ignoring = self.ignore_iof_thr > 0 and ignore_boxes is not None and ignore_mask is not None
+        if ignoring:
+            ign, _, ign_mask = ensure_gt_rows(ignore_boxes, None, ignore_mask)  # (B, K, 4), (B, K) K >= 1
+            xs += [ign, ign_mask]
+
+        def one_image(gts: Tensor, real: Tensor, *rest: Tensor) -> tuple[Tensor, Tensor]:
+            inside = rest[0] if anchor_mask is not None else None  # (N,)
+            return self._assign_image(anchors, blocks, gts, real, inside, rest[-2:] if ignoring else None)
+
+        gt_index, overlaps = per_image(one_image, xs)  # (B, N) each
+        # 10. Each positive's gt class and box.
+        return AssignResult.from_gt_index(gt_index, boxes, labels, self.num_classes, overlaps=overlaps)
+
+    def _assign_image(self, anchors: Tensor, blocks: AnchorBlocks, gts: Tensor, mask: Tensor,
+                      inside: Tensor | None, ignore: Sequence[Tensor] | None) -> tuple[Tensor, Tensor]:
+        """Steps 3-9 for one image: ``gts (M, 4)``, ``mask (M,)``, ``inside (N,)`` or None, ``ignore`` =
+        ``(boxes (K, 4), mask (K,))`` or None. Returns ``gt_index`` and ``overlaps``, ``(N,)`` each."""
+        m = gts.shape[0]
+        # 3. IoU of the (gt, block) pairs whose bounding boxes intersect; every other IoU is 0.
+        pairs = overlapping_pairs(blocks, gts, mask)
+        # 4. Anchors in an ignore region or outside anchor_mask take no part: their IoUs count as 0.
+        dropped = None if ignore is None else self._in_ignore_region(anchors, *ignore)  # (N,)
+        outside = None if inside is None else ~inside  # (N,)
+        gone = outside if dropped is None else (dropped if outside is None else dropped | outside)  # (N,)
+        if gone is not None:
+            kept = torch.cat([~gone, gone.new_zeros(2 * BLOCK)]).index_select(0, pairs.slot.flatten())  # (P * S,)
+            pairs = pairs._replace(iou=pairs.iou * kept.view_as(pairs.iou))  # (P, S)
         # 5. An image without a real gt: every anchor negative (in step 7), overlap 0.
-        has_gt = mask.any(dim=1, keepdim=True)  # (B, 1)
-        # 6. (and the gt side of 9) The best gt of each anchor; the anchors that reach each gt's best IoU.
-        low_quality = None
-        if self.match_low_quality:
-            low_quality = LowQuality(self.min_pos_iou, self.guard_zero_iou, self.gt_max_assign_all)
-        best = best_gts(priors, boxes, mask, gone, low_quality)
-        max_overlaps = best.iou  # (B, N) 0 without real gts and outside anchor_mask
-        if dropped is not None:  # 4. mmdetection's -1 in an ignore region (5.: 0 without gts; outside: 0)
-            minus_one = dropped & has_gt if anchor_mask is None else dropped & has_gt & anchor_mask  # (B, N)
-            max_overlaps = torch.where(minus_one, -1.0, max_overlaps)  # (B, N)
+        has_gt = mask.any()  # ()
+        # 6. Per anchor its best IoU and the first gt reaching it; per gt its best IoU.
+        max_overlaps, argmax = best_per_anchor(pairs, blocks, mask)  # (N,) each
+        if dropped is not None:  # mmdetection's -1 for the anchors of ignore regions (not without gts)
+            minus_one = dropped & has_gt if inside is None else dropped & has_gt & inside  # (N,)
+            max_overlaps = torch.where(minus_one, -1.0, max_overlaps)  # (N,)
+        gt_max = gts.new_zeros(m).scatter_reduce_(0, pairs.gt, pairs.iou.amax(dim=1), "amax")  # (M,) 0: no pair
         # 7. Negatives; every other anchor starts ignored.
         lo, hi = self.neg_range
-        negative = ~has_gt | ((max_overlaps >= lo) & (max_overlaps < hi))  # (B, N)
-        gt_index = negative.to(torch.int64) + IGNORED  # (B, N) -1 negative, -2 ignored
+        negative = ~has_gt | ((max_overlaps >= lo) & (max_overlaps < hi))  # (N,)
+        gt_index = negative.to(torch.int64) + IGNORED  # (N,) -1 negative, -2 ignored
         # 8. Positives take their best gt.
-        positive = has_gt & (max_overlaps >= self.pos_iou_thr)  # (B, N)
-        gt_index = _pick(positive, best.gt, gt_index)  # (B, N)
+        gt_index = _pick(has_gt & (max_overlaps >= self.pos_iou_thr), argmax, gt_index)  # (N,)
         # 9. Low-quality matches: the last gt that claims an anchor (a removed anchor is never claimed).
-        if best.claim is not None:
-            claimed = best.claim > 0 if gone is None else (best.claim > 0) & ~gone  # (B, N)
-            gt_index = _pick(claimed, best.claim - 1, gt_index)  # (B, N)
+        if self.match_low_quality:
+            gate = mask & (gt_max >= self.min_pos_iou)  # (M,)
+            if self.guard_zero_iou:
+                gate = gate & (gt_max > 0)  # (M,)
+            claim = _claims(pairs, blocks, gt_max, gate, gone, self.gt_max_assign_all)  # (N,) 1 + gt, 0
+            claimed = claim > 0 if gone is None else (claim > 0) & ~gone  # (N,)
+            gt_index = _pick(claimed, claim - 1, gt_index)  # (N,)
         if outside is not None:  # anchors outside anchor_mask: ignored (their overlap is 0)
-            gt_index = _pick(outside, IGNORED, gt_index)  # (B, N)
-        return AssignResult.from_gt_index(gt_index, boxes, labels, self.num_classes, overlaps=max_overlaps)
+            gt_index = _pick(outside, IGNORED, gt_index)  # (N,)
+        return gt_index, max_overlaps
 
-    def _in_ignore_region(
-        self, anchors: Tensor, ignore_boxes: Tensor | None, ignore_mask: Tensor | None
-    ) -> Tensor | None:
-        """Step 4: ``(B, N)`` True where an anchor's IoF with a real ignore box is ``> ignore_iof_thr``."""
-        if self.ignore_iof_thr <= 0 or ignore_boxes is None or ignore_mask is None:
-            return None
-        ign, _, ign_mask = ensure_gt_rows(ignore_boxes, None, ignore_mask)  # (B, K, 4), (B, K) K >= 1
+    def _in_ignore_region(self, anchors: Tensor, ignore_boxes: Tensor, ignore_mask: Tensor) -> Tensor:
+        """Step 4: ``(N,)`` True where an anchor's IoF with a real ignore box ``(K, 4)`` is ``> ignore_iof_thr``."""
         if self.ignore_wrt_candidates:
-            iof = _box_iof(anchors, ign)  # (B, N, K) inter / area(anchor)
+            iof = _box_iof(anchors, ignore_boxes)  # (N, K) inter / area(anchor)
         else:
-            iof = _box_iof(ign, anchors).transpose(1, 2)  # (B, N, K) inter / area(ignore box)
-        iof = torch.where(ign_mask.unsqueeze(1), iof, -1.0)  # (B, N, K) padding never ignores
-        return iof.amax(dim=2) > self.ignore_iof_thr  # (B, N)
+            iof = _box_iof(ignore_boxes, anchors).transpose(0, 1)  # (N, K) inter / area(ignore box)
+        iof = torch.where(ignore_mask, iof, -1.0)  # (N, K) padding never ignores
+        return iof.amax(dim=1) > self.ignore_iof_thr  # (N,)
 
 
-class LowQuality(NamedTuple):
-    """Step 9's settings: the ``gt_max`` gate, ``guard_zero_iou`` and ``gt_max_assign_all``."""
-
-    min_pos_iou: float
-    guard_zero_iou: bool
-    assign_all: bool
-
-
-class BestGt(NamedTuple):
-    """Steps 6 and 9 per anchor, each ``(B, N)``: the best IoU and the first gt reaching it (the first real gt
-    when every IoU is 0), and ``claim``: 1 + the last gt whose best IoU the anchor reaches, 0 for none (step 9;
-    None when it is off)."""
-
-    iou: Tensor
-    gt: Tensor
-    claim: Tensor | None
+def best_per_anchor(pairs: Pairs, blocks: AnchorBlocks, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 6, anchor side: each anchor's best IoU and the first gt reaching it (the largest ``M - gt``),
+    the first real gt when every IoU is 0; ``(N,)`` each."""
+    m, (nb, s), iou = mask.shape[0], blocks.index.shape, pairs.iou
+    rows = pairs.block.unsqueeze(1).expand(-1, s)  # (P, S)
+    best = iou.new_zeros((nb, s)).scatter_reduce_(0, rows, iou, "amax")  # (NB, S)
+    at_best = iou == best.index_select(0, pairs.block)  # (P, S)
+    lower = torch.zeros((nb, s), dtype=torch.int64, device=iou.device)  # (NB, S) 0: no pair
+    lower = lower.scatter_reduce_(0, rows, at_best * (m - pairs.gt).unsqueeze(1), "amax")  # (NB, S)
+    best, first = best.flatten().index_select(0, blocks.keep), m - lower.flatten().index_select(0, blocks.keep)
+    return best, _pick(best > 0, first, mask.to(best.dtype).max(dim=0).indices)  # (N,) each
 
 
-BLOCK = 64
-"""Anchors per block: consecutive anchors, neighbours on a grid, so a block's bounding box is small."""
-
-
-def best_gts(priors: Tensor, gts: Tensor, mask: Tensor, gone: Tensor | None, low_quality: LowQuality | None) -> BestGt:
-    """Steps 3, 6 and the gt side of 9, image by image: a Python loop in eager, one ONNX ``Scan`` exported.
-
-    ``priors (1 | B, N, 4)`` with removed anchors as zero-size boxes (``gone (B, N)`` marks them, or None),
-    ``gts (B, M, 4)``, ``mask (B, M)``. Memory stays near one image's pairs in both.
-    """
-    n = priors.shape[1]
-    blocks = _blocks(priors)  # planes (1|B, 4, NB, S), lo and hi (1|B, NB, 2)
-    xs = (gts, mask) if gone is None else (gts, mask, *blocks, gone)
-
-    def one_image(x: Sequence[Tensor]) -> list[Tensor]:
-        own = [t[0] for t in blocks] if gone is None else x[2:5]  # the image's blocks
-        return _best_gts_one_image(*own, n, x[0], x[1], None if gone is None else x[5], low_quality)
-
-    if _exporting():
-        _, out = scan(lambda i, x: (i + 1, one_image(x)), torch.zeros((), dtype=torch.int64), xs)  # (B, N) each
-    else:
-        out = [torch.stack(t) for t in zip(*(one_image(x) for x in zip(*xs)))]  # (B, N) each
-    return BestGt(out[0], out[1], out[2] if low_quality is not None else None)
-
-
-def _blocks(priors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Blocks of S = BLOCK consecutive anchors, the last padded with zero-size boxes: coordinate planes
-    ``(1|B, 4, NB, S)`` and each block's bounding box, ``lo`` (min x1, y1) and ``hi`` (max x2, y2) ``(1|B, NB, 2)``.
-
-    Written so that the exporter keeps N symbolic: at least two blocks, built by a gather (no reshape
-    splits N).
-    """
-    c, n, dev = priors.shape[0], priors.shape[1], priors.device
-    nb = n // BLOCK + 2
-    padded = torch.cat([priors, priors.new_zeros((c, 2 * BLOCK, 4))], dim=1)  # (1|B, N + 2S, 4)
-    index = torch.arange(nb, device=dev).unsqueeze(1) * BLOCK + torch.arange(BLOCK, device=dev)  # (NB, S)
-    blocks = padded[:, index]  # (1|B, NB, S, 4)
-    return blocks.permute(0, 3, 1, 2).contiguous(), blocks[..., :2].amin(dim=2), blocks[..., 2:].amax(dim=2)
-
-
-def _best_gts_one_image(planes: Tensor, lo: Tensor, hi: Tensor, n: int, gts: Tensor, mask: Tensor,
-                        gone: Tensor | None, low_quality: LowQuality | None) -> list[Tensor]:
-    """One image: ``planes (4, NB, S)``, ``lo, hi (NB, 2)``, ``gts (M, 4)``, ``mask (M,)``, ``gone (N,)``.
-
-    IoU is 0 unless two boxes intersect, so only the (gt, block) pairs whose bounding boxes intersect get
-    IoUs (about a tenth of all pairs at RetinaNet's sizes); every other IoU is 0. One ``NonZero`` lists
-    the pairs, scatter-reductions take the maxima. Returns the best IoU, its gt and the claim, ``(N,)``.
-    """
-    m, nb, dev = mask.shape[0], planes.shape[1], planes.device
-    meet = (gts[:, None, :2] < hi).all(dim=2) & (gts[:, None, 2:] > lo).all(dim=2) & mask.unsqueeze(1)  # (M, NB)
-    gt, block = meet.nonzero(as_tuple=True)  # (P,) each: the (gt, block) pairs that can have IoU > 0
-    boxes = planes.index_select(1, block).permute(1, 2, 0)  # (P, S, 4) column-major: free planes in _box_iou
-    # 3. IoU of each pair's gt with its block's anchors.
-    iou = _box_iou(gts.index_select(0, gt).unsqueeze(1), boxes).squeeze(1)  # (P, S)
-    # 6. The best IoU of each anchor, then the first gt that reaches it: the largest M - gt there.
-    rows = block.unsqueeze(1).expand(-1, BLOCK)  # (P, S)
-    best = iou.new_zeros((nb, BLOCK)).scatter_reduce_(0, rows, iou, "amax")  # (NB, S)
-    at_best = iou == best.index_select(0, block)  # (P, S)
-    lower = torch.zeros((nb, BLOCK), dtype=torch.int64, device=dev)  # (NB, S) 0: no pair
-    lower = lower.scatter_reduce_(0, rows, at_best * (m - gt).unsqueeze(1), "amax")  # (NB, S)
-    keep = torch.arange(n, device=dev)  # (N,) the anchors among the padded ones
-    best, first = best.flatten().index_select(0, keep), m - lower.flatten().index_select(0, keep)  # (N,) each
-    out = [best, _pick(best > 0, first, mask.to(best.dtype).max(dim=0).indices)]  # all IoUs 0: first real gt
-    if low_quality is None:
-        return out
-    # 9. gt_max: the best of the gt's pairs (0 without one). A gated gt at gt_max > 0 reaches its best
-    #    anchors within its pairs; one at gt_max 0 reaches every anchor (all its IoUs are 0).
-    gt_max = iou.new_zeros(m).scatter_reduce_(0, gt, iou.amax(dim=1), "amax")  # (M,)
-    gate = mask & (gt_max >= low_quality.min_pos_iou)  # (M,)
-    if low_quality.guard_zero_iou:
-        gate = gate & (gt_max > 0)  # (M,)
-    target = torch.where(gate & (gt_max > 0), gt_max, float("inf")).index_select(0, gt)  # (P,)
-    hit = iou >= target.unsqueeze(1)  # (P, S) no IoU exceeds gt_max: >= is equality
+def _claims(pairs: Pairs, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor, gone: Tensor | None,
+            assign_all: bool) -> Tensor:
+    """Step 9: ``(N,)`` 1 + the last gated gt that claims each anchor, 0 for none. A gated gt at
+    ``gt_max > 0`` reaches its best anchors within its pairs (no IoU exceeds ``gt_max``: ``>=`` is equality);
+    one at ``gt_max`` 0 reaches every anchor (all its IoUs are 0)."""
+    m, (nb, s), dev = gate.shape[0], blocks.index.shape, gt_max.device
+    target = torch.where(gate & (gt_max > 0), gt_max, float("inf")).index_select(0, pairs.gt)  # (P,)
+    hit = pairs.iou >= target.unsqueeze(1)  # (P, S)
     ids = torch.arange(1, m + 1, device=dev)  # (M,) 1-based
     zero = ((gate & (gt_max == 0)) * ids).amax(dim=0)  # () the last gated gt at gt_max 0; 0: none
-    if low_quality.assign_all:  # a later gt wins: the largest id
-        claim = torch.zeros((nb, BLOCK), dtype=torch.int64, device=dev)  # (NB, S)
-        claim = claim.scatter_reduce_(0, rows, hit * (gt + 1).unsqueeze(1), "amax").flatten()  # (NB * S,)
-        return out + [torch.maximum(claim.index_select(0, keep), zero)]  # (N,)
+    claim = torch.zeros(nb * s + 1, dtype=torch.int64, device=dev)  # (NB * S + 1,) the last: a bin for "none"
+    if assign_all:  # every tie; a later gt wins: the largest id
+        claim = claim.scatter_reduce_(0, pairs.slot.flatten(), (hit * (pairs.gt + 1).unsqueeze(1)).flatten(), "amax")
+        return torch.maximum(claim.index_select(0, blocks.keep), zero)  # (N,)
     # Only each gated gt's first anchor at gt_max (at gt_max 0: the first anchor taking part).
-    size = nb * BLOCK
-    before = size - block.unsqueeze(1) * BLOCK - torch.arange(BLOCK, device=dev)  # (P, S) size - anchor
-    before = iou.new_zeros(m, dtype=torch.int64).scatter_reduce_(0, gt, (hit * before).amax(dim=1), "amax")  # (M,)
-    claim = torch.zeros(size + 1, dtype=torch.int64, device=dev)  # (NB * S + 1,) the last: a bin for "none"
-    claim = claim.scatter_reduce_(0, size - before, (before > 0) * ids, "amax")  # (NB * S + 1,)
-    first_in = keep.new_zeros(()) if gone is None else (~gone).to(iou.dtype).max(dim=0).indices  # ()
+    first = (nb * s + hit * (pairs.slot - nb * s)).amin(dim=1)  # (P,) the pair's first hit; NB * S: none
+    first = torch.full_like(ids, nb * s).scatter_reduce_(0, pairs.gt, first, "amin")  # (M,)
+    claim = claim.scatter_reduce_(0, first, ids, "amax")  # (NB * S + 1,) the bin takes the gts without a hit
+    first_in = ids.new_zeros(()) if gone is None else (~gone).to(gt_max.dtype).max(dim=0).indices  # ()
     claim = claim.scatter_reduce_(0, first_in.unsqueeze(0), zero.unsqueeze(0), "amax")  # (NB * S + 1,)
-    return out + [claim.index_select(0, keep)]  # (N,)
+    return claim.index_select(0, blocks.keep)  # (N,)
+
+
+def per_image(fn: Callable[..., tuple[Tensor, ...]], xs: Sequence[Tensor]) -> list[Tensor]:
+    """``fn`` on each image's slice of ``xs`` (each ``(B, ...)``), outputs stacked to ``(B, ...)``: a Python
+    loop in eager, one ONNX ``Scan`` when exporting. The same function either way."""
+    if _exporting():
+        _, out = scan(lambda i, x: (i + 1, list(fn(*x))), torch.zeros((), dtype=torch.int64), list(xs))
+        return out
+    return [torch.stack(t) for t in zip(*(fn(*x) for x in zip(*xs)))]
 
 
 def _pick(cond: Tensor, a: Tensor | int, b: Tensor | int) -> Tensor:
-    """``torch.where(cond, a, b)`` for integers as ``b + cond * (a - b)``: the same numbers, about ten
-    times faster than torch 2.13's CPU ``where`` on large tensors."""
+    """``torch.where(cond, a, b)`` for integers: the same numbers, about ten times faster in torch 2.13 (CPU)."""
     return b + cond * (a - b)
 
 
@@ -325,9 +279,15 @@ class AnchorGtMaxIoU(nn.Module):
             check_boxes("anchors", anchors, ndim=2)
             check_masked_boxes("gt_boxes", gt_boxes, gt_mask)
         boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M, 4), (B, M) M >= 1
-        best = best_gts(anchors.unsqueeze(0), boxes, mask, None, None)
-        has_gt = mask.any(dim=1, keepdim=True)  # (B, 1)
-        return torch.where(has_gt, best.iou, 0.0), torch.where(has_gt, best.gt, -1)  # (B, N), (B, N)
+        blocks = anchor_blocks(anchors)
+
+        def one_image(gts: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+            pairs = overlapping_pairs(blocks, gts, real)  # 3.
+            best, first = best_per_anchor(pairs, blocks, real)  # 6. (N,) each
+            return best, _pick(real.any(), first, -1)  # (N,) each; -1 without a real gt
+
+        best, argmax = per_image(one_image, [boxes, mask])  # (B, N) each
+        return best, argmax
 
 
 def _check_inputs(anchors, gt_boxes, gt_labels, gt_mask, anchor_mask, ignore_boxes, ignore_mask,
