@@ -599,9 +599,9 @@ SUITES: dict[str, Suite] = {
             "the IoU + max/argmax step of MaxIoU only (mmdetection's `overlaps.max(dim=0)`), the suite's module "
             "before `MaxIoUAssigner` landed; their ratio against mmdetection's whole `assign` overstates our "
             "advantage and is kept as the cost of that step alone.",
-            "Our eager modules process the batch one image at a time (peak memory near one image's N x M); "
-            "the ONNX graphs are fully batched, as exported graphs are (the deployer picks B), so their peak RSS "
-            "holds B x N x M intermediates.",
+            "Our eager modules and their ONNX graphs run the same per-image function (eager: a Python loop; the "
+            "graph: one ONNX Scan over the images), so both hold one image's overlapping (gt, anchor) pairs at a "
+            "time.",
         ),
     ),
     "atss": Suite(
