@@ -7,7 +7,7 @@ EXTRAS ?= cpu,notebooks,dev,book
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.assignlab-installed
 
-.PHONY: help install demo test lint lab exercises book bench bench-peers bench-gpu clean
+.PHONY: help install demo test lint lab exercises book bench bench-peers bench-gpu arena clean
 
 help:
 	@echo "make demo       run the main job on the embedded scene (figures + ONNX under build/demo/)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench      benchmark tables under benchmarks/results/"
 	@echo "make bench-peers  the same workloads on mmdetection and ultralytics, side by side (optional)"
 	@echo "make bench-gpu  torch CUDA vs onnxruntime CUDA vs CPU -> benchmarks/results/gpu.md (needs CUDA)"
+	@echo "make arena      train one tiny detector with every assigner x 3 seeds -> benchmarks/results/arena.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,11 @@ bench-peers: $(STAMP)
 # Needs a CUDA device and onnxruntime-gpu (EXTRAS=gpu,notebooks,dev and a CUDA torch); without CUDA it says so.
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py
+
+# A benchmark, never part of make test: resumable (finished runs are cached under build/arena/runs/).
+# One torch thread: on a shared 2-core machine two threads ran 20x slower (busy-waiting), see README.
+arena: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lessons.arena run
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -103,6 +103,42 @@ def _lessons_case(entry_name: str, lessons_module: str, **params):
     return build
 
 
+def _build_simota(workload: str) -> Case:
+    """``lessons.simota.benchmark_case``, plus ``yolox-m5000``: the many-object case of docs/workloads.md §5
+    (the yolox points with M = 5,000 gts per image, B = 2, seeded as the named workloads)."""
+    if workload != "yolox-m5000":
+        return _lessons_case("simota_assigner", "lessons.simota")(workload)
+    from exportable.assigners.simota import SimOTAAssigner
+    from lessons.scenes import grid_points, random_batch, random_predictions
+
+    points, strides, _ = grid_points(640, 640, (8, 16, 32))
+    scores, boxes = random_predictions(points, strides, 2, 80, seed=0)
+    gts = random_batch((640, 640, 2, 5000, 80), seed=0)
+    inputs = (points, strides, scores, boxes, gts.gt_boxes, gts.gt_labels, gts.gt_mask)
+    return _catalog_case("simota_assigner", SimOTAAssigner().eval(), inputs)
+
+
+def _build_o2f(workload: str) -> Case:
+    """``lessons.o2f.benchmark_case``; ``<workload>/shared`` runs eager on the shared path (steps 1-4 dense, as
+    the graph does) instead of the CPU range-search shortcut, to show what the shortcut gains."""
+    from exportable.assigners.o2f import O2FAssigner
+    from lessons.o2f import benchmark_case
+
+    class SharedPathO2F(O2FAssigner):
+        """O2F with the eager shortcut switched off: eager runs the shared steps 1-4 (what the graph runs)."""
+
+        def _slots_by_range_search(self, *args):
+            return self._slots(*args)
+
+    name, _, path = workload.partition("/")
+    if path not in ("", "shared"):
+        raise ValueError(f"workload: expected {name!r} or {name + '/shared'!r}, got {workload!r}")
+    module, inputs = benchmark_case(name, seed=0)
+    if path == "shared":
+        module = SharedPathO2F(num_classes=module.num_classes).eval()  # benchmark_case's defaults otherwise
+    return _catalog_case("o2f_assigner", module, inputs)
+
+
 def _retina_workload(workload: str):
     """``_workload`` plus ``retina-m1000``: docs/workloads.md §5's many-object case for MaxIoU (the retina
     anchors, N = 182,403, with M = 1,000 gts per image, B = 2, ``random_batch``, seed 0)."""
@@ -327,12 +363,13 @@ SUITES: dict[str, Suite] = {
     "simota": Suite(
         name="simota",
         title="SimOTA (mmdetection 3.3 settings: radius 2.5, top-10 dynamic k, IoU weight 3), B = 16",
-        workloads=("yolox-m20", "yolox-m100"),
-        build=_lessons_case("simota_assigner", "lessons.simota"),
-        note="`lessons.simota.benchmark_case`: the points and seeded predictions of `make_workload_predictions`. "
-        "Eager (CPU) works image by image on each image's candidate points; the graph is fully batched with "
-        "non-candidates at +inf cost. mmdetection 3.3 for orientation (docs/workloads.md): 170-190 ms/img at M = 20, "
-        "750-1,030 at M = 100; `make bench-peers` measures it side by side.",
+        workloads=("yolox-m20", "yolox-m100", "yolox-m5000"),
+        build=_build_simota,
+        note="`lessons.simota.benchmark_case`: the points and seeded predictions of `make_workload_predictions`; "
+        "`yolox-m5000` is the many-object case of docs/workloads.md §5 (M = 5,000, B = 2). One path: eager runs "
+        "the exported function, a few images at a time (about 2^18 gt-prior pairs per chunk, at least one image); "
+        "the graph runs the whole batch. mmdetection 3.3 for orientation (docs/workloads.md): 170-190 ms/img at "
+        "M = 20, 750-1,030 at M = 100; `make bench-peers` measures it side by side.",
     ),
     "task_aligned": Suite(
         name="task_aligned",
@@ -353,11 +390,14 @@ SUITES: dict[str, Suite] = {
     "o2f": Suite(
         name="o2f",
         title="O2F one-to-few assignment (top 7, centre radius 1.5 stride, T = 0.6), B = 16",
-        workloads=("yolox-m20", "yolox-m100"),
-        build=_lessons_case("o2f_assigner", "lessons.o2f"),
+        workloads=("yolox-m20", "yolox-m20/shared", "yolox-m100", "yolox-m100/shared"),
+        build=_build_o2f,
         note="`lessons.o2f.benchmark_case`: the points and seeded predictions of `make_workload_predictions`, "
-        "T = 0.6. Eager finds the centre-region pairs level by level and works on those pairs; the graph is dense "
-        "over (B, M, N) with a float64 ranking key (the memory column). Run beside `task_aligned` "
+        "T = 0.6. Steps 1-4 (each gt's top-7 slots): the graph is dense over (B, M, N) with a float64 ranking key; "
+        "eager on the CPU takes the same slots from the centre-region pairs alone (the range-search shortcut, "
+        "tested equal), then both run the same steps 5-6 on the M x 7 slots. `<workload>/shared` rows run eager "
+        "on the shared path (steps 1-4 dense, what the graph runs): their eager column over the plain row's is "
+        "what the shortcut gains. Run beside `task_aligned` "
         "(`python benchmarks/run.py --suite task_aligned --suite task_aligned_ultralytics --suite o2f`).",
     ),
     "roi_head_targets": Suite(

@@ -375,6 +375,12 @@ def points_in_boxes(
 
 def _points_in_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0, aligned: bool = False) -> Tensor:
     (px, py), (x1, y1, x2, y2) = _point_planes(points, boxes, aligned)
+    if margin == 0.0:  # a - b > 0 exactly when a > b (IEEE, gradual underflow): no float temporaries
+        inside = px > x1  # (..., N, M) or the broadcast shape
+        inside &= py > y1
+        inside &= x2 > px
+        inside &= y2 > py
+        return inside
     inside = (px - x1) > margin  # (..., N, M) or the broadcast shape
     inside &= (py - y1) > margin
     inside &= (x2 - px) > margin
@@ -417,10 +423,11 @@ def _points_near_centers(points: Tensor, boxes: Tensor, radius: Tensor | float, 
     cx = (x1 + x2) / 2  # (..., 1, M) or broadcast
     cy = (y1 + y2) / 2
     r = radius.unsqueeze(-1) if isinstance(radius, Tensor) and radius.dim() > 0 and not aligned else radius
-    near = (px - (cx - r)) > 0  # (..., N, M) or the broadcast shape
-    near &= ((cx + r) - px) > 0
-    near &= (py - (cy - r)) > 0
-    near &= ((cy + r) - py) > 0
+    # a - b > 0 exactly when a > b (IEEE, gradual underflow): compare without the float difference
+    near = px > cx - r  # (..., N, M) or the broadcast shape
+    near &= cx + r > px
+    near &= py > cy - r
+    near &= cy + r > py
     return near
 
 

@@ -6,15 +6,33 @@ from __future__ import annotations
 import sys
 
 
+def _demo(argv: list[str]) -> int:
+    from lessons import demo
+
+    return demo.main(argv)
+
+
+def _exercises(argv: list[str]) -> int:
+    from lessons import exercises
+
+    return exercises.main(argv)
+
+
+def _book(argv: list[str]) -> int:
+    from lessons import book  # needs the "book" extra: imported only when asked for
+
+    return book.main(argv)
+
+
+COMMANDS = {"demo": _demo, "exercises": _exercises, "book": _book}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"demo": "lessons.demo", "exercises": "lessons.exercises", "book": "lessons.book"}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m lessons {demo,exercises,book} [options]  (add -h for a command's options)")
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m lessons {{{','.join(COMMANDS)}}} [options]  (add -h for a command's options)")
         return 2
-    import importlib
-
-    return importlib.import_module(commands[argv[0]]).main(argv[1:])
+    return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

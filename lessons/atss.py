@@ -379,7 +379,7 @@ def draw_thresholds(ref: ATSSReference, gts: Sequence[int], names: Sequence[str]
 
 
 @functools.lru_cache(maxsize=1)
-def _photo_case():  # the same scene for every checker (run_cases passes copies)
+def _photo_case():  # the same scene for every checker (check_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()
@@ -391,7 +391,7 @@ def check_candidates(fn) -> None:
     """Exercise 1: ``fn(dist (N,), level_ids (N,), k) -> (K,)`` candidate indices, level by level, nearest first,
     equal distances in index order. Cases: a gt centred on a cell corner (a tied ring), a level of equal distances,
     a level with fewer than k anchors, another k, and two gts of the photo."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def expected(dist, level_ids, k):
         chosen = []
@@ -421,13 +421,13 @@ def check_candidates(fn) -> None:
     for g in (2, 4):
         cases.append(Case(f"the photo, gt {g} ({scene.names()[g]}): 5 levels x 9", (dist[:, g], level_ids, 9),
                           expected(dist[:, g], level_ids, 9)))
-    run_cases("candidates", fn, cases)
+    check_cases("candidates", fn, cases)
 
 
 def check_threshold(fn) -> None:
     """Exercise 2: ``fn(ious (K,) float64) -> ()`` mean + UNBIASED std. Cases: the 4-candidate example of the
     notebook, two candidates, equal IoUs (std 0), a single candidate (NaN: no positive), the photo's gts."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def expected(x):
         return x.mean() + (x.std() if len(x) > 1 else torch.tensor(math.nan, dtype=torch.float64))
@@ -447,14 +447,14 @@ def check_threshold(fn) -> None:
         x = ref.candidate_ious[g].double()
         cases.append(Case(f"the photo, gt {g} ({scene.names()[g]}): 45 candidates", (x,), expected(x), atol=1e-12,
                           rtol=0.0))
-    run_cases("threshold", fn, cases)
+    check_cases("threshold", fn, cases)
 
 
 def check_resolve(fn) -> None:
     """Exercise 3: ``fn(positive (N, M) bool, ious (N, M)) -> gt_index (N,)``: the highest IoU among the gts an
     anchor is positive for (lower gt index on ties), -1 if none. Cases: a higher IoU with a gt the anchor is NOT
     positive for, two positive gts tied, no positive gt, and the crowded scene (27 anchors positive twice)."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
     from lessons.scenes import random_scene
 
     def expected(positive, ious):
@@ -476,4 +476,4 @@ def check_resolve(fn) -> None:
              for rule, p, i in hand]
     cases.append(Case(f"the crowded scene: 40 gts, {int((r.positive.sum(1) > 1).sum())} anchors positive for several",
                       (r.positive, r.ious), r.gt_index))
-    run_cases("resolve", fn, cases)
+    check_cases("resolve", fn, cases)

@@ -20,7 +20,11 @@ positives, an empty input), and prints one line per case::
       ✓ IoU exactly at the threshold is kept
       ✗ tied scores: the lower index comes first -- 1/2 differ, first at [0]: got 1, expected 0
 
-A failing case names the rule it tests, so the message says what to fix, not only where.
+A failing case names the rule it tests, so the message says what to fix, not only where. Every
+case runs (the learner sees all the rules they break at once), on copies of its arguments (a function
+that writes into its input cannot spoil the next case). An exception other than
+``NotImplementedError`` is a failing case too ("raised IndexError: ..."): a crash at an edge is a wrong
+answer. ``NotImplementedError`` -- the placeholder of a learner copy -- propagates unchanged.
 
 Shapes and dtypes are compared before values. A shape mismatch fails and says so. A dtype of
 the wrong kind fails: a non-bool where a bool mask is expected, a float where an integer index
@@ -382,8 +386,9 @@ def check_cases(
         A :class:`CheckResult`: exact / close when every case is, the largest max diff, the first
         failing case's first failure; ``problem`` names the first failing case.
 
-    An exception raised by ``fn`` (``NotImplementedError`` in a learner copy, an ``IndexError`` at an
-    edge) propagates unchanged after a line naming the case it happened in.
+    ``NotImplementedError`` raised by ``fn`` (the placeholder of a learner copy) propagates unchanged,
+    after a line naming the case. Any other exception fails its case, with the error in its line;
+    the ``AssertionError`` raised at the end is chained to the first such error.
     """
     if not cases:
         raise ValueError("cases: expected at least one Case")
@@ -391,24 +396,32 @@ def check_cases(
     if verbose:
         print(lines[0])
     results = []
+    crash: Exception | None = None
     for case in cases:
-        args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+        args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)  # a learner may write in place
         try:
             got = fn(*args, **kwargs)
-        except Exception as err:
-            line = f"  ✗ {case.name} -- raised {type(err).__name__}"
+        except NotImplementedError:
+            if verbose:
+                print(f"  ✗ {case.name} -- raised NotImplementedError")
+            raise
+        except Exception as err:  # a crash on a boundary input is a wrong answer
+            crash = crash or err
+            said = (str(err).splitlines() or [""])[0][:160]
+            line = f"  ✗ {case.name} -- raised {type(err).__name__}: {said}"
             if verbose:
                 print(line)
-            raise
+            lines.append(line)
+            results.append(CheckResult(case.name, False, False, math.nan, None, line, problem=line[4:]))
+            continue
         a = case.atol if case.atol is not None else atol
         r = case.rtol if case.rtol is not None else rtol
         parts = _check_tree(case.name, got, case.expected, a, r, strict_dtype, len(case.name))
         bad = [p for p in parts if not p.close]
         if not bad:
-            mark = "✓"
             diffs = [p.max_abs_diff for p in parts if not math.isnan(p.max_abs_diff)]
             detail = "" if all(p.exact for p in parts) else f" (float rounding, max diff {_fmt_diff(max(diffs))})"
-            line = f"  {mark} {case.name}{detail}"
+            line = f"  ✓ {case.name}{detail}"
         else:
             why = bad[0].message.split(" | ", 1)[1] if " | " in bad[0].message else bad[0].message
             field_name = bad[0].name[len(case.name):]
@@ -439,5 +452,5 @@ def check_cases(
     )
     if raise_on_fail and failing:
         raise AssertionError(f"{name}: {len(failing)} of {len(results)} cases fail\n"
-                             + "\n".join(r.message for r in failing))
+                             + "\n".join(r.message for r in failing)) from crash
     return summary

@@ -4,8 +4,8 @@ In the committed notebooks each exercise's solution sits in a code cell between 
 ``# BEGIN SOLUTION`` and a line ``# END SOLUTION``, so CI runs and checks it. ``make exercises``
 (``python -m lessons exercises``) writes copies under ``build/exercises/`` in which each such
 block (markers included) becomes one ``raise NotImplementedError(...)`` line at the block's
-indentation; the ``check(...)`` or ``check_cases(...)`` that follows then tells the learner how close
-they are, case by case.
+indentation; the checker cell that follows (``check_cases(...)``, or a lesson's ``ref.check_...(fn)``,
+which runs the same :func:`lessons.check.check_cases`) then tells the learner which boundary case fails.
 
 A learner copy that already exists is kept: it may hold the learner's work. ``--force`` overwrites.
 ``make lab`` starts JupyterLab at the repository root, so ``build/exercises/`` is in its file browser.

@@ -693,7 +693,7 @@ def benchmark_case(workload: str, seed: int = 0) -> tuple[nn.Module, tuple[Tenso
 
 
 @functools.lru_cache(maxsize=1)
-def _photo_assignment():  # the same scene for every checker (run_cases passes copies)
+def _photo_assignment():  # the same scene for every checker (check_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()
@@ -709,7 +709,7 @@ def check_center_region(fn) -> None:
     thin gt whose coarse-level square sticks out of the box, points exactly on the clipped sides, mixed strides,
     another radius, the photo."""
     from exportable.assigners.o2f import center_region
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def expected(points, strides, box, radius):
         return center_region(points, strides * radius, box[None, None])[0, 0]  # the exportable module's test
@@ -734,14 +734,14 @@ def check_center_region(fn) -> None:
         cases.append(Case(f"the photo, {scene.names()[g]}: 6,484 points on 5 levels",
                           (head.points, head.strides, scene.boxes[g], 1.5),
                           expected(head.points, head.strides, scene.boxes[g], 1.5)))
-    run_cases("centre region", fn, cases)
+    check_cases("centre region", fn, cases)
 
 
 def check_soft_labels(fn) -> None:
     """Exercise 2: ``fn(prob (K,) in q order, T) -> (targets (K,), weights (K,))``: 1 and 1 for the first (certain),
     ``prob / max(prob[1:]) * T`` and 0.4 for the others. Cases: one positive, two (the ambiguous one gets exactly T),
     a certain positive with a LOWER p than the ambiguous ones, another T, every gt of the photo."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def expected(prob, t):
         targets, weights = torch.ones_like(prob), torch.full_like(prob, CERTAIN_WEIGHT)
@@ -765,7 +765,7 @@ def check_soft_labels(fn) -> None:
         prob = head.pred_scores[0, mine, scene.labels[g]]
         cases.append(Case(f"the photo, {scene.names()[g]}: {len(mine)} positives, T = 0.6", (prob, 0.6),
                           (single.target_scores[mine], single.weights[mine]), atol=1e-6))
-    run_cases("soft labels", fn, cases)
+    check_cases("soft labels", fn, cases)
 
 
 def check_row_loss(fn) -> None:
@@ -773,7 +773,7 @@ def check_row_loss(fn) -> None:
     entry REPLACED by ``w BCE(p, t)``; logs clamped at -100. Cases: a negative row, the certain positive, an
     ambiguous one, scores of exactly 0 and 1, rows of the photo."""
     from exportable.losses import o2f_classification_loss
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def expected(p, label, t, w):
         return o2f_classification_loss(p[None], torch.tensor([label]), torch.tensor([t]), torch.tensor([w]))[0]
@@ -792,7 +792,7 @@ def check_row_loss(fn) -> None:
         args = (head.pred_scores[0, j], int(single.labels[j]), float(single.target_scores[j]), float(single.weights[j]))
         cases.append(Case(f"the photo, point {j} ({'positive' if single.gt_index[j] >= 0 else 'negative'})", args,
                           expected(*args), atol=1e-6))
-    run_cases("row loss", fn, cases)
+    check_cases("row loss", fn, cases)
 
 
 def draw_detections(image, boxes: Tensor, labels: Tensor, class_names: Sequence[str], *, ax, title: str,

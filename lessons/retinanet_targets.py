@@ -541,7 +541,7 @@ def check_steps_7_8(fn, scene=None) -> None:
     Cases: a best IoU exactly at 0.4 and at 0.5, just below each, 0, a column that step 4 set to -1,
     two gts tied at the best IoU, thresholds other than RetinaNet's, and the photo (57,780 anchors)."""
     from exportable.boxes import box_iou
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def one_column(*ious: float) -> Tensor:  # (M, 1): the IoUs of one anchor with M gts
         return torch.tensor(ious, dtype=torch.float32)[:, None]
@@ -571,14 +571,14 @@ def check_steps_7_8(fn, scene=None) -> None:
     photo = box_iou(scene.boxes, anchors)  # (M, N)
     cases.append(Case(f"the photo: {len(scene.boxes)} gts x {len(anchors):,} anchors", (photo, 0.5, 0.4),
                       _steps_7_8_reference(photo)))
-    run_cases("steps 7-8", fn, cases)
+    check_cases("steps 7-8", fn, cases)
 
 
 def check_num_total_pos(fn, num_classes: int = 80) -> None:
     """Exercise 2: ``fn(labels (B, N), label_weights (B, N), num_classes) -> ()``: the sum over images of
     ``max(number of positives, 1)``. Cases: images with positives, an image with none, a batch of empty
     images, ignored anchors (background label, weight 0) and negatives (background, weight 1)."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     c = num_classes
     bg = c  # the background label
@@ -604,7 +604,7 @@ def check_num_total_pos(fn, num_classes: int = 80) -> None:
          batch(([bg, 3, bg, bg, bg], [1, 1, 1, 1, 1]), ([bg, bg, bg, bg, 4], [0, 0, 0, 0, 1]))),
     ):
         cases.append(Case(rule, (labels, weights), expected(labels, weights), kwargs={"num_classes": c}))
-    run_cases("num_total_pos", fn, cases)
+    check_cases("num_total_pos", fn, cases)
 
 
 def check_focal_weight(fn) -> None:
@@ -616,7 +616,7 @@ def check_focal_weight(fn) -> None:
     import torch.nn.functional as F
 
     from exportable.losses import sigmoid_focal_loss
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def weighted_bce(logits, labels, alpha=0.25, gamma=2.0):
         c = logits.shape[1]
@@ -640,4 +640,4 @@ def check_focal_weight(fn) -> None:
         x, y, alpha, gamma = args
         expected = sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="none")
         cases.append(Case(rule, args, expected, atol=1e-6, rtol=1e-5))
-    run_cases("focal weight", weighted_bce, cases)
+    check_cases("focal weight", weighted_bce, cases)

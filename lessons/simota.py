@@ -429,7 +429,7 @@ def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _photo_results():  # the same scene for every checker (run_cases passes copies)
+def _photo_results():  # the same scene for every checker (check_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()
@@ -445,7 +445,7 @@ def check_cls_cost(fn) -> None:
     """Exercise 1: ``fn(scores (n, C), labels (M,)) -> (n, M)`` the BCE against each gt's one-hot label, summed over
     ALL classes, without an ``(n, M, C)`` tensor. Cases: scores exactly 0 and 1 (the logs clamp at -100), two gts of
     one class, the photo's candidates, 80 classes."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     edge = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25], [0.5, 0.5, 0.5]])  # (3, 3) probabilities
     edge_labels = torch.tensor([0, 2, 1])
@@ -467,14 +467,14 @@ def check_cls_cost(fn) -> None:
         Case("80 classes, 20 gts: every class enters the sum", (wide, wide_labels), cls_cost_naive(wide, wide_labels),
              atol=1e-4, rtol=1e-6),
     ]
-    run_cases("cls cost", fn, cases)
+    check_cases("cls cost", fn, cases)
 
 
 def check_dynamic_k(fn) -> None:
     """Exercise 2: ``fn(ious (n, M), candidate_topk) -> (M,)`` int64 ``max(1, int(sum of the q largest))``,
     ``q = min(candidate_topk, n)``. Cases: a sum of 2.7 (truncated to 2), a sum of exactly 3, all IoUs 0 (k = 1),
     fewer candidates than 10, another ``candidate_topk``, the weak and the strong photo."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     hand = torch.tensor([[0.9, 0.5, 0.0], [0.9, 0.5, 0.0], [0.9, 0.5, 0.0], [0.0, 0.5, 0.0], [0.0, 0.5, 0.0],
                          [0.0, 0.5, 0.0]] + [[0.0, 0.0, 0.0]] * 6)  # (12, 3): sums 2.7, 3.0 and 0
@@ -490,14 +490,14 @@ def check_dynamic_k(fn) -> None:
     for quality in ("weak", "strong"):
         ious = res[quality][1].ious
         cases.append(Case(f"the photo, {quality} predictions", (ious, 10), dynamic_k(ious, 10)))
-    run_cases("dynamic k", fn, cases)
+    check_cases("dynamic k", fn, cases)
 
 
 def check_resolve(fn) -> None:
     """Exercise 3: ``fn(marked (n, M) bool, cost (n, M)) -> (n,)`` int64: the only marking gt; for a candidate marked
     by several, the cheapest gt over ALL M columns (first on ties); -1 if unmarked. Cases: a winner that never marked
     the candidate, tied costs, a single mark that is not the cheapest gt, the weak and the strong photo."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     def expected(marked, cost):
         count = marked.sum(1)
@@ -518,4 +518,4 @@ def check_resolve(fn) -> None:
         r = res[quality][1]
         cases.append(Case(f"the photo, {quality} predictions ({r.conflicts} conflict(s))", (r.marked, r.cost),
                           r.gt_index[r.candidates]))
-    run_cases("resolve", fn, cases)
+    check_cases("resolve", fn, cases)

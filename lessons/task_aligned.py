@@ -513,7 +513,7 @@ def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _photo_mid():  # the same scene for every checker (run_cases passes copies)
+def _photo_mid():  # the same scene for every checker (check_cases passes copies)
     from lessons.scenes import default_scene
 
     scene = default_scene()
@@ -526,7 +526,7 @@ def check_top_k(fn) -> None:
     """Exercise 1: ``fn(t (N,), k) -> (min(k, N),)`` the indices of the k largest values, best first, equal values
     in index order. Cases: a gt with fewer than k non-zero values (the zeros fill in), all values equal, ties
     in the middle, fewer than k values, and the photo's metrics."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     scarce = torch.zeros(100)
     scarce[[50, 60, 70]] = torch.tensor([0.3, 0.2, 0.1])  # 3 non-zero values, k = 13: ten zeros fill in
@@ -543,14 +543,14 @@ def check_top_k(fn) -> None:
     for g in (0, 2):
         cases.append(Case(f"the photo, {scene.names()[g]}: t over 6,384 points, k = 13", (ref.metric[g], 13),
                           top_candidates(ref.metric[g], 13)))
-    run_cases("top-k", fn, cases)
+    check_cases("top-k", fn, cases)
 
 
 def check_t_hat(fn) -> None:
     """Exercise 2: ``fn(t (P,), u (P,), eps) -> (P,)`` TOOD's ``t / (max t + eps) * max u`` over one gt's final
     positives. Cases: all-zero metrics (0, not NaN), the best t and the best u on different positives, a single
     positive, another eps, the photo's gts."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
 
     split = (torch.tensor([0.2, 0.05, 0.1]), torch.tensor([0.6, 0.9, 0.7]))  # max t at 0, max u at 1
     cases = [
@@ -569,14 +569,14 @@ def check_t_hat(fn) -> None:
         args = (ref.metric[g, final], ref.overlap_matrix[g, final], 1e-7)
         cases.append(Case(f"the photo, {scene.names()[g]}: its {int(final.sum())} positives", args,
                           ref.target_scores[final], atol=1e-7))
-    run_cases("t_hat", fn, cases)
+    check_cases("t_hat", fn, cases)
 
 
 def check_stal_candidates(fn) -> None:
     """Exercise 3: ``fn(points (N, 2), gt (4,), min_side) -> (N,)`` bool: inside the gt widened about its centre to
     ``min_side``, by more than 1e-9. Cases: points exactly on a side (out), a side exactly ``min_side``
     (unchanged), a 4 x 4 speck, a thin gt (one side widened), ``min_side = 0``, the photo's gts."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
     from lessons.scenes import grid_points
 
     grid = grid_points(64, 64, (8,))[0]  # (64, 2) centres 4, 12, ..., 60
@@ -598,4 +598,4 @@ def check_stal_candidates(fn) -> None:
     for g in (3, 4):
         cases.append(Case(f"the photo, {scene.names()[g]}", (points, scene.boxes[g], 16.0),
                           expected(points, scene.boxes[g], 16.0)))
-    run_cases("STAL candidates", fn, cases)
+    check_cases("STAL candidates", fn, cases)

@@ -100,3 +100,12 @@ def test_from_gt_index_looks_up_boxes_and_labels_and_fills_the_encoding():
                                       weights=torch.full_like(overlaps, 0.4))
     assert torch.equal(soft.target_scores, torch.where(gt_index >= 0, overlaps, 0.0))  # 0 off positives
     assert soft.weights.eq(0.4).all()
+
+
+def test_from_gt_index_fills_non_positives_with_plus_zero_boxes_and_the_background_class():
+    # out-of-image gts (negative coordinates) must not leak a -0.0 or a gt box into non-positive rows
+    boxes = torch.tensor([[[-8.0, -4.0, -1.0, -2.0]]])  # (1, 1, 4)
+    res = AssignResult.from_gt_index(torch.tensor([[0, -1, -2]]), boxes, torch.tensor([[5]]), 9,
+                                     overlaps=torch.zeros(1, 3))
+    assert res.boxes[0, 0].tolist() == [-8.0, -4.0, -1.0, -2.0] and res.labels.tolist() == [[5, 9, 9]]
+    assert not torch.signbit(res.boxes[0, 1:]).any() and (res.boxes[0, 1:] == 0).all()

@@ -216,6 +216,28 @@ def test_points_near_centers_per_point_radius():
     assert points_near_centers(points, boxes.expand(3, 2, 4), radius).shape == (3, 5, 2)
 
 
+def test_strict_point_tests_compare_exactly_as_the_differences():
+    # margin 0 and the centre square are written as comparisons (px > x1, px > cx - r): IEEE subtraction with
+    # gradual underflow makes a - b > 0 exactly when a > b; pinned on points one ulp either side of every edge
+    g = torch.Generator().manual_seed(7)
+    boxes = _random_boxes(g, 1, 5)[0]  # (M, 4)
+    radius = torch.tensor([4.0, 8.0, 12.5])  # (3,) one per point of each triple below
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2  # (M,)
+    edges = torch.cat([boxes[:, 0], boxes[:, 2], cx - 8.0, cx + 8.0])  # (4M,) x values on an edge
+    xs = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])  # (12M,)
+    ys = torch.cat([boxes[:, 1], boxes[:, 3], cy - 8.0, cy + 8.0]).repeat(3)  # (12M,)
+    points = torch.stack([xs, ys[torch.randperm(len(ys), generator=g)]], dim=1)  # (P, 2)
+    r = radius.repeat(len(points) // 3 + 1)[: len(points)]  # (P,)
+    px, py = points[:, :1], points[:, 1:]  # (P, 1)
+    x1, y1, x2, y2 = boxes.unbind(-1)  # (M,)
+    want_in = ((px - x1) > 0) & ((py - y1) > 0) & ((x2 - px) > 0) & ((y2 - py) > 0)  # (P, M)
+    rr = r[:, None]  # (P, 1)
+    want_near = ((px - (cx - rr)) > 0) & (((cx + rr) - px) > 0) & ((py - (cy - rr)) > 0) & (((cy + rr) - py) > 0)
+    assert torch.equal(points_in_boxes(points, boxes), want_in)
+    assert torch.equal(points_near_centers(points, boxes, r), want_near)
+    assert want_in.any() and not want_in.all() and want_near.any() and not want_near.all()
+
+
 def test_points_in_boxes_broadcasts_over_images():
     g = torch.Generator().manual_seed(3)
     gts = _random_boxes(g, 2, 4)  # (B, M, 4)

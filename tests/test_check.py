@@ -204,6 +204,25 @@ def test_check_cases_copies_inputs_and_reports_exceptions(capsys):
         check_cases("none", unfinished, [])
 
 
+def test_check_cases_a_crash_is_a_failing_case_and_the_other_cases_still_run(capsys):
+    from lessons.check import Case, check_cases
+
+    cases = [Case("one value", (torch.tensor([0.9]),), torch.tensor([1])),
+             Case("no values", (torch.zeros(0),), torch.zeros(0, dtype=torch.int64)),
+             Case("two values", (torch.tensor([0.9, 0.1]),), torch.tensor([1, 0]))]
+
+    def first_only(iou):
+        return (iou[:1] >= 0.7).long() if len(iou) == 1 else torch.tensor([int(iou[0] >= 0.7), 0])
+
+    with pytest.raises(AssertionError, match=r"1 of 3 cases fail\n  ✗ no values -- raised IndexError") as err:
+        check_cases("c", first_only, cases)
+    assert isinstance(err.value.__cause__, IndexError)
+    out = capsys.readouterr().out
+    assert "  ✓ one value" in out and "  ✓ two values" in out  # the case after the crash ran
+    r = check_cases("c", first_only, cases, raise_on_fail=False, verbose=False)
+    assert not r and r.problem == "case 'no values'"
+
+
 def test_check_cases_structured_answers_and_tolerance():
     from lessons.check import Case, check_cases
 

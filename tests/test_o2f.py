@@ -1,9 +1,10 @@
 """O2F: hand-computed assignments, the loss against its formula, NMS-free inference, reference <-> exportable
-(both eager paths) <-> onnxruntime, degenerate inputs, bad input."""
+(the shared path and the eager shortcut) <-> onnxruntime, degenerate inputs, bad input."""
 
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from exportable import catalog
 from exportable import onnx as xonnx
 from exportable.assigners.o2f import O2FAssigner, center_region, quality_key, soft_ceiling
-from exportable.batching import ensure_gt_rows, pad_gts
+from exportable.batching import pad_gts
 from exportable.losses import O2FLoss, o2f_classification_loss
 from exportable.o2f_inference import O2FPostProcess
 from lessons.o2f import (
@@ -47,10 +48,9 @@ def index_of(points, x, y):
 
 
 def dense(module, args):
-    """The exported graph's dense path, run in eager (the forward uses it only under export)."""
-    points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask, t = args
-    b, lab, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)
-    return module._assign_dense(points, strides, scores, boxes, b, torch.where(mask, lab, 0), mask, t)
+    """The shared (exported) path run in eager: steps 1-4 dense over (B, M, N) instead of the CPU shortcut."""
+    with mock.patch.object(O2FAssigner, "_slots_by_range_search", O2FAssigner._slots):
+        return module(*args)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,6 +88,28 @@ def test_center_region_is_clipped_strict_and_spans_levels():
     # 44 in; the stride-32 point's square 50 +- 48 = (2, 98) holds x = 16
     assert region[1].tolist() == [False, False, False, True, True, False]
     assert not region[2].any()  # a zero-width gt has an empty region
+
+
+def test_center_region_is_the_authors_clipped_square_test():
+    # the authors test min(px - max(cx - r, x1), py - max(cy - r, y1), min(cx + r, x2) - px, ...) > 0; the
+    # module uses the package's point-in-box AND centre-square tests: the same booleans, pinned on points
+    # exactly on, and one ulp either side of, every side of the clipped square
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(1, 6, 2, generator=g) * 100
+    gts = torch.cat([xy, xy + torch.rand(1, 6, 2, generator=g) * 60], dim=-1)  # (1, M, 4)
+    x1, y1, x2, y2 = gts[0].unbind(-1)  # (M,)
+    cx, cy, r = (x1 + x2) / 2, (y1 + y2) / 2, torch.tensor(12.0)
+    xs = torch.cat([torch.maximum(cx - r, x1), torch.minimum(cx + r, x2), cx])  # (3M,) on a side, or inside
+    ys = torch.cat([torch.maximum(cy - r, y1), torch.minimum(cy + r, y2), cy])  # (3M,)
+    xs = torch.cat([xs, torch.nextafter(xs, xs + 1), torch.nextafter(xs, xs - 1)])  # (9M,)
+    ys = torch.cat([ys, torch.nextafter(ys, ys - 1), torch.nextafter(ys, ys + 1)])  # (9M,)
+    points = torch.cartesian_prod(xs, ys)  # (P, 2) every x with every y
+    px, py = points[:, :1], points[:, 1:]  # (P, 1)
+    d = torch.stack([px - torch.maximum(cx - r, x1), py - torch.maximum(cy - r, y1),
+                     torch.minimum(cx + r, x2) - px, torch.minimum(cy + r, y2) - py])  # (4, P, M)
+    want = (d.min(dim=0).values > 0).T  # (M, P)
+    got = center_region(points, torch.full((len(points),), 12.0), gts)[0]  # (M, P)
+    assert torch.equal(got, want) and want.any() and not want.all()
 
 
 def test_a_gt_with_one_candidate_gets_only_a_certain_positive():
@@ -290,6 +312,26 @@ def test_tie_heavy_inputs_reference_and_dense(sizes):
         _check_against_reference(args, res)
         for got, want in zip(dense(module, args), res):
             assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_range_search_finds_the_slots_of_the_dense_top_k(seed):
+    # the eager shortcut lists only the centre-region pairs; every slot that can matter (kept, key > 0)
+    # is the dense path's, in the same order, with the same p and IoU bits; the others store nothing
+    entry = catalog.get("o2f_assigner")
+    module = entry.build()
+    if seed == 0:  # a workload-like batch
+        points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask = _workload_like(seed, m=20)
+    else:  # tie-heavy: scores on a grid, repeated points
+        points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask, _ = entry.example(
+            {"B": 3, "N": 400, "M": 12, "C": 80}, seed)
+    labels = torch.where(gt_mask, gt_labels, 0)  # (B, M) as forward passes them
+    args = (points, strides, scores, boxes, gt_boxes, labels, gt_mask)
+    fast, full = module._slots_by_range_search(*args), module._slots(*args)
+    live = full.keep & (full.key > 0)  # (B, M, K)
+    assert live.sum() > 50 and torch.equal(fast.keep, live) and torch.equal(fast.key, torch.where(live, full.key, 0))
+    for name in ("index", "prob", "iou"):
+        assert torch.equal(getattr(fast, name)[live], getattr(full, name)[live]), name
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,8 +1,9 @@
 """SimOTAAssigner: hand-made cases for every step and quirk, the BCE decomposition, reference parity,
-eager (per image) vs batched vs onnxruntime, degenerate inputs, bad input."""
+batch vs image by vs padded, eager vs onnxruntime, degenerate inputs, bad input."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -12,8 +13,10 @@ from hypothesis import strategies as st
 
 from exportable import catalog
 from exportable import onnx as xonnx
+from exportable.assigners import simota
 from exportable.assigners.simota import SimOTAAssigner, simota_cls_cost
 from exportable.batching import pad_gts
+from exportable.boxes import points_in_boxes, points_near_centers
 from exportable.examples import simota_inputs
 from lessons.scenes import default_scene
 from lessons.simota import (
@@ -36,14 +39,33 @@ def T(x):
 
 
 def run(points, strides, scores, preds, gts, labels, assigner=None):
-    """One image through the module (eager, per image) and the batched (exported) path."""
+    """One image through the module, alone and with padded gt rows appended (padding changes nothing)."""
     assigner = assigner or SimOTAAssigner()
     batch = pad_gts([T(gts).reshape(-1, 4)], [torch.tensor(labels, dtype=torch.int64)])
     args = (T(points), T(strides), T(scores)[None], T(preds)[None], batch.boxes, batch.labels, batch.mask)
     res = assigner(*args)
-    dense = assigner._assign_batched(*args)
-    for a, b in zip(res, dense):
+    padded = assigner(*args[:4], *_with_padding(batch.boxes, batch.labels, batch.mask))
+    for a, b in zip(res, padded):
         assert torch.equal(a, b)
+    return res
+
+
+def _with_padding(gt_boxes, gt_labels, gt_mask, rows=2):
+    """The same gts plus ``rows`` padded rows at the end, holding a box over everything and label -1."""
+    b = gt_boxes.shape[0]
+    boxes = torch.cat([gt_boxes, T([0.0, 0.0, 1e4, 1e4]).expand(b, rows, 4)], 1)  # (B, M + rows, 4)
+    labels = torch.cat([gt_labels, torch.full((b, rows), -1)], 1)  # (B, M + rows)
+    return boxes, labels, torch.cat([gt_mask, torch.zeros(b, rows, dtype=torch.bool)], 1)
+
+
+def image_by_image(assigner, args):
+    """The batch result equals each image run alone (images never interact)."""
+    res = assigner(*args)
+    p, s, sc, pb, gb, gl, gm = args
+    for i in range(sc.shape[0]):
+        one = assigner(p, s, sc[i : i + 1], pb[i : i + 1], gb[i : i + 1], gl[i : i + 1], gm[i : i + 1])
+        for x, y in zip(res, one):
+            assert torch.equal(x[i : i + 1], y)
     return res
 
 
@@ -65,13 +87,11 @@ def test_geometric_prior_is_strict_and_the_square_is_not_clipped():
     assert in_box[:, 0].tolist() == [False, True, True, False, False, True]  # x = 8 is on the edge: outside
     assert in_ctr[:, 0].tolist() == [True, True, True, True, False, False]  # x = 30 is outside the box, inside
     # the square (it sticks out of the thin gt); x = 36 and y = 70 sit exactly on its edge: outside
-    mm = SimOTAAssigner()
-    batch = pad_gts([gt], [torch.tensor([0])])
-    from exportable.assigners.simota import _geometry
-
-    box2, ctr2 = _geometry(points, strides, batch.boxes, 2.5)
-    assert torch.equal(box2[0, 0], in_box[:, 0]) and torch.equal(ctr2[0, 0], in_ctr[:, 0])
-    assert mm.center_radius == 2.5 and SimOTAAssigner.yolox().center_radius == 1.5
+    # the module's step 2 is the package's shared geometry, gt-major (aligned=True)
+    gts = gt[None, :, None]  # (1, 1, 1, 4)
+    assert torch.equal(points_in_boxes(points, gts, aligned=True)[0, 0], in_box[:, 0])
+    assert torch.equal(points_near_centers(points, gts, strides * 2.5, aligned=True)[0, 0], in_ctr[:, 0])
+    assert SimOTAAssigner().center_radius == 2.5 and SimOTAAssigner.yolox().center_radius == 1.5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,6 +107,20 @@ def test_cls_cost_by_hand_two_classes():
     assert cls_cost_naive(scores, labels)[0].tolist() == pytest.approx(want, rel=1e-6)
     assert cls_cost_decomposed(scores, labels)[0].tolist() == pytest.approx(want, rel=1e-6)
     assert simota_cls_cost(scores[None], labels[None])[0, :, 0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("m", [3, 40])  # M < C = 80: eager gathers first
+def test_cls_cost_gather_first_and_class_first_give_the_same_bits(monkeypatch, m):
+    # eager with M < C gathers p first; the graph (and M >= C) takes log p over all classes, then gathers
+    g = torch.Generator().manual_seed(m)
+    scores = torch.rand(2, 50, 80, generator=g) ** 3  # (B, N, C)
+    scores[:, ::7, 3] = 1.0
+    scores[:, ::5, 9] = 0.0
+    labels = torch.randint(0, 80, (2, m), generator=g)  # (B, M)
+    labels[:, :2] = torch.tensor([3, 9])
+    eager = simota_cls_cost(scores, labels)
+    monkeypatch.setattr(simota, "exporting", lambda: True)
+    assert torch.equal(simota_cls_cost(scores, labels), eager)
 
 
 def test_cls_cost_keeps_torch_bce_clamp_at_minus_100():
@@ -305,7 +339,7 @@ def test_no_gts_all_padding_and_no_priors():
     args = _tiny_batch([[], [[0, 0, 40, 40]]], [[], [2]])  # image 0 all padding
     res = a(*args)
     assert (res.gt_index[0] == -1).all() and (res.gt_index[1] >= 0).sum() >= 1
-    assert torch.equal(res.gt_index, a._assign_batched(*args).gt_index)
+    image_by_image(a, args)
     p, s, sc, pb, gb, gl, gm = args
     res = a(p[:0], s[:0], sc[:, :0], pb[:, :0], gb, gl, gm)  # N = 0
     assert res.gt_index.shape == (2, 0) and res.boxes.shape == (2, 0, 4)
@@ -317,7 +351,7 @@ def test_padding_in_the_middle_and_zero_area_gts():
     gm = torch.tensor([[True, False, True]])  # the zero-area row is padding here
     res = a(p, s, sc, pb, gb, gl, gm)
     assert not (res.gt_index == 1).any()
-    assert torch.equal(res.gt_index, a._assign_batched(p, s, sc, pb, gb, gl, gm).gt_index)
+    assert torch.equal(res.gt_index, a(p, s, sc, pb, *_with_padding(gb, gl, gm)).gt_index)
     ref = simota_assign(p, s, sc[0], pb[0], gb[0][[0, 2]], gl[0][[0, 2]])
     assert res.gt_index[0].tolist() == torch.where(ref.gt_index == 1, 2, ref.gt_index).tolist()
     # as a real gt, the zero-area box has no point inside and IoU 0 with everything: still k = 1
@@ -332,7 +366,7 @@ def test_no_candidate_prior_means_all_negative():
     args = _tiny_batch([[[500, 500, 520, 520]]], [[0]])  # far outside the 40 x 40 grid
     res = a(*args)
     assert (res.gt_index == -1).all()
-    assert torch.equal(a._assign_batched(*args).gt_index, res.gt_index)
+    assert (a(*args[:4], *_with_padding(*args[4:])).gt_index == -1).all()
 
 
 def test_one_gt_one_prior_and_fewer_than_ten_priors():
@@ -358,10 +392,7 @@ def test_reference_parity_on_random_scenes(variant, seed):
     if seed % 2:
         sc = torch.rand(sc.shape, generator=g)  # continuous scores
     a = SimOTAAssigner(variant=variant)
-    res = a(p, s, sc, pb, gb, gl, gm)
-    dense = a._assign_batched(p, s, sc, pb, gb, gl, gm)
-    for x, y in zip(res, dense):
-        assert torch.equal(x, y)
+    res = image_by_image(a, (p, s, sc, pb, gb, gl, gm))
     for i in range(3):
         real = gm[i].nonzero()[:, 0]
         ref = simota_assign(p, s, sc[i], pb[i], gb[i][real], gl[i][real], **variant_kwargs(variant))
@@ -480,3 +511,24 @@ def test_variant_defaults_and_overrides():
     m = SimOTAAssigner()
     assert (m.center_radius, m.penalty, m.iou_eps, m.in_box_prior) == (2.5, 1e5, 1e-7, True)
     assert variant_kwargs("yolox") == {"center_radius": 1.5, "penalty": 1e6, "iou_eps": 1e-8, "in_box_prior": False}
+    # the signature shows mmdetection 3.3's defaults; variant="yolox" is a thin alias of the preset
+    sig = inspect.signature(SimOTAAssigner).parameters
+    assert {k: sig[k].default for k in ("center_radius", "candidate_topk", "iou_weight", "cls_weight", "penalty",
+                                         "iou_eps", "in_box_prior")} == {
+        "center_radius": 2.5, "candidate_topk": 10, "iou_weight": 3.0, "cls_weight": 1.0, "penalty": 1e5,
+        "iou_eps": 1e-7, "in_box_prior": True}
+    assert SimOTAAssigner(variant="yolox").extra_repr() == SimOTAAssigner.yolox().extra_repr()
+    assert SimOTAAssigner(variant="yolox", penalty=5e5).extra_repr() == y.extra_repr()
+    assert SimOTAAssigner(variant="mmdet").extra_repr() == m.extra_repr()
+
+
+def test_eager_chunks_of_images_give_the_same_result(monkeypatch):
+    # eager runs a few images at a time (CHUNK_PAIRS bounds each chunk's M x N); the export runs the batch
+    _, args = benchmark_case("yolox-m20@3")
+    a = SimOTAAssigner()
+    monkeypatch.setattr(simota, "CHUNK_PAIRS", 3 * 20 * 8400)  # the whole batch in one chunk
+    whole = a(*args)
+    monkeypatch.setattr(simota, "CHUNK_PAIRS", 20 * 8400)  # one image per chunk
+    for x, y in zip(a(*args), whole):
+        assert torch.equal(x, y)
+    assert (whole.gt_index >= 0).sum() > 100

@@ -230,7 +230,10 @@ def _levels(level_ids: Int[Tensor, " N"], num_levels: int) -> tuple[Int[Tensor, 
     One sort of unique keys (level, then anchor index), so no tie rule is needed. The sizes ``n_l`` are
     data: eager reads them (one host sync), a graph slices with bounds known at run time."""
     n = level_ids.shape[0]
-    keys = level_ids * n + torch.arange(n, device=level_ids.device)  # (N,) unique
+    index = torch.arange(n, device=level_ids.device)  # (N,)
+    # n as a (1,) tensor beside the data (n itself is a shape value: a Mul of level_ids by it would be
+    # read on the host by onnxruntime's CUDA placement); empty when N = 0, like level_ids.
+    keys = level_ids * (index[-1:] + 1) + index  # (N,) unique
     order = torch.sort(keys).indices  # (N,) level by level
     levels = torch.arange(num_levels, device=level_ids.device).unsqueeze(1)  # (L, 1)
     sizes = (level_ids == levels).sum(dim=1).tolist()  # L ints

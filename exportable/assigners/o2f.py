@@ -6,77 +6,56 @@ in absolute pixels, float32, ``x1 <= x2``; points are ``(x, y)`` cell centres. R
 :class:`~exportable.assigners.result.AssignResult` (``gt_index`` 0-based, -1 negative; no ignored
 points; ``labels`` = ``num_classes`` for every non-positive).
 
-The steps are the authors' ``O2FHead._get_target_single_o2o`` (``strongwolf/o2f``; numbers as in
-``docs/algorithms.md`` §11.2), with ``p`` = ``sigmoid(cls) * sigmoid(ctr)`` (``pred_scores``):
+The steps are the authors' ``O2FHead._get_target_single_o2o``, numbered as in ``docs/algorithms.md`` §11.2
+and ``lessons/o2f.py``, with ``p`` = ``sigmoid(cls) * sigmoid(ctr)`` (``pred_scores``):
 
 1. ``p[m, n]`` = the score of point n at gt m's class; ``u[m, n]`` = IoU(predicted box n, gt m).
 2. Matching quality ``q = p^(1 - alpha) * u^alpha``, ``alpha = 0.8``.
-3. Candidates: FCOS centre sampling. The square of half-side ``1.5 * stride`` (the point's own stride)
-   around the gt's centre, clipped to the gt box; the point must lie strictly inside. Points of every
-   level qualify. ``q`` and ``u`` are 0 outside.
+3. Candidates: FCOS centre sampling, every level. The square of half-side ``1.5 * stride`` (the point's
+   own stride) around the gt's centre, clipped to the gt box; the point must lie strictly inside. ``q``
+   and ``u`` are 0 outside.
 4. Per gt: ``k = min(#{candidates with u > 0}, topk)`` (``topk = 7``); the ``k`` largest ``q`` are the
-   gt's picks (one top-k of constant ``K`` plus the rank mask ``rank < k``).
-5. Conflicts: a point picked by several gts goes to the one with the largest ``q`` (first gt on ties);
-   points whose best picked ``q`` is ``> 0`` are positive.
-6. Per gt, over the positives it finally keeps: the **certain** positive is the one with the highest ``q``
+   gt's picks, stored with their ``q``.
+5. Conflicts: a point picked by several gts goes to the one with the largest stored ``q`` (first gt on
+   ties); points whose best stored ``q`` is ``> 0`` are positive.
+6. Per gt, over the positives it keeps: the **certain** positive is the one with the highest ``q``
    (target 1, weight 1); the others are **ambiguous** (target ``p_j / max_{ambiguous} p * T``, weight
-   0.4). ``T`` = ``soft_ceiling``, the epoch's ceiling (:func:`soft_ceiling`, 0.6 -> 0.2).
-7. Targets: ``labels`` = the gt's class, ``boxes`` = the gt box, ``overlaps`` = IoU of the predicted box
-   with that gt, ``target_scores`` = 1 / soft label, ``weights`` = 1 / 0.4 for positives; negatives get
-   target 0 and weight 1 (their loss term ``0.75 p^2 BCE(p, 0)`` is not weighted).
+   0.4). ``T`` = ``soft_ceiling``, step 7's ceiling of the epoch (:func:`soft_ceiling`, 0.6 -> 0.2).
 
-How the batched version gets the authors' numbers (decisions):
+Targets: ``labels`` = the gt's class, ``boxes`` = the gt box, ``overlaps`` = IoU of the predicted box with
+that gt, ``target_scores`` = 1 / soft label, ``weights`` = 1 / 0.4 at positives; negatives get target 0 and
+weight 1 (their loss term ``0.75 p^2 BCE(p, 0)`` is not weighted). No gts, all-padding images and gts whose
+region holds no point with ``u > 0`` give no positive (step 8: the authors' code crashes on the first).
 
-- **Ranking key.** ``q`` is only ever compared (top-k, conflicts, certain pick), never output, so any
-  strictly increasing function of it ranks the same. We rank by ``q^(1/(1-alpha)) = p * u^(alpha/(1-alpha))``
-  (``p * u^4`` at alpha 0.8) in float64, built from multiplications only: the same order as the authors'
-  ``q`` in exact arithmetic, bit-identical in eager and onnxruntime (``Pow`` differs by an ulp between
-  them), and no underflow (``u^4`` of a float32 IoU stays far above float64's smallest number). The
-  authors' float32 ``q`` can tie or swap two candidates within an ulp; their order there is the
-  backend's sort order anyway. A non-integer ``alpha/(1-alpha)`` falls back to a float64 ``pow`` (then
-  onnxruntime may differ from eager by an ulp of the key).
-- **Centre region.** ``px - max(cx - r, x1) > 0`` (the authors' form) is evaluated as
-  ``px > max(cx - r, x1)``: the same for IEEE floats, one pass fewer.
-- **Certain pick after conflicts.** The positives a gt keeps are a subset of its own top-k list, which
-  is already sorted by ``q`` (ties: lower point index first): the certain positive is the first
-  surviving slot of that list (a cumulative count), the ambiguous ones the other survivors; their max
-  ``p`` is a masked max over ``K`` slots. No sort after the top-k.
-- **Writing back.** Each positive point has exactly one surviving (gt, slot) entry; one scatter writes
-  the survivors' soft label, weight and IoU into ``(B, N + 1)`` (non-survivors go to the extra column,
-  which is dropped).
-- **Ties** follow the package's rule everywhere (lower index first): top-k by point index, conflicts by
-  gt index. The authors' ``torch.topk`` / ``max`` / ``sort`` leave ties to the backend.
+How it stays exact and static:
 
-Two paths, one set of numbers. The exported graph is dense and static: ``(B, M, N)`` pairs, one top-k
-per gt, masks (:meth:`O2FAssigner._assign_dense`). Eager lists the centre-region pairs level by level with
-range searches (the x-test picks a run of columns, the y-test a run in each column; ``searchsorted`` on the
-exact values), then does steps 1-6 with stable sorts on those few pairs (a few dozen per gt instead of all
-N; :meth:`O2FAssigner._assign_sparse`). Every float is computed by the same elementwise operations on the
-same values in both, so the results are bit-identical (tests compare both paths and onnxruntime).
-Edge cases: no gts / all-padding images / gts whose region holds no point with ``u > 0`` get no
-positive (the authors' code crashes on images without gts, §11.2 step 8); zero-area gts have an empty
-region.
+- ``q`` is only compared, so the key is ``q^(1/(1-alpha)) = p * u^4`` in float64 from multiplications
+  (:func:`quality_key`): ``q``'s order, the same bits in eager and onnxruntime.
+- Ties (lower point index in the top-k, lower gt index in conflicts) follow the package's rule.
+- Steps 1-4 give each gt ``K`` slots (its top-K keys, best first, kept where rank ``< k``); steps 5-6
+  work on those ``M * K`` slots only: conflicts by two scatter-reductions per point (the largest key,
+  then the lowest gt holding it), the certain positive is a gt's first surviving slot (its list is
+  sorted by ``q``), the ambiguous maximum of ``p`` a masked max over its slots.
+- The graph does steps 1-4 dense over ``(B, M, N)``. Eager on the CPU finds the same slots from the
+  centre-region pairs alone (:meth:`O2FAssigner._slots_by_range_search`, about 27 per gt instead of
+  N; tested equal), then runs the same steps 5-6.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from exportable._checks import (
-    check_float,
-    check_scalar,
-    check_shape,
-    checks_enabled,
-    exporting,
-)
+from exportable._checks import check_float, check_scalar, check_shape, checks_enabled, exporting
 from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.batching import ensure_gt_rows
-from exportable.boxes import _box_iou
+from exportable.boxes import _box_iou, _points_in_boxes, _points_near_centers
+from exportable.numerics import power
 from exportable.ordering import _topk, rank_mask
 
 __all__ = ["O2FAssigner", "soft_ceiling", "quality_key", "center_region"]
@@ -87,7 +66,7 @@ MAX_T, MIN_T = 0.6, 0.2  # the authors' soft-label ceiling at the first and at t
 def soft_ceiling(
     epoch: int, max_epoch: int, max_t: float = MAX_T, min_t: float = MIN_T, *, dtype: torch.dtype = torch.float32
 ) -> Float[Tensor, ""]:
-    """``T(e) = (min_t - max_t) / (max_epoch - 1) * e + max_t`` as a 0-d tensor (the assigner's input).
+    """Step 7: ``T(e) = (min_t - max_t) / (max_epoch - 1) * e + max_t`` as a 0-d tensor (the assigner's input).
 
     ``epoch`` is 0-based and constant within an epoch (the authors' ``HeadHook`` sets it before each
     epoch): 0.6 in the first epoch, 0.2 in the last (``max_epoch - 1``), linear in between. The value is
@@ -103,53 +82,38 @@ def soft_ceiling(
 
 
 def quality_key(prob: Tensor, iou: Tensor, alpha: float = 0.8) -> Tensor:
-    """The ranking key ``q^(1/(1-alpha)) = prob * iou^(alpha/(1-alpha))`` in float64 (see the module doc).
+    """Step 2's ranking key ``q^(1/(1-alpha)) = prob * iou^(alpha/(1-alpha))``, float64.
 
     Strictly increasing in the authors' ``q = prob^(1-alpha) * iou^alpha`` for ``prob, iou >= 0``, and 0
-    exactly where ``q`` is 0. Integer exponents are computed by repeated squaring (multiplications only).
+    exactly where ``q`` is 0. A whole exponent (4 at alpha 0.8) goes by :func:`exportable.numerics.power`:
+    multiplications only, the same bits in eager and onnxruntime (``Pow`` differs by an ulp).
     """
-    p = prob.to(torch.float64)
-    u = iou.to(torch.float64)
     beta = alpha / (1.0 - alpha)
-    if abs(beta - round(beta)) < 1e-9 and round(beta) >= 0:
-        return p * _int_pow(u, int(round(beta)))
-    return p * u.pow(beta)
-
-
-def _int_pow(x: Tensor, e: int) -> Tensor:
-    """``x ** e`` for an int ``e >= 0`` by repeated squaring: IEEE multiplications only."""
-    result: Tensor | None = None
-    base = x
-    while e:
-        if e & 1:
-            result = base if result is None else result * base
-        e >>= 1
-        if e:
-            base = base * base
-    return torch.ones_like(x) if result is None else result
+    beta = float(round(beta)) if abs(beta - round(beta)) < 1e-9 else beta
+    return prob.to(torch.float64) * power(iou.to(torch.float64), beta)
 
 
 def center_region(
-    points: Float[Tensor, "N 2"],
-    radius: Float[Tensor, " N"],
-    gt_boxes: Float[Tensor, "B M 4"],
+    points: Float[Tensor, "N 2"], radius: Float[Tensor, " N"], gt_boxes: Float[Tensor, "B M 4"]
 ) -> Bool[Tensor, "B M N"]:
-    """FCOS centre sampling: point n lies strictly inside gt m's centre square clipped to the box.
+    """Step 3, FCOS centre sampling: point n lies strictly inside gt m's centre square clipped to the box.
 
-    The square has half-side ``radius[n]`` (``1.5 * stride`` of the point's level) around the box centre
-    ``((x1 + x2) / 2, (y1 + y2) / 2)``; it is clipped to the box, so a point inside the region is inside
-    the gt. The authors test ``px - max(cx - r, x1) > 0`` etc.; ``px > max(cx - r, x1)`` is the same.
+    The authors test ``px - max(cx - r, x1) > 0`` (and the other three sides); a point beats the larger of
+    two bounds exactly when it beats both, so this is the point-in-box test AND the centre-square test of
+    ``exportable.boxes`` (``radius[n]`` = ``1.5 * stride`` of the point's level), gt-major ``(B, M, N)``.
     """
-    px = points[:, 0]  # (N,)
-    py = points[:, 1]  # (N,)
-    x1, y1, x2, y2 = (gt_boxes[..., i].unsqueeze(-1) for i in range(4))  # 4 x (B, M, 1)
-    cx = (x1 + x2) / 2  # (B, M, 1)
-    cy = (y1 + y2) / 2  # (B, M, 1)
-    inside = px > torch.maximum(cx - radius, x1)  # (B, M, N) left side
-    inside &= px < torch.minimum(cx + radius, x2)  # (B, M, N) right side
-    inside &= py > torch.maximum(cy - radius, y1)  # (B, M, N) top side
-    inside &= py < torch.minimum(cy + radius, y2)  # (B, M, N) bottom side
-    return inside
+    gts = gt_boxes.unsqueeze(-2)  # (B, M, 1, 4)
+    return _points_in_boxes(points, gts, aligned=True) & _points_near_centers(points, gts, radius, aligned=True)
+
+
+class Slots(NamedTuple):
+    """Steps 1-4's result, each ``(B, M, K)``: a gt's top-K points by key (best first, ties by index)."""
+
+    key: Tensor  # float64 ranking key (0 outside the region)
+    index: Tensor  # int64 point index
+    keep: Tensor  # bool: rank < k = min(#{candidates with u > 0}, topk)
+    prob: Tensor  # p at the gt's class
+    iou: Tensor  # IoU of the point's predicted box with the gt
 
 
 class O2FAssigner(nn.Module):
@@ -206,211 +170,119 @@ class O2FAssigner(nn.Module):
     ) -> AssignResult:
         if checks_enabled():
             _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, soft_ceiling)
-        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
-        labels = torch.where(mask, labels, 0)  # (B, M') padding reads class 0, never used
-        if exporting():
-            return self._assign_dense(points, strides, pred_scores, pred_boxes, boxes, labels, mask, soft_ceiling)
-        if pred_scores.shape[1] == 0:
-            return empty_result(pred_scores.shape[0], 0, self.num_classes, like=pred_boxes)  # no points
-        return self._assign_sparse(points, strides, pred_scores, pred_boxes, boxes, labels, mask, soft_ceiling)
-
-    # -- the exported graph: dense (B, M, N) --------------------------------------------------------------------
-
-    def _assign_dense(
-        self,
-        points: Tensor,
-        strides: Tensor,
-        pred_scores: Tensor,
-        pred_boxes: Tensor,
-        boxes: Tensor,
-        labels: Tensor,
-        mask: Tensor,
-        ceiling: Tensor,
-    ) -> AssignResult:
-        """Static shapes: every (gt, point) pair, one top-k per gt, masks. ``boxes`` has >= 1 row."""
-        b, n, c = pred_scores.shape
+        b, n, _ = pred_scores.shape
+        if not exporting() and n == 0:  # no points: nothing to assign (a graph's N is never 0)
+            return empty_result(b, 0, self.num_classes, like=pred_boxes)
+        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M)
         m = boxes.shape[1]
-        # 3. candidates: the centre region of each real gt (padding has none)
-        region = center_region(points, strides * self.center_radius, boxes) & mask.unsqueeze(-1)  # (B, M, N)
-        # 1. + 2. IoU and p on every pair; the ranking key (q^(1/(1-alpha)), float64), 0 outside the region
-        iou = torch.where(region, _box_iou(boxes, pred_boxes), 0.0)  # (B, M, N)
-        # p at each gt's class: rows b * C + label of the (B * C, N) class-major scores (a Gather of B * M rows;
-        # a gather with a (B, M, N) index would materialise that index in the graph)
-        rows = (torch.arange(b, device=labels.device).unsqueeze(1) * c + labels).reshape(b * m)  # (B * M,)
-        prob = pred_scores.transpose(1, 2).reshape(b * c, n).index_select(0, rows).reshape(b, m, n)  # (B, M, N)
-        key = quality_key(prob, iou, self.alpha)  # (B, M, N) float64; 0 outside the region (IoU is)
-        count = (iou > 0).to(iou.dtype).sum(dim=2).to(torch.int64)  # (B, M) candidates with IoU > 0 (exact)
-        # 4. per gt: the K best keys, kept where rank < k_g = min(count, topk)
-        vals, idx = _topk(key, self.topk, dim=2)  # (B, M, K), (B, M, K) best first, ties by point index
-        k = vals.shape[2]
-        keep = rank_mask(count, k)  # (B, M, K) rank < count (a count >= K keeps all K)
-        stored = torch.where(keep, vals, 0.0)  # (B, M, K) the authors' matching_matrix entries
-        # 5. conflicts: each point goes to the gt with the largest stored key (first gt on ties)
-        matching = torch.zeros_like(key).scatter(2, idx, stored)  # (B, M, N) unique indices per row
-        best, winner = matching.max(dim=1)  # (B, N), (B, N)
-        positive = best > 0  # (B, N)
-        gt_index = torch.where(positive, winner, NEGATIVE)  # (B, N)
-        # 6. the survivors of each gt's list (already sorted by q): the first is certain, the rest ambiguous
-        flat_idx = idx.reshape(b, m * k)  # (B, M * K)
-        owner = torch.gather(gt_index, 1, flat_idx).reshape(b, m, k)  # (B, M, K)
-        gt_ids = torch.arange(m, device=idx.device).reshape(1, m, 1)  # (1, M, 1)
-        survive = keep & (owner == gt_ids)  # (B, M, K)
-        certain = survive & (survive.to(torch.int64).cumsum(dim=2) == 1)  # (B, M, K) first survivor
+        labels = torch.where(mask, labels, 0)  # (B, M) padding reads class 0, never used
+        args = (points, strides, pred_scores, pred_boxes, boxes, labels, mask)
+        # 1.-4. each gt's top-K slots: dense in the graph, from the region's pairs alone in eager on the CPU
+        eager_cpu = not exporting() and pred_scores.device.type == "cpu"
+        slots = self._slots_by_range_search(*args) if eager_cpu else self._slots(*args)
+        k = slots.index.shape[2]
+        flat = slots.index.reshape(b, m * k)  # (B, M * K)
+        gt_ids = torch.arange(m, device=flat.device).view(1, m, 1).expand(b, m, k)  # (B, M, K)
+        # 5. conflicts: each point goes to the gt with the largest stored key (the lowest such gt); > 0: positive
+        stored = torch.where(slots.keep, slots.key, 0.0)  # (B, M, K) the authors' matching-matrix entries
+        best = stored.new_zeros(b, n).scatter_reduce(1, flat, stored.reshape(b, -1), "amax")  # (B, N)
+        tops = (stored > 0) & (stored == torch.gather(best, 1, flat).reshape(b, m, k))  # (B, M, K)
+        holder = torch.where(tops, gt_ids, m).reshape(b, -1)  # (B, M * K) M: not the point's best
+        winner = torch.full_like(best, m, dtype=torch.int64).scatter_reduce(1, flat, holder, "amin")  # (B, N)
+        gt_index = torch.where(winner < m, winner, NEGATIVE)  # (B, N)
+        # 6. a gt's surviving slots (its list is sorted by q): the first is certain, the others ambiguous
+        survive = slots.keep & (torch.gather(gt_index, 1, flat).reshape(b, m, k) == gt_ids)  # (B, M, K)
+        certain = survive & (survive.to(torch.int64).cumsum(dim=2) == 1)  # (B, M, K)
         ambiguous = survive & ~certain  # (B, M, K)
-        cls_idx = flat_idx * c + labels.unsqueeze(-1).expand(b, m, k).reshape(b, m * k)  # (B, M * K) n * C + class
-        slot_prob = torch.gather(pred_scores.reshape(b, n * c), 1, cls_idx).reshape(b, m, k)  # (B, M, K) p_j
-        amb_max = torch.where(ambiguous, slot_prob, 0.0).amax(dim=2, keepdim=True)  # (B, M, 1) max p, ambiguous
+        amb_max = torch.where(ambiguous, slots.prob, 0.0).amax(dim=2, keepdim=True)  # (B, M, 1) max p, ambiguous
         safe_max = torch.where(amb_max > 0, amb_max, 1.0)  # (B, M, 1) no 0 / 0 where there is none
-        t = ceiling.to(slot_prob.dtype)  # ()
-        soft = torch.where(ambiguous, slot_prob / safe_max * t, 0.0)  # (B, M, K) p_j / max p * T
+        soft = torch.where(ambiguous, slots.prob / safe_max * soft_ceiling.to(slots.prob.dtype), 0.0)  # (B, M, K)
         soft = torch.where(certain, 1.0, soft)  # (B, M, K)
         weight = torch.where(certain, self.certain_weight, torch.where(ambiguous, self.ambiguous_weight, 0.0))
-        # 7. IoU of each slot's predicted box with its gt (the same floats as the pairwise IoU)
-        slot_pred = torch.gather(pred_boxes, 1, flat_idx.unsqueeze(-1).expand(b, m * k, 4))  # (B, M * K, 4)
-        slot_gt = boxes.unsqueeze(2).expand(b, m, k, 4).reshape(b, m * k, 4)  # (B, M * K, 4)
-        slot_iou = _box_iou(slot_gt, slot_pred, aligned=True).reshape(b, m, k)  # (B, M, K)
-        # write the survivors back per point; everything else lands in the dropped column N
-        dest = torch.where(survive, idx, n).reshape(b, m * k, 1).expand(b, m * k, 3)  # (B, M * K, 3)
-        src = torch.stack([soft, weight.to(soft.dtype), slot_iou], dim=-1).reshape(b, m * k, 3)  # (B, M * K, 3)
-        per_point = pred_boxes.new_zeros(b, n + 1, 3).scatter(1, dest, src)[:, :n]  # (B, N, 3)
-        safe = gt_index.clamp(min=0)  # (B, N) any row for negatives; masked below
-        matched_boxes = torch.gather(boxes, 1, safe.unsqueeze(-1).expand(b, n, 4))  # (B, N, 4)
-        return AssignResult(
-            gt_index=gt_index,
-            labels=torch.where(positive, torch.gather(labels, 1, safe), self.num_classes),  # (B, N)
-            boxes=torch.where(positive.unsqueeze(-1), matched_boxes, 0.0),  # (B, N, 4)
-            overlaps=torch.where(positive, per_point[..., 2], 0.0),  # (B, N)
-            target_scores=torch.where(positive, per_point[..., 0], 0.0),  # (B, N)
-            weights=torch.where(positive, per_point[..., 1], 1.0),  # (B, N) negatives weigh 1
-        )
+        # targets: one scatter of the survivors per point; every other slot lands in the dropped column N
+        dest = torch.where(survive, slots.index, n).reshape(b, 1, m * k).expand(b, 3, m * k)  # (B, 3, M * K)
+        src = torch.stack([soft, weight.to(soft.dtype), slots.iou], dim=1).reshape(b, 3, m * k)  # (B, 3, M * K)
+        target, weights, overlaps = pred_boxes.new_zeros(b, 3, n + 1).scatter(2, dest, src)[:, :, :n].unbind(1)
+        return AssignResult.from_gt_index(  # non-positives: overlap 0, target 0, weight 0 + 1
+            gt_index, boxes, labels, self.num_classes, overlaps=overlaps, target_scores=target,
+            weights=weights + (gt_index < 0))
 
-    # -- eager: the same steps on the candidate pairs only ------------------------------------------------------
-
-    def _assign_sparse(
-        self,
-        points: Tensor,
-        strides: Tensor,
-        pred_scores: Tensor,
-        pred_boxes: Tensor,
-        boxes: Tensor,
-        labels: Tensor,
-        mask: Tensor,
-        ceiling: Tensor,
-    ) -> AssignResult:
-        """Eager: candidate pairs as flat lists (P of them), sorts instead of top-k over N. Same numbers.
-
-        Shape letters: G = B * M gts of the batch, P candidate (gt, point) pairs.
-        """
+    def _slots(self, points, strides, pred_scores, pred_boxes, boxes, labels, mask) -> Slots:
+        """Steps 1-4 over every (gt, point) pair, static shapes: what the graph runs."""
         b, n, c = pred_scores.shape
         m = boxes.shape[1]
-        dev = pred_boxes.device
-        flat_boxes = boxes.reshape(b * m, 4)  # (G, 4)
-        gid, pn = self._candidate_pairs(points, strides, flat_boxes, mask.reshape(-1))  # (P,), (P,)
-        bi = torch.div(gid, m, rounding_mode="floor")  # (P,) image
-        # 1. + 2. IoU, p at the gt's class, ranking key; candidates with IoU > 0 per gt
-        iou = _box_iou(flat_boxes[gid], pred_boxes[bi, pn], aligned=True)  # (P,)
-        prob = pred_scores[bi, pn, labels.reshape(-1)[gid]]  # (P,)
-        key = quality_key(prob, iou, self.alpha)  # (P,) float64
-        count = torch.zeros(b * m, dtype=torch.int64, device=dev).index_add_(0, gid, (iou > 0).to(torch.int64))
-        # 4. each gt's list sorted by key (ties: lower point index), ranks < min(count, topk) are picked
-        order = torch.argsort(pn, stable=True)  # (P,)
-        order = order[torch.argsort(key[order], descending=True, stable=True)]
-        order = order[torch.argsort(gid[order], stable=True)]  # (gt, key desc, point) order
-        gid, pn, bi, iou, prob, key = (t[order] for t in (gid, pn, bi, iou, prob, key))
-        sizes = torch.bincount(gid, minlength=b * m)  # (G,)
-        rank = torch.arange(gid.numel(), device=dev) - (sizes.cumsum(0) - sizes)[gid]  # (P,)
-        picked = ((rank < count[gid].clamp(max=self.topk)) & (key > 0)).nonzero().squeeze(1)  # (S,)
-        # 5. conflicts: per point the picked entry with the largest key, lowest gt index on ties
-        point = bi[picked] * n + pn[picked]  # (S,) flat (image, point)
-        o2 = torch.argsort(key[picked], descending=True, stable=True)  # ties keep gt order
-        o2 = o2[torch.argsort(point[o2], stable=True)]  # (point, key desc, gt) order
-        first = torch.ones_like(o2, dtype=torch.bool)  # (S,)
-        first[1:] = point[o2][1:] != point[o2][:-1]
-        wins = torch.zeros_like(first)
-        wins[o2] = first
-        sv = picked[wins]  # (Q,) survivors, still in (gt, key desc, point) order
-        # 6. the first survivor of each gt is certain, the rest ambiguous
-        g_sv = gid[sv]  # (Q,)
-        certain = torch.ones_like(g_sv, dtype=torch.bool)  # (Q,)
-        certain[1:] = g_sv[1:] != g_sv[:-1]
-        p_sv = prob[sv]  # (Q,)
-        amb_p = torch.where(certain, 0.0, p_sv)  # (Q,)
-        amb_max = torch.zeros(b * m, dtype=p_sv.dtype, device=dev).scatter_reduce_(0, g_sv, amb_p, "amax")  # (G,)
-        safe_max = torch.where(amb_max > 0, amb_max, 1.0)[g_sv]  # (Q,)
-        soft = torch.where(certain, 1.0, p_sv / safe_max * ceiling.to(p_sv.dtype))  # (Q,)
-        weight = torch.where(certain, self.certain_weight, self.ambiguous_weight).to(p_sv.dtype)  # (Q,)
-        # 7. write the survivors into the per-point outputs
-        target = bi[sv] * n + pn[sv]  # (Q,) flat (image, point)
-        m_sv = g_sv - bi[sv] * m  # (Q,) gt index within its image
-        gt_index = torch.full((b * n,), NEGATIVE, dtype=torch.int64, device=dev)
-        gt_index[target] = m_sv
-        out_labels = torch.full((b * n,), self.num_classes, dtype=torch.int64, device=dev)
-        out_labels[target] = labels.reshape(-1)[g_sv]
-        out_boxes = pred_boxes.new_zeros(b * n, 4)
-        out_boxes[target] = flat_boxes[g_sv]
-        overlaps = pred_boxes.new_zeros(b * n)
-        overlaps[target] = iou[sv]
-        scores = pred_boxes.new_zeros(b * n)
-        scores[target] = soft.to(scores.dtype)
-        weights = pred_boxes.new_ones(b * n)
-        weights[target] = weight.to(weights.dtype)
-        return AssignResult(
-            gt_index=gt_index.reshape(b, n),
-            labels=out_labels.reshape(b, n),
-            boxes=out_boxes.reshape(b, n, 4),
-            overlaps=overlaps.reshape(b, n),
-            target_scores=scores.reshape(b, n),
-            weights=weights.reshape(b, n),
-        )
+        # 1. p at each gt's class: rows b * C + label of the (B * C, N) class-major scores; IoU of every pair
+        rows = (torch.arange(b, device=labels.device).unsqueeze(1) * c + labels).reshape(b * m)  # (B * M,)
+        prob = pred_scores.transpose(1, 2).reshape(b * c, n).index_select(0, rows).reshape(b, m, n)  # (B, M, N)
+        iou = _box_iou(boxes, pred_boxes)  # (B, M, N)
+        # 2. + 3. the ranking key on the centre region of each real gt: u is zeroed outside, and so is q
+        region = center_region(points, strides * self.center_radius, boxes) & mask.unsqueeze(2)  # (B, M, N)
+        iou = iou * region  # (B, M, N)
+        key = quality_key(prob, iou, self.alpha)  # (B, M, N) float64
+        # 4. k = min(#{u > 0}, topk): the K best keys per gt, kept where rank < k
+        count = (iou > 0).to(iou.dtype).sum(dim=2).to(torch.int64)  # (B, M) exact below 2^24 points
+        key, index = _topk(key, self.topk, dim=2)  # (B, M, K) best first, ties by point index
+        keep = rank_mask(count, index.shape[2])  # (B, M, K)
+        return Slots(key, index, keep, torch.gather(prob, 2, index), torch.gather(iou, 2, index))
 
+    def _slots_by_range_search(self, points, strides, pred_scores, pred_boxes, boxes, labels, mask) -> Slots:
+        """Eager-only shortcut for :meth:`_slots`: the same slots from the region's pairs alone.
 
-    def _candidate_pairs(
-        self, points: Tensor, strides: Tensor, flat_boxes: Tensor, valid: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Step 3 in eager: every (gt, point) pair of the centre regions, as ``(gid (P,), point (P,))``.
-
-        Level by level (the points that share a stride share the radius r), with range searches instead
-        of a test per pair. The level's points are ranked by x and by y (``unique``) and sorted by the
-        integer key ``x_rank * K + y_rank`` (columns of equal x, each sorted by y). For a gt the x-test
-        ``max(cx - r, x1) < px < min(cx + r, x2)`` is a range of columns (``searchsorted`` on the sorted x
-        values), and in each column the y-test is a range of that sorted key: only the pairs inside the
-        region are ever listed. The bounds are the same float32 operations as :func:`center_region`, and
-        ``a < x`` is decided by ``searchsorted`` on exact values, so the pairs are exactly its True
-        entries, for any points; on a grid a gt touches about three columns per level.
+        Level by level (its points share the radius r), points sorted into columns of equal x, each sorted
+        by y: a gt's x-test ``max(cx - r, x1) < px < min(cx + r, x2)`` is a run of columns and, in each, the
+        y-test a run of points (``searchsorted`` on the exact values): only the region's pairs are listed,
+        for any points. On those P pairs (about 9 per gt and level on a grid) steps 1-4 are :meth:`_slots`'
+        elementwise operations on the same values, and a gt's list is sorted by (key desc, point index).
+        Slots with key 0 do nothing in steps 5-6 (nothing stored, never a survivor), so only those with
+        key > 0 are written; the rest keep key 0 and ``keep`` False.
         """
-        dev = points.device
-        x1, y1, x2, y2 = flat_boxes.unbind(-1)  # 4 x (G,)
-        cx = (x1 + x2) / 2  # (G,)
-        cy = (y1 + y2) / 2  # (G,)
-        radius = strides * self.center_radius  # (N,) the same values as the dense path's
-        gts = torch.arange(flat_boxes.shape[0], device=dev)  # (G,)
-        gids, pns = [], []
-        for r in torch.unique(radius):  # one pass per level
+        b, n, _ = pred_scores.shape
+        m, g_all, dev = boxes.shape[1], boxes.shape[0] * boxes.shape[1], boxes.device
+        x1, y1, x2, y2 = boxes.reshape(g_all, 4).unbind(-1)  # 4 x (G,) G = B * M gts
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2  # (G,) as in the centre-square test
+        radius = strides * self.center_radius  # (N,)
+        valid = mask.reshape(-1)  # (G,) padding has no region
+        gids, pns = [torch.zeros(0, dtype=torch.int64, device=dev)], [torch.zeros(0, dtype=torch.int64, device=dev)]
+        for r in torch.unique(radius):  # 3. first: the region's pairs, level by level (columns of x, rows of y)
             level = (radius == r).nonzero().squeeze(1)  # (N_l,)
             ux, x_rank = torch.unique(points[level, 0], return_inverse=True)  # (X,) sorted, (N_l,)
             uy, y_rank = torch.unique(points[level, 1], return_inverse=True)  # (Y,) sorted, (N_l,)
-            k = uy.numel() + 1
-            code, order = torch.sort(x_rank * k + y_rank)  # (N_l,) by column, then by y
-            idx = level[order]  # (N_l,) point index in code order
-            # columns with max(cx - r, x1) < x < min(cx + r, x2), and the y-ranks inside the y bounds
-            c_lo = torch.searchsorted(ux, torch.maximum(cx - r, x1), right=True)  # (G,) first x > lo
-            c_hi = torch.searchsorted(ux, torch.minimum(cx + r, x2))  # (G,) first x >= hi
-            y_lo = torch.searchsorted(uy, torch.maximum(cy - r, y1), right=True)  # (G,) first y-rank with y > lo
-            y_hi = torch.searchsorted(uy, torch.minimum(cy + r, y2))  # (G,) first y-rank with y >= hi
-            n_col = (c_hi - c_lo).clamp(min=0) * valid  # (G,) padding: none
-            col_gt = torch.repeat_interleave(gts, n_col)  # (Q,) one row per (gt, column)
-            col = torch.arange(col_gt.numel(), device=dev) + (c_lo - (n_col.cumsum(0) - n_col))[col_gt]  # (Q,)
-            first = torch.searchsorted(code, col * k + y_lo[col_gt])  # (Q,) the column's run of y in range
-            last = torch.searchsorted(code, col * k + y_hi[col_gt])  # (Q,)
-            count = (last - first).clamp(min=0)  # (Q,)
-            run = torch.repeat_interleave(torch.arange(col_gt.numel(), device=dev), count)  # (P_l,)
-            pos = torch.arange(run.numel(), device=dev) + (first - (count.cumsum(0) - count))[run]  # (P_l,)
-            gids.append(col_gt[run])
-            pns.append(idx[pos])
-        if not gids:
-            empty = torch.zeros(0, dtype=torch.int64, device=dev)
-            return empty, empty
-        return torch.cat(gids), torch.cat(pns)  # (P,), (P,)
+            code, order = torch.sort(x_rank * (uy.numel() + 1) + y_rank)  # (N_l,) column-major code
+            c_lo = torch.searchsorted(ux, torch.maximum(cx - r, x1), right=True)  # (G,) first column x > left
+            n_col = (torch.searchsorted(ux, torch.minimum(cx + r, x2)) - c_lo).clamp(min=0) * valid  # (G,)
+            y_lo = torch.searchsorted(uy, torch.maximum(cy - r, y1), right=True)  # (G,) first row y > top
+            y_hi = torch.searchsorted(uy, torch.minimum(cy + r, y2))  # (G,) first row y >= bottom
+            col_gt = torch.repeat_interleave(torch.arange(g_all, device=dev), n_col)  # (Q,) one per (gt, column)
+            col = torch.arange(col_gt.numel(), device=dev) + (c_lo - n_col.cumsum(0) + n_col)[col_gt]  # (Q,)
+            first = torch.searchsorted(code, col * (uy.numel() + 1) + y_lo[col_gt])  # (Q,) the column's y-run
+            run = (torch.searchsorted(code, col * (uy.numel() + 1) + y_hi[col_gt]) - first).clamp(min=0)  # (Q,)
+            at = torch.repeat_interleave(torch.arange(col_gt.numel(), device=dev), run)  # (P_l,)
+            gids.append(col_gt[at])
+            pns.append(level[order[torch.arange(at.numel(), device=dev) + (first - run.cumsum(0) + run)[at]]])
+        gid, pn = torch.cat(gids), torch.cat(pns)  # (P,) gt and point of every region pair
+        bi = torch.div(gid, m, rounding_mode="floor")  # (P,) image
+        # 1. + 2. p, IoU and key of each pair (aligned: the same floats as the pairwise IoU)
+        prob = pred_scores[bi, pn, labels.reshape(-1)[gid]]  # (P,)
+        iou = _box_iou(boxes.reshape(g_all, 4)[gid], pred_boxes[bi, pn], aligned=True)  # (P,)
+        key = quality_key(prob, iou, self.alpha)  # (P,) float64
+        # 4. each gt's list by (key desc, point index): rank < min(#{u > 0}, K) with key > 0 fill its slots
+        count = torch.zeros(g_all, dtype=torch.int64, device=dev).index_add_(0, gid, (iou > 0).to(torch.int64))
+        order = torch.argsort(pn, stable=True)  # (P,)
+        order = order[torch.argsort(key[order], descending=True, stable=True)]
+        order = order[torch.argsort(gid[order], stable=True)]  # (P,) (gt, key desc, point)
+        gid, pn, prob, iou, key = (t[order] for t in (gid, pn, prob, iou, key))
+        sizes = torch.bincount(gid, minlength=g_all)  # (G,)
+        rank = torch.arange(gid.numel(), device=dev) - (sizes.cumsum(0) - sizes)[gid]  # (P,)
+        k = min(self.topk, n)
+        sel = ((rank < count[gid].clamp(max=k)) & (key > 0)).nonzero().squeeze(1)  # (S,)
+        slot = gid[sel] * k + rank[sel]  # (S,) flat (gt, slot)
+        out = Slots(key.new_zeros(g_all * k), torch.zeros(g_all * k, dtype=torch.int64, device=dev),
+                    torch.zeros(g_all * k, dtype=torch.bool, device=dev), prob.new_zeros(g_all * k),
+                    iou.new_zeros(g_all * k))
+        for field, value in zip(out, (key[sel], pn[sel], torch.ones_like(sel, dtype=torch.bool), prob[sel], iou[sel])):
+            field[slot] = value
+        return Slots(*(f.reshape(b, m, k) for f in out))
+
 
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, ceiling) -> None:
     check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
@@ -419,5 +291,3 @@ def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
     value = float(ceiling)
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"soft_ceiling: expected T in [0, 1] (0.6 -> 0.2 over training), got {value}")
-
-
