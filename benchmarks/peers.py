@@ -330,7 +330,7 @@ def _peer_mmdet_maxiou(arrays: dict, meta: dict):
 
 
 def _max_iou_core():
-    from exportable.boxes import AnchorGtMaxIoU
+    from exportable.assigners.max_iou import AnchorGtMaxIoU
 
     return AnchorGtMaxIoU()
 
@@ -641,13 +641,13 @@ SUITES: dict[str, Suite] = {
         extra_parity=_parity_maxiou_argmax,
         notes=(
             "Like-for-like: the `ours MaxIoUAssigner` rows (the whole assignment, mmdetection's steps). "
-            "**Not like-for-like:** the `ours IoU+max core` rows time `exportable.boxes.AnchorGtMaxIoU`, "
+            "**Not like-for-like:** the `ours IoU+max core` rows time `exportable.assigners.max_iou.AnchorGtMaxIoU`, "
             "the IoU + max/argmax step of MaxIoU only (mmdetection's `overlaps.max(dim=0)`), the suite's module "
             "before `MaxIoUAssigner` landed; their ratio against mmdetection's whole `assign` overstates our "
             "advantage and is kept as the cost of that step alone.",
-            "Our eager modules process the batch one image at a time (peak memory near one image's N x M); "
-            "the ONNX graphs are fully batched, as exported graphs are (the deployer picks B), so their peak RSS "
-            "holds B x N x M intermediates.",
+            "Our eager modules and their ONNX graphs run the same per-image function (eager: a Python loop; the "
+            "graph: one ONNX Scan over the images), so both hold one image's overlapping (gt, anchor) pairs at a "
+            "time.",
         ),
     ),
     "atss": Suite(
@@ -728,8 +728,8 @@ OURS: dict[str, dict[str, Ours]] = {
             timed="the exported `MaxIoUAssigner` graph, whole batch, onnxruntime CPU EP"),
         "ours IoU+max core eager": Ours(
             "eager", _max_iou_core, **_CORE_IO,
-            timed="`exportable.boxes.AnchorGtMaxIoU()(anchors, gt_boxes, gt_mask)` on the batch: MaxIoU's IoU + "
-                  "max/argmax step only (eager runs it image by image)"),
+            timed="`exportable.assigners.max_iou.AnchorGtMaxIoU()(anchors, gt_boxes, gt_mask)` on the batch: "
+                  "MaxIoU's IoU + max/argmax step only (eager runs it image by image)"),
         "ours IoU+max core onnxruntime": Ours(
             "onnxruntime", _max_iou_core, **_CORE_IO,
             timed="the exported `AnchorGtMaxIoU` graph, whole batch, onnxruntime CPU EP"),

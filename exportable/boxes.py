@@ -18,9 +18,7 @@ Pairwise functions broadcast leading dims: anchors ``(N, 4)`` against gts ``(B, 
 ``(B, N, M)``. They compute on ``(..., N, 1)`` against ``(..., 1, M)`` views, one coordinate at a time, so
 only a few ``(..., N, M)`` float tensors are alive at once.
 
-Two small modules wrap the overlaps for export: :class:`BoxOverlaps` (pairwise IoU / IoF / GIoU of batched
-boxes) and :class:`AnchorGtMaxIoU` (IoU of shared anchors against padded gts, then the best real gt per
-anchor: MaxIoU's step 6).
+:class:`BoxOverlaps` wraps the overlaps for export (pairwise IoU / IoF / GIoU of batched boxes).
 
 Every public function validates its inputs (when :func:`exportable._checks.checks_enabled`) and then
 calls a private unchecked twin (``_box_iou`` ...) that other modules call directly.
@@ -40,17 +38,13 @@ from exportable._checks import (
     check_float,
     check_image_sizes,
     check_integer,
-    check_masked_boxes,
     check_scalar,
     check_shape,
     checks_enabled,
-    exporting,
 )
-from exportable.batching import ensure_gt_rows
 from exportable.numerics import atan
 
 __all__ = [
-    "AnchorGtMaxIoU",
     "BoxOverlaps",
     "box_area",
     "box_centers",
@@ -574,47 +568,3 @@ class BoxOverlaps(nn.Module):
         if checks_enabled():
             _check_pair(boxes1, boxes2, self.aligned, self.eps)
         return _OVERLAPS[self.mode](boxes1, boxes2, aligned=self.aligned, eps=self.eps)  # (B, N, M)
-
-
-class AnchorGtMaxIoU(nn.Module):
-    """``forward(anchors (N, 4), gt_boxes (B, M, 4), gt_mask (B, M)) -> (max_overlaps, argmax)``, both (B, N).
-
-    IoU of the shared anchors against each image's padded gts, then per anchor the best REAL gt (padding,
-    ``gt_mask = False``, never wins): ``max_overlaps`` float (0 when the image has no real gt) and ``argmax``
-    int64 (index into the image's M gts; the lowest index among equal IoUs; -1 when the image has no real
-    gt). This is mmdetection MaxIoU's step 6 (``overlaps.max(dim=0)``). One masked row is appended inside,
-    so M = 0 and all-padding images work in eager and in ONNX. Boxes are ``(x1, y1, x2, y2)``.
-    """
-
-    def __init__(self, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = check_scalar("eps", eps, low=0.0)
-
-    def forward(
-        self,
-        anchors: Float[Tensor, "N 4"],
-        gt_boxes: Float[Tensor, "B M 4"],
-        gt_mask: Bool[Tensor, "B M"],
-    ) -> tuple[Float[Tensor, "B N"], Int[Tensor, "B N"]]:
-        if checks_enabled():
-            check_boxes("anchors", anchors, ndim=2)
-            check_masked_boxes("gt_boxes", gt_boxes, gt_mask)
-        if not exporting() and gt_boxes.shape[0] > 1:
-            # Eager: one image at a time keeps peak memory near one image's (N, M); same results.
-            parts = [_anchor_gt_max_iou(anchors, gt_boxes[i : i + 1], gt_mask[i : i + 1], self.eps)
-                     for i in range(gt_boxes.shape[0])]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # (B, N) each
-        return _anchor_gt_max_iou(anchors, gt_boxes, gt_mask, self.eps)
-
-
-def _anchor_gt_max_iou(
-    anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, eps: float = 1e-6
-) -> tuple[Tensor, Tensor]:
-    boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M', 4), M' >= 1
-    iou = _box_iou(anchors, boxes, eps=eps)  # (B, N, M')
-    iou = torch.where(mask.unsqueeze(1), iou, -1.0)  # (B, N, M'); padding below every real IoU (>= 0)
-    # max over gts: the first index among equal values, in torch and in ONNX (ArgMax select_last_index=0).
-    # (Not `iou.argmax`: the exporter names that node "argmax", colliding with a graph output of that name.)
-    best, index = iou.max(dim=2)  # (B, N), (B, N)
-    has_gt = best >= 0  # (B, N)
-    return best.clamp(min=0), torch.where(has_gt, index, -1)  # (B, N), (B, N)

@@ -36,12 +36,12 @@ from exportable.anchors import AnchorGenerator, AnchorGrid, PointGenerator, Poin
 from exportable.assigners.atss import ATSSAssigner
 from exportable.assigners.dynamic_soft_label import DynamicSoftLabelAssigner
 from exportable.assigners.hungarian import HungarianAssigner, HungarianCost
-from exportable.assigners.max_iou import MaxIoUAssigner
+from exportable.assigners.max_iou import AnchorGtMaxIoU, MaxIoUAssigner
 from exportable.assigners.o2f import O2FAssigner
 from exportable.assigners.ota import OTAAssigner
 from exportable.assigners.simota import SimOTAAssigner
 from exportable.assigners.task_aligned import TaskAlignedAssigner
-from exportable.boxes import AnchorGtMaxIoU, BoxOverlaps
+from exportable.boxes import BoxOverlaps
 from exportable.coders import (
     DeltaXYWHCoder,
     DeltaXYWHDecode,
@@ -296,7 +296,7 @@ _ENTRIES: tuple[Entry, ...] = (
     Entry(
         name="max_iou",
         summary="IoU of shared anchors against padded gts, then the best gt per anchor (MaxIoU's step 6).",
-        source="exportable/boxes.py",
+        source="exportable/assigners/max_iou.py",
         factory=AnchorGtMaxIoU,
         params={},
         inputs=(

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from exportable import checks_disabled
 from exportable.boxes import (
-    AnchorGtMaxIoU,
     BoxOverlaps,
     _box_giou,
     _box_iof,
@@ -374,50 +373,6 @@ def test_box_overlaps_module():
         BoxOverlaps()(a, torch.zeros(2, 3, 5))
 
 
-def test_anchor_gt_max_iou_padding_ties_and_empty_images():
-    anchors = t([[0, 0, 2, 2], [10, 10, 12, 12], [0, 0, 4, 4]])
-    # image 0: gts 0 and 2 are real and equal (a tie), gt 1 is padding that would win if it counted
-    gts = t([[[0, 0, 2, 2], [10, 10, 12, 12], [0, 0, 2, 2]], [[0, 0, 0, 0]] * 3])
-    mask = torch.tensor([[True, False, True], [False, False, False]])
-    best, argmax = AnchorGtMaxIoU()(anchors, gts, mask)
-    # anchor 0: IoU 1 with gts 0 and 2 -> the lower index 0; anchor 1: IoU 0 with every real gt -> index 0;
-    # anchor 2 ([0,0,4,4]): IoU 4/16 with gts 0 and 2 -> 0. Image 1 has no real gt: 0 and -1.
-    torch.testing.assert_close(best, t([[1.0, 0.0, 0.25], [0.0, 0.0, 0.0]]))
-    assert argmax.tolist() == [[0, 0, 0], [-1, -1, -1]]
-    assert argmax.dtype == torch.int64
-    # M = 0 works (one masked row is appended inside)
-    best, argmax = AnchorGtMaxIoU()(anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
-    assert best.tolist() == [[0.0] * 3] * 2 and argmax.tolist() == [[-1] * 3] * 2
-    with pytest.raises(ValueError, match="gt_mask"):
-        AnchorGtMaxIoU()(anchors, gts, mask[:, :2])
-
-
-@pytest.mark.onnx
-@pytest.mark.filterwarnings("ignore:# The axis name")
-def test_anchor_gt_max_iou_onnx_with_no_gts():
-    import onnxruntime as ort
-    from torch.export import Dim
-
-    g = torch.Generator().manual_seed(6)
-    module = AnchorGtMaxIoU().eval()
-    n, b, m = Dim("N"), Dim("B"), Dim("M")
-    example = (_random_boxes(g, 12), _random_boxes(g, 2, 3), torch.tensor([[True, False, True], [True] * 3]))
-    program = torch.onnx.export(
-        module, example, dynamo=True, optimize=False, dynamic_shapes=({0: n}, {0: b, 1: m}, {0: b, 1: m})
-    )
-    model = program.model_proto
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    anchors = _random_boxes(g, 40)
-    for gts, mask in [
-        (torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool)),  # M = 0
-        (torch.cat([_random_boxes(g, 3, 5), anchors[None, :2].expand(3, 2, 4)], 1),  # exact IoU-1 ties
-         torch.tensor([[True] * 7, [False] * 7, [True, False] * 3 + [True]])),  # an all-padding image
-    ]:
-        feeds = {"anchors": anchors.numpy(), "gt_boxes": gts.numpy(), "gt_mask": mask.numpy()}
-        got = session.run(None, feeds)
-        want = module(anchors, gts, mask)
-        np.testing.assert_allclose(got[0], want[0].numpy(), rtol=0, atol=1e-6)
-        assert np.array_equal(got[1], want[1].numpy())
 
 
 def test_point_tests_pairwise_and_aligned_give_the_same_answers_in_both_layouts():

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exportable.assigners.max_iou import MaxIoUAssigner
+from exportable.assigners.max_iou import AnchorGtMaxIoU, MaxIoUAssigner
 from exportable.batching import pad_gts
+from exportable.box_pairs import anchor_blocks, overlapping_pairs
 from exportable.boxes import box_iou
 from lessons.retinanet_targets import max_iou_assign, to_mmdet_gt_inds
 
@@ -211,3 +213,102 @@ def test_bad_input_is_named():
         MaxIoUAssigner(neg_iou_thr="0.4")
     with pytest.raises(ValueError, match="neg_iou_thr"):
         MaxIoUAssigner(neg_iou_thr=(0.5, 0.1))
+def _boxes(g: torch.Generator, *shape: int, scale: float = 100.0) -> torch.Tensor:
+    xy = torch.rand(*shape, 2, generator=g) * scale
+    return torch.cat([xy, xy + torch.rand(*shape, 2, generator=g) * scale / 2], dim=-1)
+
+
+def test_anchor_gt_max_iou_padding_ties_and_empty_images():
+    anchors = T([[0, 0, 2, 2], [10, 10, 12, 12], [0, 0, 4, 4]])
+    # image 0: gts 0 and 2 are real and equal (a tie), gt 1 is padding that would win if it counted
+    gts = T([[[0, 0, 2, 2], [10, 10, 12, 12], [0, 0, 2, 2]], [[0, 0, 0, 0]] * 3])
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    best, argmax = AnchorGtMaxIoU()(anchors, gts, mask)
+    # anchor 0: IoU 1 with gts 0 and 2 -> the lower index 0; anchor 1: IoU 0 with every real gt -> index 0;
+    # anchor 2 ([0,0,4,4]): IoU 4/16 with gts 0 and 2 -> 0. Image 1 has no real gt: 0 and -1.
+    torch.testing.assert_close(best, T([[1.0, 0.0, 0.25], [0.0, 0.0, 0.0]]))
+    assert argmax.tolist() == [[0, 0, 0], [-1, -1, -1]]
+    assert argmax.dtype == torch.int64
+    # M = 0 works (one masked row is appended inside)
+    best, argmax = AnchorGtMaxIoU()(anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
+    assert best.tolist() == [[0.0] * 3] * 2 and argmax.tolist() == [[-1] * 3] * 2
+    with pytest.raises(ValueError, match="gt_mask"):
+        AnchorGtMaxIoU()(anchors, gts, mask[:, :2])
+
+
+@pytest.mark.onnx
+@pytest.mark.filterwarnings("ignore:# The axis name")
+def test_anchor_gt_max_iou_onnx_with_no_gts():
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    g = torch.Generator().manual_seed(6)
+    module = AnchorGtMaxIoU().eval()
+    n, b, m = Dim("N"), Dim("B"), Dim("M")
+    example = (_boxes(g, 12), _boxes(g, 2, 3), torch.tensor([[True, False, True], [True] * 3]))
+    program = torch.onnx.export(
+        module, example, dynamo=True, optimize=False, dynamic_shapes=({0: n}, {0: b, 1: m}, {0: b, 1: m})
+    )
+    model = program.model_proto
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    anchors = _boxes(g, 40)
+    for gts, mask in [
+        (torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool)),  # M = 0
+        (torch.cat([_boxes(g, 3, 5), anchors[None, :2].expand(3, 2, 4)], 1),  # exact IoU-1 ties
+         torch.tensor([[True] * 7, [False] * 7, [True, False] * 3 + [True]])),  # an all-padding image
+    ]:
+        feeds = {"anchors": anchors.numpy(), "gt_boxes": gts.numpy(), "gt_mask": mask.numpy()}
+        got = session.run(None, feeds)
+        want = module(anchors, gts, mask)
+        np.testing.assert_allclose(got[0], want[0].numpy(), rtol=0, atol=1e-6)
+        assert np.array_equal(got[1], want[1].numpy())
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 300])
+@pytest.mark.parametrize("grid", [True, False])
+def test_overlapping_pairs_hold_every_nonzero_iou(n, grid):
+    """The pairs' IoUs, scattered into (M, N), are exactly the dense IoU (padded gts: 0), for grid anchors and
+    scattered ones, block-sized edge counts, zero-area and out-of-image gts."""
+    g = torch.Generator().manual_seed(n)
+    if grid:
+        side = int(n**0.5) + 1
+        ys, xs = torch.meshgrid(torch.arange(side) * 8.0, torch.arange(side) * 8.0, indexing="ij")
+        xy = torch.stack([xs.flatten(), ys.flatten()], 1)[:n]  # (N, 2) row by row, as an anchor grid
+        anchors = torch.cat([xy - 10, xy + 10], 1)
+    else:
+        anchors = _boxes(g, n)
+    gts = torch.cat([_boxes(g, 6), T([[30, 30, 30, 30], [500, 500, 520, 530], [-40, -40, -5, -5], [40, 40, 60, 50]])])
+    mask = torch.tensor([True] * 9 + [False])  # the last gt is padding
+    blocks = anchor_blocks(anchors)
+    pairs = overlapping_pairs(blocks, gts, mask)
+    dense = torch.zeros(len(gts), blocks.index.numel())  # (M, NB * S)
+    dense[pairs.gt.unsqueeze(1).expand_as(pairs.slot), pairs.slot] = pairs.iou
+    want = torch.where(mask.unsqueeze(1), box_iou(gts, anchors), 0.0)  # (M, N)
+    assert torch.equal(dense[:, :n], want)
+    assert (dense[:, n:] == 0).all()  # padding slots
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("cfg", [
+    {"gt_max_assign_all": False},
+    {"ignore_iof_thr": 0.5},
+    {"ignore_iof_thr": 0.3, "gt_max_assign_all": False, "neg_iou_thr": (0.1, 0.4)},
+    {"pos_iou_thr": 0.7, "neg_iou_thr": 0.3, "min_pos_iou": 0.3},
+])
+def test_anchor_mask_is_the_reference_on_the_inside_anchors(seed, cfg):
+    """anchor_mask: as if mmdetection ran on the inside anchors only; the far gt (gt_max 0) hijacks, and with
+    gt_max_assign_all=False it takes the first INSIDE anchor."""
+    anchors, gts, labels, ignore = _random_case(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    inside = torch.rand(2, len(anchors), generator=g) > 0.3  # (B, N)
+    inside[:, :5] = False  # the first anchors outside: the first inside one is not anchor 0
+    batch = pad_gts([gts, gts[:4]], [labels, labels[:4]])
+    ign = pad_gts([ignore, ignore[:1]])
+    res = MaxIoUAssigner(num_classes=5, **cfg)(anchors, batch.boxes, batch.labels, batch.mask, anchor_mask=inside,
+                                               ignore_boxes=ign.boxes, ignore_mask=ign.mask)
+    for i, (gt, lab, ib) in enumerate([(gts, labels, ignore), (gts[:4], labels[:4], ignore[:1])]):
+        a = anchors[inside[i]]
+        ref = max_iou_assign(a, gt, lab, ignore_boxes=ib, num_classes=5, overlaps=box_iou(gt, a), **cfg)
+        assert torch.equal(res.gt_index[i][inside[i]], ref.gt_index), (i, cfg)
+        assert torch.equal(res.overlaps[i][inside[i]], ref.max_overlaps)
+        assert (res.gt_index[i][~inside[i]] == -2).all() and (res.overlaps[i][~inside[i]] == 0).all()
