@@ -38,6 +38,7 @@ from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.assigners.o2f import O2FAssigner
 from exportable.assigners.simota import SimOTAAssigner
 from exportable.assigners.task_aligned import TaskAlignedAssigner
+from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
 from exportable.boxes import AnchorGtMaxIoU, BoxOverlaps
 from exportable.coders import (
     DeltaXYWHCoder,
@@ -854,7 +855,7 @@ _ENTRIES += (
 )
 
 
-# -- Point assigners: SimOTA, TaskAligned (exportable/assigners/simota.py, task_aligned.py) --
+# -- Point assigners: SimOTA, TaskAligned (exportable/assigners/simota.py, task_aligned*.py) --
 
 
 def _point_outputs(overlap: str, target: str, weights: str = "classification loss weight: 1 everywhere",
@@ -922,9 +923,9 @@ _ENTRIES += (
         name="task_aligned_assigner_ultralytics",
         summary="ultralytics 8.4's TAL (YOLOv8-YOLO12): CIoU, in-gt (STAL 16 px) before the top-10 of "
         "sqrt(s) * CIoU^6, no t > 0 test, conflicts by argmax over all gts, eps 1e-9.",
-        source="exportable/assigners/task_aligned.py",
-        factory=TaskAlignedAssigner,
-        params={"variant": "ultralytics"},
+        source="exportable/assigners/task_aligned_ultralytics.py",
+        factory=UltralyticsTaskAlignedAssigner,
+        params={},
         inputs=_TAL_INPUTS,
         outputs=_point_outputs("CIoU (clamped at 0)", "t_hat = normalised s^alpha u^beta"),
         make_inputs=examples.task_aligned_inputs,

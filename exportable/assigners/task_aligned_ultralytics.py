@@ -1,0 +1,179 @@
+"""ultralytics' task-aligned assignment (TAL, ultralytics 8.4, YOLOv8 - YOLO12), batched and exportable.
+
+Shape shorthand: ``B`` images, ``N`` points (priors, shared by the batch), ``M`` gts per image (padded),
+``C`` classes, ``K = min(topk, N)``, ``P`` candidate (gt, point) pairs of the batch. Boxes are
+``(x1, y1, x2, y2)`` in absolute pixels, float32, ``x1 <= x2``; points are cell centres ``(x, y)``. Returns
+:class:`~exportable.assigners.result.AssignResult` (``gt_index`` 0-based, -1 negative; ``labels`` = C for
+every non-positive).
+
+The metric is TOOD's ``t = s^alpha * u^beta`` (:mod:`exportable.assigners.task_aligned`), but the candidates
+come first and ``u`` is CIoU. Steps as ``v8DetectionLoss`` builds it (``docs/algorithms.md`` §10.3; topk 10,
+alpha 0.5, beta 6):
+
+1. candidates: points strictly inside the gt (``> 1e-9``), after STAL: a real gt's side shorter than
+   ``stal_side`` (ultralytics' ``stride[1]`` = 16) is widened to it about the centre, for this test only.
+2. on candidates ``u = CIoU(gt, pred).clamp(0)`` (:func:`exportable.boxes.box_ciou`, eps 1e-7) and
+   ``t = s^alpha * u^beta``; both 0 elsewhere.
+3. per gt the K largest ``t`` over all points (ties: lower point index first).
+4. positive: in the top-K AND a candidate. No ``t > 0`` test: a gt with fewer than K non-zero candidates also
+   gets zero-metric positives (target 0); which zeros follows the tie rule (ultralytics leaves it to its
+   backend's top-k order).
+5. a point positive for several gts goes to ``argmax`` of ``u`` over ALL gt rows (lower index on ties), even a
+   gt that never proposed it (with all-zero overlaps: gt 0; ``Tencent/YOLO-Master issue #253``).
+6. outputs: the matched gt, its class and box; ``overlaps`` = its clamped CIoU.
+7. ``t_hat = t * max u / (max t + 1e-9)``, maxima per gt over its final positives (which may lie outside
+   its top-K after step 5).
+
+One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
+ultralytics does; the metric is scattered into ``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions
+over the ``(B, M, K)`` lists and the pairs. ``box_ciou``'s arithmetic (its arctangent included) is IEEE-exact,
+so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's argmax cannot flip.
+Eager runs ``eager_rows // M`` images at a time (never changing a result); the graph all at once.
+
+Not reproduced: ``topk2`` (YOLO26's second selection, applied after step 5); the STAL rule of releases
+before 8.4.190 (sides below ``stride[0]`` widened); PaddleDetection's TAL (in-gt first, IoU, eps 1e-9).
+``strides`` is part of the common point-assigner signature and is not read.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from exportable._checks import check_scalar, checks_enabled, exporting
+from exportable.assigners._points import check_point_assigner_inputs
+from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
+from exportable.assigners.task_aligned import (
+    alignment_metric,
+    check_num_classes,
+    check_topk,
+    gt_maxima,
+    in_image_chunks,
+    scatter_max,
+    scatter_min,
+    stal_boxes,
+)
+from exportable.batching import ensure_gt_rows
+from exportable.boxes import CIOU_EPS, _box_ciou, _points_in_boxes
+from exportable.ordering import _topk
+
+__all__ = ["UltralyticsTaskAlignedAssigner"]
+
+
+class UltralyticsTaskAlignedAssigner(nn.Module):
+    """ultralytics 8.4's ``TaskAlignedAssigner`` as ``v8DetectionLoss`` builds it: in-gt (STAL) candidates,
+    CIoU, the top-10 of ``sqrt(s) * CIoU^6``, conflicts by argmax over all gts, soft targets ``t_hat``.
+
+    Args:
+        topk: candidates per gt (10).
+        alpha: exponent of the class probability (0.5).
+        beta: exponent of the CIoU (6).
+        num_classes: ``labels`` value of non-positives; must equal C of ``pred_scores`` (None: C).
+        eps: the ``t_hat`` normalisation eps (1e-9).
+        center_margin: a point is a candidate if more than this many pixels inside every side (1e-9).
+        stal_side: real gts' sides shorter than this are widened to it for the candidate test (16,
+            ultralytics' ``stride[1]``; 0 = off).
+
+    ``forward`` is :class:`~exportable.assigners.task_aligned.TaskAlignedAssigner`'s: ``(points (N, 2),
+    strides (N,), pred_scores (B, N, C) probabilities, pred_boxes (B, N, 4), gt_boxes (B, M, 4),
+    gt_labels (B, M), gt_mask (B, M)) -> AssignResult``; ``overlaps`` is each positive's clamped CIoU,
+    ``target_scores`` its ``t_hat``. Attribute ``eager_rows`` (eager only): gt rows (images x M) per step.
+    """
+
+    variant = "ultralytics"
+
+    def __init__(
+        self,
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        num_classes: int | None = None,
+        eps: float = 1e-9,
+        center_margin: float = 1e-9,
+        stal_side: float = 16.0,
+    ) -> None:
+        super().__init__()
+        self.topk = check_topk(topk)
+        self.alpha = check_scalar("alpha", alpha, low=0.0)
+        self.beta = check_scalar("beta", beta, low=0.0)
+        self.num_classes = check_num_classes(num_classes)
+        self.eps = check_scalar("eps", eps, low=0.0)
+        self.center_margin = check_scalar("center_margin", center_margin)
+        self.stal_side = check_scalar("stal_side", stal_side, low=0.0)
+        self.eager_rows = 320  # gt rows per eager step (measured on 2 cores, N = 8,400)
+
+    def extra_repr(self) -> str:
+        return (f"topk={self.topk}, alpha={self.alpha}, beta={self.beta}, eps={self.eps}, "
+                f"center_margin={self.center_margin}, stal_side={self.stal_side}")
+
+    def forward(
+        self,
+        points: Float[Tensor, "N 2"],
+        strides: Float[Tensor, " N"],
+        pred_scores: Float[Tensor, "B N C"],
+        pred_boxes: Float[Tensor, "B N 4"],
+        gt_boxes: Float[Tensor, "B M 4"],
+        gt_labels: Int[Tensor, "B M"],
+        gt_mask: Bool[Tensor, "B M"],
+    ) -> AssignResult:
+        if checks_enabled():
+            check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask,
+                                        num_classes=self.num_classes)
+        b, n, c = pred_scores.shape
+        num_classes = c if self.num_classes is None else self.num_classes
+        if n == 0 and not exporting():
+            return empty_result(b, 0, num_classes, like=pred_boxes)  # no points: nothing to assign
+        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
+        labels = torch.where(mask, labels, 0)  # (B, M') padded rows may hold any label
+        images = max(1, self.eager_rows // boxes.shape[1])
+        gt_index, overlaps, target = in_image_chunks(self._assign, images, points, pred_scores, pred_boxes,
+                                                     boxes, labels, mask)
+        # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
+        return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
+                                          target_scores=target)
+
+    def _assign(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
+                mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Steps 1-5 and 7 for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        b, n, c = pred_scores.shape
+        m = boxes.shape[1]
+        # 1. candidates: inside the STAL-widened gt; real gts only (a NaN box contains no point).
+        in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
+        cand = _points_in_boxes(points, in_boxes.unsqueeze(2), margin=self.center_margin,
+                                aligned=True)  # (B, M, N) from (N, 2) and (B, M, 1, 4)
+        pair = cand.reshape(-1).nonzero().squeeze(1)  # (P,) flat (b, m, n) of the candidate pairs
+        row = torch.div(pair, n, rounding_mode="floor")  # (P,) gt row in B*M
+        image = torch.div(row, m, rounding_mode="floor")  # (P,)
+        point = image * n + (pair - row * n)  # (P,) point row in B*N
+        gid = row - image * m  # (P,) gt index within its image
+        # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
+        u = _box_ciou(boxes.reshape(-1, 4).index_select(0, row), pred_boxes.reshape(-1, 4).index_select(0, point),
+                      aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
+        s = pred_scores.reshape(-1).index_select(0, point * c + labels.reshape(-1).index_select(0, row))  # (P,)
+        t = alignment_metric(s, u, self.alpha, self.beta)  # (P,)
+        metric = torch.zeros(b * m * n, dtype=t.dtype, device=t.device).scatter_(0, pair, t)  # (B*M*N,)
+        # 3. the K largest t of every gt over all points (equal values, zeros included: lower index first).
+        _, top_i = _topk(metric.view(b, m, n), self.topk, -1, True, False)  # (B, M, K) as a set
+        # 4. positive: in the top-K and a candidate (zero-metric candidates included).
+        pos = cand.gather(2, top_i).reshape(-1)  # (B*M*K,)
+        listed = (top_i + torch.arange(b, device=top_i.device).view(b, 1, 1) * n).reshape(-1)  # (B*M*K,) in B*N
+        list_gid = torch.arange(m, device=top_i.device).view(1, m, 1).expand_as(top_i).reshape(-1)  # (B*M*K,)
+        count = torch.zeros(b * n, dtype=torch.int64, device=pos.device).scatter_add_(0, listed, pos.long())  # (B*N,)
+        only = scatter_min(listed, torch.where(pos, list_gid, m), b * n, m)  # (B*N,) its gt when count == 1
+        # 5. several gts: argmax of u over all gt rows, lowest row on ties; all-zero column: row 0.
+        best = scatter_max(point, u, b * n, 0.0)  # (B*N,) largest candidate CIoU of each point
+        hit = (u > 0) & (u == best.index_select(0, point))  # (P,)
+        arg_all = scatter_min(point, torch.where(hit, gid, m), b * n, m)  # (B*N,) m: no positive CIoU
+        arg_all = torch.where(arg_all == m, 0, arg_all)  # (B*N,)
+        winner = torch.where(count > 1, arg_all, only)  # (B*N,)
+        positive = count > 0  # (B*N,)
+        # 7. t_hat = t * max u / (max t + eps), maxima per gt over its final positives. The winner's t and u
+        #    are those of its candidate pair (0 if it is none: an all-zero column's row 0).
+        won = gid == winner.index_select(0, point)  # (P,) at most one pair per point
+        t_win = scatter_max(point, torch.where(won, t, 0.0), b * n, 0.0).view(b, n)  # (B, N)
+        u_win = scatter_max(point, torch.where(won, u, 0.0), b * n, 0.0).view(b, n)  # (B, N)
+        gt_index = torch.where(positive, winner, NEGATIVE).view(b, n)  # (B, N)
+        target = t_win * gt_maxima(gt_index, u_win, m) / (gt_maxima(gt_index, t_win, m) + self.eps)  # (B, N)
+        keep = positive.view(b, n)  # (B, N)
+        return gt_index, torch.where(keep, u_win, 0.0), torch.where(keep, target, 0.0)
