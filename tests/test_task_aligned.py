@@ -17,7 +17,8 @@ from exportable import onnx as xonnx
 from exportable.assigners.task_aligned import (
     TaskAlignedAssigner,
     alignment_metric,
-    gather_gt_scores,
+    mask_pairs,
+    pair_scores,
     stal_boxes,
 )
 from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
@@ -277,12 +278,19 @@ def test_power_by_squaring_is_within_4_ulp_of_pow_and_the_reference_gives_the_sa
     assert torch.equal(alignment_metric(s, u[:1000], 0.5, 6.0), ref.metric_of(s, u[:1000], 0.5, 6.0))
 
 
-def test_gathered_scores_match_indexing_both_ways():
+def test_pair_scores_match_indexing():
     g = torch.Generator().manual_seed(1)
     scores = torch.rand(3, 50, 7, generator=g)
     labels = torch.randint(0, 7, (3, 4), generator=g)
     want = torch.stack([scores[b][:, labels[b]].T for b in range(3)])  # (B, M, N)
-    assert torch.equal(gather_gt_scores(scores, labels), want)
+    mask = torch.rand(3, 4, 50, generator=g) < 0.3
+    pairs = mask_pairs(mask)
+    assert torch.equal(pair_scores(scores, labels, pairs), want[mask])  # row-major order, as NonZero
+    everything = mask_pairs(torch.ones(3, 4, 50, dtype=torch.bool))
+    assert torch.equal(pair_scores(scores, labels, everything).view(3, 4, 50), want)
+    assert torch.equal(everything.gt.view(3, 4, 50), torch.arange(4).view(1, 4, 1).expand(3, 4, 50))
+    rows = torch.arange(3).view(3, 1, 1) * 50 + torch.arange(50)  # (3, 1, 50) the point rows in B*N
+    assert torch.equal(everything.point.view(3, 4, 50), rows.expand(3, 4, 50))
 
 
 def test_pairwise_and_aligned_ciou_agree():

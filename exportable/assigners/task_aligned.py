@@ -23,9 +23,9 @@ TOOD's steps (``docs/algorithms.md`` §10.1; topk 13, alpha 1, beta 6):
 7. ``t_hat = t / (max t + 1e-7) * max u`` (TOODHead's ``10e-8``), maxima per gt over its final positives.
 
 One path: eager runs exactly the code that exports. After step 3 everything works on the ``(B, M, K)``
-lists and ``(B, N)`` per-point values, with scatter-reductions (``ScatterElements`` max / min in ONNX); the
-per-image work runs ``eager_rows // M`` images at a time in eager (a loop around the same function that
-bounds memory and never changes a result), all at once under export.
+lists and ``(B, N)`` per-point values with scatter-reductions (``ScatterElements`` max / min in ONNX). Eager
+runs ``eager_rows // M`` images at a time (a loop around the same function that bounds memory and never
+changes a result), the graph the whole batch at once.
 
 The normalisation's eps survives export (the exporter runs with ``optimize=False``; onnxscript's optimizer
 deletes constants <= 1e-8): a gt whose metric is all zero gives ``t_hat = 0``, never NaN.
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -49,13 +50,48 @@ from exportable.boxes import _box_iou, _points_in_boxes
 from exportable.numerics import power
 from exportable.ordering import _topk
 
-__all__ = ["TaskAlignedAssigner", "alignment_metric", "gather_gt_scores", "stal_boxes"]
+__all__ = ["TaskAlignedAssigner", "alignment_metric", "gather_gt_scores", "pair_scores", "stal_boxes"]
 
 IOU_EPS = 1e-6  # mmdetection's bbox_overlaps: IoU = inter / max(union, eps)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks (shared with task_aligned_ultralytics.py)
+
+
+class Pairs(NamedTuple):
+    """The True entries of a ``(B, M, N)`` (gt, point) mask as flat indices, ``(P,)`` each."""
+
+    flat: Tensor  # into B*M*N
+    row: Tensor  # the gt's row in B*M
+    point: Tensor  # the point's (prediction's) row in B*N
+    gt: Tensor  # the gt's index within its image
+
+
+def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
+    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below)."""
+    _, m, n = mask.shape
+    image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
+    row = image * m + gt  # (P,)
+    return Pairs(row * n + point, row, image * n + point, gt)
+
+
+def pair_boxes(gt_boxes: Float[Tensor, "B M 4"], pred_boxes: Float[Tensor, "B N 4"], pairs: Pairs):
+    """The gt and predicted boxes of each pair: ``(P, 4)`` twice."""
+    return gt_boxes.reshape(-1, 4).index_select(0, pairs.row), pred_boxes.reshape(-1, 4).index_select(0, pairs.point)
+
+
+def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
+    """``s`` of each pair: the point's probability at its gt's class, one flat gather (no ``(B, M, N, C)``).
+    Labels must lie in ``[0, C)`` (padded rows: any valid class)."""
+    c = pred_scores.shape[-1]
+    return pred_scores.reshape(-1).index_select(0, pairs.point * c + gt_labels.reshape(-1).index_select(0, pairs.row))
+
+
+def on_grid(values: Float[Tensor, " P"], pairs: Pairs, shape: tuple[int, int, int]) -> Float[Tensor, "B M N"]:
+    """The pairs' values on a ``(B, M, N)`` grid of zeros (each pair once: a plain scatter)."""
+    b, m, n = shape
+    return values.new_zeros(b * m * n).scatter_(0, pairs.flat, values).view(b, m, n)
 
 
 def gather_gt_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"]) -> Float[Tensor, "B M N"]:
@@ -97,6 +133,14 @@ def stal_boxes(
         h = torch.where((h < min_side) & gt_mask, min_side, h)  # (B, M)
     hw, hh = w / 2, h / 2  # (B, M)
     return torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=-1)  # (B, M, 4)
+
+
+def list_entries(top_i: Int[Tensor, "B M K"], n: int) -> tuple[Int[Tensor, " L"], Int[Tensor, " L"]]:
+    """The top-K lists flattened, ``L = B*M*K``: each entry's point row in ``B*N`` and its gt's index."""
+    b, m, _ = top_i.shape
+    point = (top_i + torch.arange(b, device=top_i.device).view(b, 1, 1) * n).reshape(-1)  # (L,)
+    gt = torch.arange(m, device=top_i.device).view(1, m, 1).expand_as(top_i).reshape(-1)  # (L,)
+    return point, gt
 
 
 def scatter_max(index: Int[Tensor, " P"], values: Tensor, size: int, fill: float | int) -> Tensor:
@@ -259,18 +303,17 @@ class TaskAlignedAssigner(nn.Module):
         # 3. the K largest t of every gt over all points (equal values: lower point index first).
         top_t, top_i = _topk(metric, self.topk, -1, True, False)  # (B, M, K) as a set
         top_u = iou.gather(2, top_i)  # (B, M, K)
+        listed, list_gt = list_entries(top_i, n)  # (B*M*K,) each
         # 4. positive: t > 0 and the point inside the gt by more than the margin; real gts only.
         in_boxes = stal_boxes(boxes, mask, self.stal_side) if self.stal_side > 0 else boxes  # (B, M, 4)
         inside = _points_in_boxes(points[top_i], in_boxes.unsqueeze(2), margin=self.center_margin,
                                   aligned=True)  # (B, M, K) from (B, M, K, 2) and (B, M, 1, 4)
         pos = (top_t > 0) & inside & mask.unsqueeze(-1)  # (B, M, K)
         # 5. a point positive for several gts: the highest IoU among them, the lower gt index on ties.
-        point = (top_i + torch.arange(b, device=top_i.device).view(b, 1, 1) * n).reshape(-1)  # (B*M*K,) in B*N
         u_pos = torch.where(pos, top_u, -1.0).reshape(-1)  # (B*M*K,)
-        best = scatter_max(point, u_pos, b * n, -1.0)  # (B*N,) -1: positive for no gt
-        gid = torch.arange(m, device=top_i.device).view(1, m, 1).expand_as(top_i).reshape(-1)  # (B*M*K,)
-        hit = (u_pos >= 0) & (u_pos == best.index_select(0, point))  # (B*M*K,)
-        winner = scatter_min(point, torch.where(hit, gid, m), b * n, m).view(b, n)  # (B, N)
+        best = scatter_max(listed, u_pos, b * n, -1.0)  # (B*N,) -1: positive for no gt
+        hit = (u_pos >= 0) & (u_pos == best.index_select(0, listed))  # (B*M*K,)
+        winner = scatter_min(listed, torch.where(hit, list_gt, m), b * n, m).view(b, n)  # (B, N)
         positive = best.view(b, n) >= 0  # (B, N)
         gt_index = torch.where(positive, winner, NEGATIVE)  # (B, N)
         # 7. t_hat = t / (max t + eps) * max u, the maxima per gt over its final positives.

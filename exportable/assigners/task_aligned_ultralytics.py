@@ -50,6 +50,11 @@ from exportable.assigners.task_aligned import (
     check_topk,
     gt_maxima,
     in_image_chunks,
+    list_entries,
+    mask_pairs,
+    on_grid,
+    pair_boxes,
+    pair_scores,
     scatter_max,
     scatter_min,
     stal_boxes,
@@ -136,44 +141,34 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
     def _assign(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
                 mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Steps 1-5 and 7 for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
-        b, n, c = pred_scores.shape
+        b, n, _ = pred_scores.shape
         m = boxes.shape[1]
         # 1. candidates: inside the STAL-widened gt; real gts only (a NaN box contains no point).
         in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
         cand = _points_in_boxes(points, in_boxes.unsqueeze(2), margin=self.center_margin,
                                 aligned=True)  # (B, M, N) from (N, 2) and (B, M, 1, 4)
-        pair = cand.reshape(-1).nonzero().squeeze(1)  # (P,) flat (b, m, n) of the candidate pairs
-        row = torch.div(pair, n, rounding_mode="floor")  # (P,) gt row in B*M
-        image = torch.div(row, m, rounding_mode="floor")  # (P,)
-        point = image * n + (pair - row * n)  # (P,) point row in B*N
-        gid = row - image * m  # (P,) gt index within its image
+        pairs = mask_pairs(cand)  # (P,) each
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
-        u = _box_ciou(boxes.reshape(-1, 4).index_select(0, row), pred_boxes.reshape(-1, 4).index_select(0, point),
-                      aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
-        s = pred_scores.reshape(-1).index_select(0, point * c + labels.reshape(-1).index_select(0, row))  # (P,)
-        t = alignment_metric(s, u, self.alpha, self.beta)  # (P,)
-        metric = torch.zeros(b * m * n, dtype=t.dtype, device=t.device).scatter_(0, pair, t)  # (B*M*N,)
+        u = _box_ciou(*pair_boxes(boxes, pred_boxes, pairs), aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
+        t = alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta)  # (P,)
         # 3. the K largest t of every gt over all points (equal values, zeros included: lower index first).
-        _, top_i = _topk(metric.view(b, m, n), self.topk, -1, True, False)  # (B, M, K) as a set
+        _, top_i = _topk(on_grid(t, pairs, (b, m, n)), self.topk, -1, True, False)  # (B, M, K) as a set
         # 4. positive: in the top-K and a candidate (zero-metric candidates included).
         pos = cand.gather(2, top_i).reshape(-1)  # (B*M*K,)
-        listed = (top_i + torch.arange(b, device=top_i.device).view(b, 1, 1) * n).reshape(-1)  # (B*M*K,) in B*N
-        list_gid = torch.arange(m, device=top_i.device).view(1, m, 1).expand_as(top_i).reshape(-1)  # (B*M*K,)
+        listed, list_gt = list_entries(top_i, n)  # (B*M*K,) each
         count = torch.zeros(b * n, dtype=torch.int64, device=pos.device).scatter_add_(0, listed, pos.long())  # (B*N,)
-        only = scatter_min(listed, torch.where(pos, list_gid, m), b * n, m)  # (B*N,) its gt when count == 1
-        # 5. several gts: argmax of u over all gt rows, lowest row on ties; all-zero column: row 0.
-        best = scatter_max(point, u, b * n, 0.0)  # (B*N,) largest candidate CIoU of each point
-        hit = (u > 0) & (u == best.index_select(0, point))  # (P,)
-        arg_all = scatter_min(point, torch.where(hit, gid, m), b * n, m)  # (B*N,) m: no positive CIoU
-        arg_all = torch.where(arg_all == m, 0, arg_all)  # (B*N,)
-        winner = torch.where(count > 1, arg_all, only)  # (B*N,)
-        positive = count > 0  # (B*N,)
+        only = scatter_min(listed, torch.where(pos, list_gt, m), b * n, m)  # (B*N,) its gt when count == 1
+        # 5. several gts: argmax of u over all gt rows, lowest row on ties; an all-zero column: row 0.
+        best = scatter_max(pairs.point, u, b * n, 0.0)  # (B*N,) each point's largest candidate CIoU
+        hit = (u > 0) & (u == best.index_select(0, pairs.point))  # (P,)
+        arg_all = scatter_min(pairs.point, torch.where(hit, pairs.gt, m), b * n, m)  # (B*N,) m: no CIoU > 0
+        winner = torch.where(count > 1, torch.where(arg_all == m, 0, arg_all), only)  # (B*N,)
+        positive = (count > 0).view(b, n)  # (B, N)
+        gt_index = torch.where(positive, winner.view(b, n), NEGATIVE)  # (B, N)
         # 7. t_hat = t * max u / (max t + eps), maxima per gt over its final positives. The winner's t and u
         #    are those of its candidate pair (0 if it is none: an all-zero column's row 0).
-        won = gid == winner.index_select(0, point)  # (P,) at most one pair per point
-        t_win = scatter_max(point, torch.where(won, t, 0.0), b * n, 0.0).view(b, n)  # (B, N)
-        u_win = scatter_max(point, torch.where(won, u, 0.0), b * n, 0.0).view(b, n)  # (B, N)
-        gt_index = torch.where(positive, winner, NEGATIVE).view(b, n)  # (B, N)
+        won = pairs.gt == winner.index_select(0, pairs.point)  # (P,) one pair per point at most
+        t_win = scatter_max(pairs.point, torch.where(won, t, 0.0), b * n, 0.0).view(b, n)  # (B, N)
+        u_win = scatter_max(pairs.point, torch.where(won, u, 0.0), b * n, 0.0).view(b, n)  # (B, N)
         target = t_win * gt_maxima(gt_index, u_win, m) / (gt_maxima(gt_index, t_win, m) + self.eps)  # (B, N)
-        keep = positive.view(b, n)  # (B, N)
-        return gt_index, torch.where(keep, u_win, 0.0), torch.where(keep, target, 0.0)
+        return gt_index, torch.where(positive, u_win, 0.0), torch.where(positive, target, 0.0)
