@@ -381,6 +381,12 @@ def points_in_boxes(
 
 def _points_in_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0, aligned: bool = False) -> Tensor:
     (px, py), (x1, y1, x2, y2) = _point_planes(points, boxes, aligned)
+    if margin == 0:  # for finite floats px - x1 > 0 exactly when px > x1: comparisons only, no float temporaries
+        inside = px > x1  # (..., N, M) or the broadcast shape
+        inside &= py > y1
+        inside &= x2 > px
+        inside &= y2 > py
+        return inside
     inside = (px - x1) > margin  # (..., N, M) or the broadcast shape
     inside &= (py - y1) > margin
     inside &= (x2 - px) > margin

@@ -17,11 +17,9 @@ from exportable import onnx as xonnx
 from exportable.assigners.task_aligned import (
     TaskAlignedAssigner,
     alignment_metric,
-    mask_pairs,
-    pair_scores,
     stal_boxes,
 )
-from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
+from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner, mask_pairs, pair_scores
 from exportable.batching import pad_gts
 from exportable.boxes import box_ciou
 from exportable.examples import task_aligned_inputs
@@ -290,7 +288,8 @@ def test_pair_scores_match_indexing():
     assert torch.equal(pair_scores(scores, labels, everything).view(3, 4, 50), want)
     assert torch.equal(everything.gt.view(3, 4, 50), torch.arange(4).view(1, 4, 1).expand(3, 4, 50))
     rows = torch.arange(3).view(3, 1, 1) * 50 + torch.arange(50)  # (3, 1, 50) the point rows in B*N
-    assert torch.equal(everything.point.view(3, 4, 50), rows.expand(3, 4, 50))
+    assert torch.equal(everything.pred.view(3, 4, 50), rows.expand(3, 4, 50))
+    assert torch.equal(everything.point.view(3, 4, 50), torch.arange(50).expand(3, 4, 50))
 
 
 def test_pairwise_and_aligned_ciou_agree():
@@ -379,14 +378,19 @@ def test_onnxruntime_on_degenerate_inputs_gives_zero_not_nan(name, exported):
 def test_the_normalisation_eps_survives_export(name, eps, exported):
     model = exported(name)
     consts = []
-    for node in model.graph.node:
-        if node.op_type == "Constant":
+
+    def collect(graph):  # the graph and its subgraphs (the per-image Scan body)
+        consts.extend(onnx.numpy_helper.to_array(t).ravel() for t in graph.initializer)
+        for node in graph.node:
             for attr in node.attribute:
-                if attr.name == "value":
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    collect(attr.g)
+                elif node.op_type == "Constant" and attr.name == "value":
                     consts.append(onnx.numpy_helper.to_array(attr.t).ravel())
-                elif attr.name == "value_float":
+                elif node.op_type == "Constant" and attr.name == "value_float":
                     consts.append(np.array([attr.f]))
-    consts += [onnx.numpy_helper.to_array(t).ravel() for t in model.graph.initializer]
+
+    collect(model.graph)
     values = np.concatenate([c.astype(np.float64) for c in consts if c.dtype.kind == "f"])
     assert np.isclose(values, np.float32(eps), rtol=1e-6, atol=0).any()
     # and it acts: ultralytics' zero-metric positives (target 0 / (0 + eps)) come out 0 in onnxruntime

@@ -22,13 +22,11 @@ TOOD's steps (``docs/algorithms.md`` §10.1; topk 13, alpha 1, beta 6):
 6. outputs: the matched gt, its class and box; ``overlaps`` = the winning IoU.
 7. ``t_hat = t / (max t + 1e-7) * max u`` (TOODHead's ``10e-8``), maxima per gt over its final positives.
 
-One path: eager runs exactly the code that exports. After step 3 everything works on the ``(B, M, K)``
-lists and ``(B, N)`` per-point values with scatter-reductions (``ScatterElements`` max / min in ONNX). Eager
-runs ``eager_rows // M`` images at a time (a loop around the same function that bounds memory and never
-changes a result), the graph the whole batch at once.
-
-The normalisation's eps survives export (the exporter runs with ``optimize=False``; onnxscript's optimizer
-deletes constants <= 1e-8): a gt whose metric is all zero gives ``t_hat = 0``, never NaN.
+One path: eager runs exactly the code that exports. Steps 1-3, the ``(M, N)`` work, run image by image
+(:func:`in_image_chunks`: a few images per step in eager, one ``Scan`` iteration per image in the graph;
+images never interact, so the split never changes a result, and each step's tensors stay in cache); steps
+4-7 work on the ``(B, M, K)`` lists with scatter-reductions (``ScatterElements`` max / min in ONNX). The
+eps of ``t_hat`` survives export (``optimize=False``): an all-zero metric gives ``t_hat = 0``, never NaN.
 ``strides`` is part of the common point-assigner signature and is not read.
 """
 
@@ -36,11 +34,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+from torch._higher_order_ops.scan import scan
 
 from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._points import check_point_assigner_inputs
@@ -50,48 +48,13 @@ from exportable.boxes import _box_iou, _points_in_boxes
 from exportable.numerics import power
 from exportable.ordering import _topk
 
-__all__ = ["TaskAlignedAssigner", "alignment_metric", "gather_gt_scores", "pair_scores", "stal_boxes"]
+__all__ = ["TaskAlignedAssigner", "alignment_metric", "gather_gt_scores", "stal_boxes"]
 
 IOU_EPS = 1e-6  # mmdetection's bbox_overlaps: IoU = inter / max(union, eps)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks (shared with task_aligned_ultralytics.py)
-
-
-class Pairs(NamedTuple):
-    """The True entries of a ``(B, M, N)`` (gt, point) mask as flat indices, ``(P,)`` each."""
-
-    flat: Tensor  # into B*M*N
-    row: Tensor  # the gt's row in B*M
-    point: Tensor  # the point's (prediction's) row in B*N
-    gt: Tensor  # the gt's index within its image
-
-
-def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
-    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below)."""
-    _, m, n = mask.shape
-    image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
-    row = image * m + gt  # (P,)
-    return Pairs(row * n + point, row, image * n + point, gt)
-
-
-def pair_boxes(gt_boxes: Float[Tensor, "B M 4"], pred_boxes: Float[Tensor, "B N 4"], pairs: Pairs):
-    """The gt and predicted boxes of each pair: ``(P, 4)`` twice."""
-    return gt_boxes.reshape(-1, 4).index_select(0, pairs.row), pred_boxes.reshape(-1, 4).index_select(0, pairs.point)
-
-
-def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
-    """``s`` of each pair: the point's probability at its gt's class, one flat gather (no ``(B, M, N, C)``).
-    Labels must lie in ``[0, C)`` (padded rows: any valid class)."""
-    c = pred_scores.shape[-1]
-    return pred_scores.reshape(-1).index_select(0, pairs.point * c + gt_labels.reshape(-1).index_select(0, pairs.row))
-
-
-def on_grid(values: Float[Tensor, " P"], pairs: Pairs, shape: tuple[int, int, int]) -> Float[Tensor, "B M N"]:
-    """The pairs' values on a ``(B, M, N)`` grid of zeros (each pair once: a plain scatter)."""
-    b, m, n = shape
-    return values.new_zeros(b * m * n).scatter_(0, pairs.flat, values).view(b, m, n)
 
 
 def gather_gt_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"]) -> Float[Tensor, "B M N"]:
@@ -103,7 +66,7 @@ def gather_gt_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor,
     b, n, c = pred_scores.shape
     m = gt_labels.shape[1]
     by_class = pred_scores.transpose(1, 2).reshape(b * c, n)  # (B*C, N)
-    rows = gt_labels + torch.arange(b, device=gt_labels.device).unsqueeze(1) * c  # (B, M)
+    rows = gt_labels + torch.arange(b, device=gt_labels.device, dtype=torch.int64).unsqueeze(1) * c  # (B, M)
     return by_class.index_select(0, rows.reshape(-1)).reshape(b, m, n)  # (B, M, N)
 
 
@@ -138,50 +101,54 @@ def stal_boxes(
 def list_entries(top_i: Int[Tensor, "B M K"], n: int) -> tuple[Int[Tensor, " L"], Int[Tensor, " L"]]:
     """The top-K lists flattened, ``L = B*M*K``: each entry's point row in ``B*N`` and its gt's index."""
     b, m, _ = top_i.shape
-    point = (top_i + torch.arange(b, device=top_i.device).view(b, 1, 1) * n).reshape(-1)  # (L,)
-    gt = torch.arange(m, device=top_i.device).view(1, m, 1).expand_as(top_i).reshape(-1)  # (L,)
+    point = (top_i + torch.arange(b, device=top_i.device, dtype=torch.int64).view(b, 1, 1) * n).reshape(-1)  # (L,)
+    gt = torch.arange(m, device=top_i.device, dtype=torch.int64).view(1, m, 1).expand_as(top_i).reshape(-1)  # (L,)
     return point, gt
 
 
-def scatter_max(index: Int[Tensor, " P"], values: Tensor, size: int, fill: float | int) -> Tensor:
-    """``(size,)``: ``fill`` (included in the max) raised to the largest value scattered to each slot."""
-    return torch.full((size,), fill, dtype=values.dtype, device=values.device).scatter_reduce_(0, index, values, "amax")
-
-
-def scatter_min(index: Int[Tensor, " P"], values: Tensor, size: int, fill: float | int) -> Tensor:
-    """``(size,)``: ``fill`` (included in the min) lowered to the smallest value scattered to each slot."""
-    return torch.full((size,), fill, dtype=values.dtype, device=values.device).scatter_reduce_(0, index, values, "amin")
+def scatter_into(index: Int[Tensor, " P"], values: Tensor, size: int, fill: float | int, reduce: str) -> Tensor:
+    """``(size,)`` slots holding ``fill``, each reduced (``"amax"`` / ``"amin"``, ``fill`` included) with the
+    values scattered to it. Order-free: eager and onnxruntime agree bit for bit."""
+    return torch.full((size,), fill, dtype=values.dtype, device=values.device).scatter_reduce_(0, index, values, reduce)
 
 
 def gt_maxima(gt_index: Int[Tensor, "B N"], values: Float[Tensor, "B N"], m: int) -> Float[Tensor, "B N"]:
     """Per positive point, the max of ``values (>= 0)`` over the final positives of its gt: the ``max t`` and
     ``max u`` of ``t_hat`` (non-positives get gt 0's; mask them). One scatter-max into ``(B * M)``, one gather."""
     b = gt_index.shape[0]
-    rows = gt_index.clamp(min=0) + torch.arange(b, device=gt_index.device).unsqueeze(1) * m  # (B, N) in B*M
-    per_gt = scatter_max(rows.reshape(-1), torch.where(gt_index >= 0, values, 0.0).reshape(-1), b * m, 0.0)  # (B*M,)
-    return per_gt.index_select(0, rows.reshape(-1)).view_as(values)  # (B, N)
+    offsets = torch.arange(b, device=gt_index.device, dtype=torch.int64).unsqueeze(1) * m  # (B, 1)
+    rows = (gt_index.clamp(min=0) + offsets).reshape(-1)  # (B*N,) in B*M
+    per_gt = scatter_into(rows, torch.where(gt_index >= 0, values, 0.0).reshape(-1), b * m, 0.0, "amax")  # (B*M,)
+    return per_gt.index_select(0, rows).view_as(values)  # (B, N)
 
 
-def in_image_chunks(fn: Callable[..., tuple[Tensor, ...]], images: int, points: Tensor, *batched: Tensor):
-    """``fn(points, *batched)``; in eager ``images`` images at a time (results concatenated along B) to bound
-    memory. Images never interact, so the split never changes a result; under export one call."""
+def in_image_chunks(fn: Callable[..., tuple[Tensor, ...]], images: int, *batched: Tensor) -> tuple[Tensor, ...]:
+    """``fn(*batched)`` for a batch, image by image: eager calls it on ``images`` images at a time, the exported
+    graph on one image per iteration of an ONNX ``Scan``; results are concatenated along B. Images never
+    interact, so the split never changes a result; it keeps each step's ``(M, N)`` work small (in cache)."""
+    if exporting():
+        def body(carry: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+            out = fn(*(x.unsqueeze(0) for x in xs))  # one image
+            return carry.clone(), tuple(y.squeeze(0).clone() for y in out)
+
+        return scan(body, batched[0].new_zeros(()), batched)[1]  # (B, ...) each
     b = batched[0].shape[0]
-    if exporting() or images >= b:
-        return fn(points, *batched)
-    parts = [fn(points, *(x[i : i + images] for x in batched)) for i in range(0, b, images)]
+    if images >= b:
+        return fn(*batched)
+    parts = [fn(*(x[i : i + images] for x in batched)) for i in range(0, b, images)]
     return tuple(torch.cat(field) for field in zip(*parts))
 
 
-def check_topk(topk: int) -> int:
+def check_hyper_parameters(module: nn.Module, topk: int, num_classes: int | None, **scalars: float) -> None:
+    """Set ``topk`` (an int >= 1), ``num_classes`` (None or >= 1) and the scalars (``alpha``, ``beta``, ``eps``
+    >= 0 ...) on ``module``, with errors that name the argument."""
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk: must be an int >= 1, got {topk!r}")
-    return topk
-
-
-def check_num_classes(num_classes: int | None) -> int | None:
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
-    return None if num_classes is None else int(num_classes)
+    module.topk, module.num_classes = topk, None if num_classes is None else int(num_classes)
+    for name, value in scalars.items():
+        setattr(module, name, check_scalar(name, value, low=None if name == "center_margin" else 0.0))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,13 +206,8 @@ class TaskAlignedAssigner(nn.Module):
         stal_side: float = 0.0,
     ) -> None:
         super().__init__()
-        self.topk = check_topk(topk)
-        self.alpha = check_scalar("alpha", alpha, low=0.0)
-        self.beta = check_scalar("beta", beta, low=0.0)
-        self.num_classes = check_num_classes(num_classes)
-        self.eps = check_scalar("eps", eps, low=0.0)
-        self.center_margin = check_scalar("center_margin", center_margin)
-        self.stal_side = check_scalar("stal_side", stal_side, low=0.0)
+        check_hyper_parameters(self, topk, num_classes, alpha=alpha, beta=beta, eps=eps, center_margin=center_margin,
+                               stal_side=stal_side)
         self.eager_rows = 20  # one image per step at M >= 20 (measured on 2 cores, N = 8,400)
 
     @classmethod
@@ -284,40 +246,45 @@ class TaskAlignedAssigner(nn.Module):
             return empty_result(b, 0, num_classes, like=pred_boxes)  # no points: nothing to assign
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
         labels = torch.where(mask, labels, 0)  # (B, M') padded rows may hold any label
+        # 1.-3. each gt's top-K list, a few images at a time in eager.
         images = max(1, self.eager_rows // boxes.shape[1])
-        gt_index, overlaps, target = in_image_chunks(self._assign, images, points, pred_scores, pred_boxes,
-                                                     boxes, labels, mask)
+        top_t, top_i, top_u = in_image_chunks(self._top_k, images, pred_scores, pred_boxes, boxes, labels)
+        gt_index, overlaps, target = self._positives(points, top_t, top_i, top_u, boxes, mask, n)  # 4., 5., 7.
         # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
         return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                           target_scores=target)
 
-    def _assign(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
-                mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-5 and 7 for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
-        b, n, _ = pred_scores.shape
-        m = boxes.shape[1]
+    def _top_k(self, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+        """Steps 1-3: each gt's K largest ``t``, their points and their IoUs, ``(B, M, K)`` each."""
         # 1. u = IoU of every (gt, prediction) pair, s = every point's probability at each gt's class.
         iou = _box_iou(boxes, pred_boxes, eps=IOU_EPS)  # (B, M, N)
         # 2. t = s^alpha * u^beta.
         metric = alignment_metric(gather_gt_scores(pred_scores, labels), iou, self.alpha, self.beta)  # (B, M, N)
         # 3. the K largest t of every gt over all points (equal values: lower point index first).
         top_t, top_i = _topk(metric, self.topk, -1, True, False)  # (B, M, K) as a set
-        top_u = iou.gather(2, top_i)  # (B, M, K)
+        return top_t, top_i, iou.gather(2, top_i)
+
+    def _positives(self, points: Tensor, top_t: Tensor, top_i: Tensor, top_u: Tensor, boxes: Tensor, mask: Tensor,
+                   n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Steps 4, 5 and 7 on the lists: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        b, m, _ = top_i.shape
         listed, list_gt = list_entries(top_i, n)  # (B*M*K,) each
         # 4. positive: t > 0 and the point inside the gt by more than the margin; real gts only.
         in_boxes = stal_boxes(boxes, mask, self.stal_side) if self.stal_side > 0 else boxes  # (B, M, 4)
         inside = _points_in_boxes(points[top_i], in_boxes.unsqueeze(2), margin=self.center_margin,
                                   aligned=True)  # (B, M, K) from (B, M, K, 2) and (B, M, 1, 4)
-        pos = (top_t > 0) & inside & mask.unsqueeze(-1)  # (B, M, K)
+        pos = ((top_t > 0) & inside & mask.unsqueeze(-1)).reshape(-1)  # (B*M*K,)
         # 5. a point positive for several gts: the highest IoU among them, the lower gt index on ties.
-        u_pos = torch.where(pos, top_u, -1.0).reshape(-1)  # (B*M*K,)
-        best = scatter_max(listed, u_pos, b * n, -1.0)  # (B*N,) -1: positive for no gt
-        hit = (u_pos >= 0) & (u_pos == best.index_select(0, listed))  # (B*M*K,)
-        winner = scatter_min(listed, torch.where(hit, list_gt, m), b * n, m).view(b, n)  # (B, N)
-        positive = best.view(b, n) >= 0  # (B, N)
-        gt_index = torch.where(positive, winner, NEGATIVE)  # (B, N)
-        # 7. t_hat = t / (max t + eps) * max u, the maxima per gt over its final positives.
-        t_win = metric.gather(1, gt_index.clamp(min=0).unsqueeze(1)).squeeze(1)  # (B, N)
-        u_win = torch.where(positive, best.view(b, n), 0.0)  # (B, N)
+        u_pos = torch.where(pos, top_u.reshape(-1), -1.0)  # (B*M*K,)
+        best = scatter_into(listed, u_pos, b * n, -1.0, "amax")  # (B*N,) -1: positive for no gt
+        hit = pos & (u_pos == best.index_select(0, listed))  # (B*M*K,)
+        winner = scatter_into(listed, torch.where(hit, list_gt, m), b * n, m, "amin")  # (B*N,) lowest index
+        positive = best >= 0  # (B*N,)
+        # 7. t_hat = t / (max t + eps) * max u, the maxima per gt over its final positives; a positive's t is
+        #    that of the one list entry of its gt naming it.
+        final = pos & (list_gt == winner.index_select(0, listed))  # (B*M*K,)
+        t_win = scatter_into(listed, torch.where(final, top_t.reshape(-1), 0.0), b * n, 0.0, "amax").view(b, n)
+        u_win = torch.where(positive, best, 0.0).view(b, n)  # (B, N)
+        gt_index = torch.where(positive, winner, NEGATIVE).view(b, n)  # (B, N)
         target = t_win / (gt_maxima(gt_index, t_win, m) + self.eps) * gt_maxima(gt_index, u_win, m)  # (B, N)
-        return gt_index, u_win, torch.where(positive, target, 0.0)
+        return gt_index, u_win, torch.where(positive.view(b, n), target, 0.0)

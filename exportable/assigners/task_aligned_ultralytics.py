@@ -25,17 +25,21 @@ alpha 0.5, beta 6):
    its top-K after step 5).
 
 One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
-ultralytics does; the metric is scattered into ``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions
-over the ``(B, M, K)`` lists and the pairs. ``box_ciou``'s arithmetic (its arctangent included) is IEEE-exact,
-so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's argmax cannot flip.
-Eager runs ``eager_rows // M`` images at a time (never changing a result); the graph all at once.
+ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the metric is scattered into
+``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs.
+``box_ciou``'s arithmetic (its arctangent included) is IEEE-exact, so two identical gts get identical CIoUs
+in eager and in onnxruntime, and step 5's argmax cannot flip. The batch runs image by image
+(:func:`~exportable.assigners.task_aligned.in_image_chunks`: ``eager_rows // M`` images per eager step, one
+``Scan`` iteration per image in the graph), which never changes a result.
 
-Not reproduced: ``topk2`` (YOLO26's second selection, applied after step 5); the STAL rule of releases
-before 8.4.190 (sides below ``stride[0]`` widened); PaddleDetection's TAL (in-gt first, IoU, eps 1e-9).
-``strides`` is part of the common point-assigner signature and is not read.
+Not reproduced: ``topk2`` (YOLO26's second selection; it would sit between steps 5 and 7, see ``_assign``);
+the STAL rule of releases before 8.4.190 (sides below ``stride[0]`` widened); PaddleDetection's TAL (in-gt
+first, IoU, eps 1e-9). ``strides`` is part of the common point-assigner signature and is not read.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -46,24 +50,62 @@ from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.assigners.task_aligned import (
     alignment_metric,
-    check_num_classes,
-    check_topk,
+    check_hyper_parameters,
     gt_maxima,
     in_image_chunks,
     list_entries,
-    mask_pairs,
-    on_grid,
-    pair_boxes,
-    pair_scores,
-    scatter_max,
-    scatter_min,
+    scatter_into,
     stal_boxes,
 )
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import CIOU_EPS, _box_ciou, _points_in_boxes
 from exportable.ordering import _topk
 
-__all__ = ["UltralyticsTaskAlignedAssigner"]
+__all__ = ["UltralyticsTaskAlignedAssigner", "mask_pairs", "pair_scores"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Candidate pairs (steps 1-2 work on them only)
+
+
+class Pairs(NamedTuple):
+    """The True entries of a ``(B, M, N)`` (gt, point) mask as flat indices, ``(P,)`` each."""
+
+    flat: Tensor  # into B*M*N
+    row: Tensor  # the gt's row in B*M
+    pred: Tensor  # the prediction's row in B*N
+    gt: Tensor  # the gt's index within its image, in [0, M)
+    point: Tensor  # the point's index, in [0, N)
+
+
+def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
+    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below)."""
+    _, m, n = mask.shape
+    image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
+    row = image * m + gt  # (P,)
+    return Pairs(row * n + point, row, image * n + point, gt, point)
+
+
+def pair_boxes(gt_boxes: Float[Tensor, "B M 4"], pred_boxes: Float[Tensor, "B N 4"], pairs: Pairs):
+    """The gt and predicted boxes of each pair: ``(P, 4)`` twice."""
+    return gt_boxes.reshape(-1, 4).index_select(0, pairs.row), pred_boxes.reshape(-1, 4).index_select(0, pairs.pred)
+
+
+def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
+    """``s`` of each pair: the point's probability at its gt's class, one flat gather (no ``(B, M, N, C)``).
+    Labels must lie in ``[0, C)`` (padded rows: any valid class)."""
+    c = pred_scores.shape[-1]
+    return pred_scores.reshape(-1).index_select(0, pairs.pred * c + gt_labels.reshape(-1).index_select(0, pairs.row))
+
+
+def on_grid(values: Float[Tensor, " P"], pairs: Pairs, shape: tuple[int, int, int]) -> Float[Tensor, "B M N"]:
+    """The pairs' values on a ``(B, M, N)`` grid of zeros (each pair once: a plain scatter)."""
+    b, m, n = shape
+    return values.new_zeros(b * m * n).scatter_(0, pairs.flat, values).view(b, m, n)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The assigner
 
 
 class UltralyticsTaskAlignedAssigner(nn.Module):
@@ -76,7 +118,7 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         beta: exponent of the CIoU (6).
         num_classes: ``labels`` value of non-positives; must equal C of ``pred_scores`` (None: C).
         eps: the ``t_hat`` normalisation eps (1e-9).
-        center_margin: a point is a candidate if more than this many pixels inside every side (1e-9).
+        center_margin: a point is a candidate if more than this many pixels inside every side (1e-9; >= 0).
         stal_side: real gts' sides shorter than this are widened to it for the candidate test (16,
             ultralytics' ``stride[1]``; 0 = off).
 
@@ -99,13 +141,8 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         stal_side: float = 16.0,
     ) -> None:
         super().__init__()
-        self.topk = check_topk(topk)
-        self.alpha = check_scalar("alpha", alpha, low=0.0)
-        self.beta = check_scalar("beta", beta, low=0.0)
-        self.num_classes = check_num_classes(num_classes)
-        self.eps = check_scalar("eps", eps, low=0.0)
-        self.center_margin = check_scalar("center_margin", center_margin)
-        self.stal_side = check_scalar("stal_side", stal_side, low=0.0)
+        check_hyper_parameters(self, topk, num_classes, alpha=alpha, beta=beta, eps=eps, stal_side=stal_side)
+        self.center_margin = check_scalar("center_margin", center_margin, low=0.0)  # >= 0: see step 1
         self.eager_rows = 320  # gt rows per eager step (measured on 2 cores, N = 8,400)
 
     def extra_repr(self) -> str:
@@ -132,43 +169,55 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
         labels = torch.where(mask, labels, 0)  # (B, M') padded rows may hold any label
         images = max(1, self.eager_rows // boxes.shape[1])
-        gt_index, overlaps, target = in_image_chunks(self._assign, images, points, pred_scores, pred_boxes,
-                                                     boxes, labels, mask)
+        gt_index, overlaps, target = in_image_chunks(lambda *batch: self._assign(points, *batch), images,
+                                                     pred_scores, pred_boxes, boxes, labels, mask)
         # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
         return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                           target_scores=target)
 
     def _assign(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
                 mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-5 and 7 for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        """Steps 1-5 (and 7) for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
         b, n, _ = pred_scores.shape
         m = boxes.shape[1]
-        # 1. candidates: inside the STAL-widened gt; real gts only (a NaN box contains no point).
+        # 1. candidates: inside the STAL-widened gt by more than the margin; real gts only (a NaN box contains
+        #    no point). First the pairs strictly inside (comparisons only; a superset, as the margin is >= 0),
+        #    then the margin test on those pairs.
         in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
-        cand = _points_in_boxes(points, in_boxes.unsqueeze(2), margin=self.center_margin,
-                                aligned=True)  # (B, M, N) from (N, 2) and (B, M, 1, 4)
-        pairs = mask_pairs(cand)  # (P,) each
+        pairs = mask_pairs(_points_in_boxes(points, in_boxes.unsqueeze(2), aligned=True))  # (P,) of (B, M, N)
+        cand = _points_in_boxes(points.index_select(0, pairs.point),
+                                in_boxes.reshape(-1, 4).index_select(0, pairs.row), margin=self.center_margin,
+                                aligned=True)  # (P,)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
         u = _box_ciou(*pair_boxes(boxes, pred_boxes, pairs), aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
-        t = alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta)  # (P,)
+        u = torch.where(cand, u, 0.0)  # (P,)
+        t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
+                        0.0)  # (P,)
         # 3. the K largest t of every gt over all points (equal values, zeros included: lower index first).
         _, top_i = _topk(on_grid(t, pairs, (b, m, n)), self.topk, -1, True, False)  # (B, M, K) as a set
         # 4. positive: in the top-K and a candidate (zero-metric candidates included).
-        pos = cand.gather(2, top_i).reshape(-1)  # (B*M*K,)
+        pos = _points_in_boxes(points[top_i], in_boxes.unsqueeze(2), margin=self.center_margin,
+                               aligned=True).reshape(-1)  # (B*M*K,) from (B, M, K, 2) and (B, M, 1, 4)
         listed, list_gt = list_entries(top_i, n)  # (B*M*K,) each
         count = torch.zeros(b * n, dtype=torch.int64, device=pos.device).scatter_add_(0, listed, pos.long())  # (B*N,)
-        only = scatter_min(listed, torch.where(pos, list_gt, m), b * n, m)  # (B*N,) its gt when count == 1
+        only = scatter_into(listed, torch.where(pos, list_gt, m), b * n, m, "amin")  # (B*N,) its gt when count == 1
         # 5. several gts: argmax of u over all gt rows, lowest row on ties; an all-zero column: row 0.
-        best = scatter_max(pairs.point, u, b * n, 0.0)  # (B*N,) each point's largest candidate CIoU
-        hit = (u > 0) & (u == best.index_select(0, pairs.point))  # (P,)
-        arg_all = scatter_min(pairs.point, torch.where(hit, pairs.gt, m), b * n, m)  # (B*N,) m: no CIoU > 0
+        best = scatter_into(pairs.pred, u, b * n, 0.0, "amax")  # (B*N,) each point's largest candidate CIoU
+        hit = (u > 0) & (u == best.index_select(0, pairs.pred))  # (P,)
+        arg_all = scatter_into(pairs.pred, torch.where(hit, pairs.gt, m), b * n, m, "amin")  # (B*N,) m: no CIoU > 0
         winner = torch.where(count > 1, torch.where(arg_all == m, 0, arg_all), only)  # (B*N,)
-        positive = (count > 0).view(b, n)  # (B, N)
-        gt_index = torch.where(positive, winner.view(b, n), NEGATIVE)  # (B, N)
-        # 7. t_hat = t * max u / (max t + eps), maxima per gt over its final positives. The winner's t and u
-        #    are those of its candidate pair (0 if it is none: an all-zero column's row 0).
-        won = pairs.gt == winner.index_select(0, pairs.point)  # (P,) one pair per point at most
-        t_win = scatter_max(pairs.point, torch.where(won, t, 0.0), b * n, 0.0).view(b, n)  # (B, N)
-        u_win = scatter_max(pairs.point, torch.where(won, u, 0.0), b * n, 0.0).view(b, n)  # (B, N)
+        gt_index = torch.where(count > 0, winner, NEGATIVE).view(b, n)  # (B, N)
+        # (ultralytics' topk2, not reproduced, would keep here each gt's topk2 positives of largest t.)
+        return (gt_index, *self._targets(gt_index, pairs, t, u, m))
+
+    def _targets(self, gt_index: Tensor, pairs: Pairs, t: Tensor, u: Tensor, m: int) -> tuple[Tensor, Tensor]:
+        """Step 7 for the final ``gt_index (B, N)``: ``overlaps`` and ``t_hat``, ``(B, N)`` each."""
+        b, n = gt_index.shape
+        # 7. t_hat = t * max u / (max t + eps), maxima per gt over its final positives. A positive's t and u
+        #    are those of its pair with its gt (0 if that is no candidate: an all-zero column's row 0).
+        won = pairs.gt == gt_index.reshape(-1).index_select(0, pairs.pred)  # (P,) one pair per point at most
+        t_win = scatter_into(pairs.pred, torch.where(won, t, 0.0), b * n, 0.0, "amax").view(b, n)  # (B, N)
+        u_win = scatter_into(pairs.pred, torch.where(won, u, 0.0), b * n, 0.0, "amax").view(b, n)  # (B, N)
         target = t_win * gt_maxima(gt_index, u_win, m) / (gt_maxima(gt_index, t_win, m) + self.eps)  # (B, N)
-        return gt_index, torch.where(positive, u_win, 0.0), torch.where(positive, target, 0.0)
+        positive = gt_index >= 0  # (B, N)
+        return torch.where(positive, u_win, 0.0), torch.where(positive, target, 0.0)
