@@ -1,9 +1,11 @@
-"""Command line: ``python -m exportable list | show NAME | export NAME | verify [NAME ...]``.
+"""Command line: ``python -m exportable list | show | export | verify | placement | triton``.
 
     python -m exportable list
     python -m exportable export nms --out build/onnx --param iou_threshold=0.7
     python -m exportable verify            # every entry, eager vs onnxruntime
     python -m exportable verify nms --param iou_threshold=0.7 --providers CPUExecutionProvider
+    python -m exportable placement max_iou_assigner   # where the CUDA provider will run each node
+    python -m exportable triton --out build/triton nms retinanet_postprocess
 """
 
 from __future__ import annotations
@@ -69,6 +71,40 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_placement(args: argparse.Namespace) -> int:
+    from exportable import placement
+
+    names = args.names or catalog.names()
+    params = catalog.parse_params(args.param)
+    failed = 0
+    for name in names:
+        model = catalog.get(name).export(**(params if args.names else {}))
+        pred = placement.predict(model, optimize=not args.as_exported)
+        bad = pred.compute_fallbacks
+        failed += bool(bad)
+        print(f"{'FAIL' if bad else 'ok  '} {name}: {pred.report(all_nodes=args.all_nodes)}")
+    if len(names) > 1:
+        print(f"{len(names) - failed} of {len(names)} graphs keep every compute node on CUDA (predicted)")
+    return 1 if failed else 0
+
+
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from exportable import triton
+
+    names = args.names or catalog.names()
+    params = catalog.parse_params(args.param)
+    if params and len(names) != 1:
+        raise ValueError("--param needs exactly one NAME (the parameters differ per entry)")
+    overrides = {names[0]: params} if params else None
+    t0 = time.perf_counter()
+    paths = triton.write_repository(args.out, names, overrides=overrides, instances=args.instances)
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"{len(paths)} models in {args.out} ({time.perf_counter() - t0:.1f} s); serve with "
+          f"tritonserver --model-repository {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exportable", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--providers", default=None, help="comma-separated onnxruntime providers")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("placement", help="predict which nodes the CUDA provider runs (no GPU needed)")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--all-nodes", action="store_true", help="list every node, not only those off CUDA")
+    p.add_argument("--as-exported", action="store_true",
+                   help="predict on the graph as exported, without onnxruntime's basic optimizations")
+    p.set_defaults(func=_cmd_placement)
+    p = sub.add_parser("triton", help="write a Triton model repository (config.pbtxt + 1/model.onnx per entry)")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--out", default="build/triton")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--instances", type=int, default=1, help="instance_group count per model")
+    p.set_defaults(func=_cmd_triton)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -585,11 +585,12 @@ _ENTRIES += (
         export_sizes={"B": 2, "H": 256, "W": 320},
         test_sizes=({"B": 1, "H": 64, "W": 96}, {"B": 3, "H": 40, "W": 40}, {"B": 2, "H": 8, "W": 8},
                     {"B": 2, "H": 128, "W": 96}),
-        atol=1e-5,
+        atol=1e-4,
         rtol=1e-6,
         notes="C = 80 and A = 9 are baked in the channel dims (720, 36) and in the example inputs; "
         "max_per_img (100) is the static output dim. Floats: onnxruntime's Exp and Sigmoid differ from torch's "
-        "by an ulp or two (boxes 6e-5 px at 1216 px, scores 6e-8); labels and counts are exact.",
+        "by an ulp or two (boxes up to 6.1e-5 px at 1216 px, hence atol 1e-4; scores 6e-8); labels and counts are "
+        "exact.",
     ),
 )
 
@@ -834,7 +835,8 @@ _ENTRIES += (
         inputs=_ATSS_INPUTS,
         outputs=_ATSS_OUTPUTS,
         make_inputs=examples.atss_inputs,
-        notes="num_levels is static (one top-k per level in the graph); level_ids need not be sorted. "
+        notes="num_levels is static (one top-k per level in the graph; each level a Slice with run-time bounds); "
+        "level_ids need not be sorted. "
         "A gt with a single candidate gets no positive (no unbiased std), as in the peers.",
         **_ATSS_SIZES,
     ),
@@ -844,7 +846,7 @@ _ENTRIES += (
         "by argmax IoU over all gts, soft targets IoU(pred_box, gt) (PP-YOLOE).",
         source="exportable/assigners/atss.py",
         factory=ATSSAssigner,
-        params={"variant": "paddle"},
+        params={"strict": True, "center_margin": 1e-9, "conflict": "all_gts"},  # = ATSSAssigner.paddle()
         inputs=(*_ATSS_INPUTS, TensorSpec("pred_boxes", _F, ("B", "N", 4), "predicted (x1, y1, x2, y2) boxes, "
                                           "for the IoU soft targets")),
         outputs=_ATSS_OUTPUTS,

@@ -440,6 +440,16 @@ def _bce_prob(p: Tensor, t: Tensor | float) -> Tensor:
     return (t - 1) * log_q - t * log_p  # (...)
 
 
+def _below(labels: Tensor, c: int) -> Tensor:
+    """``labels < c`` with ``c`` (a size read from a shape) first made a tensor on the labels' device.
+
+    Same values as ``labels < c``. Compared with a bare size, the exported ``Less`` mixes a graph input
+    with a host-side shape value, and onnxruntime's CUDA provider then keeps it -- and the gathers and
+    selects it feeds, ``pred_scores`` included -- on the CPU (``python -m exportable placement o2f_loss``).
+    """
+    return labels < torch.full_like(labels, c)  # (...)
+
+
 def o2f_classification_loss(
     pred_scores: Float[Tensor, "*batch C"],
     labels: Int[Tensor, " *batch"],
@@ -458,7 +468,7 @@ def o2f_classification_loss(
     p = pred_scores
     scale = p * p if beta == 2.0 else p.pow(beta)  # (..., C) torch's pow(2) is this product
     negative = _bce_prob(p, 0.0) * scale * neg_weight  # (..., C)
-    positive = labels < c  # (...)
+    positive = _below(labels, c)  # (...)
     safe = torch.where(positive, labels, 0)  # (...) any class for negatives; masked below
     p_pos = torch.gather(p, -1, safe.unsqueeze(-1)).squeeze(-1)  # (...) p at the row's class
     t = target_scores.to(p.dtype)  # (...)
@@ -543,7 +553,7 @@ class O2FLoss(nn.Module):
         if checks_enabled():
             _check_o2f_inputs(pred_scores, pred_boxes, points, labels, target_scores, weights, target_boxes)
         c = pred_scores.shape[-1]
-        positive = labels < c  # (B, N)
+        positive = _below(labels, c)  # (B, N)
         num_pos = positive.sum().to(pred_scores.dtype).clamp(min=1.0)  # () avg_factor, at least 1
         # 1.-3. classification: negatives everywhere, replaced at (positive, its class)
         cls = o2f_classification_loss(pred_scores, labels, target_scores, weights, neg_weight=self.neg_weight,

@@ -11,6 +11,11 @@ The export rules (``docs/export.md``), applied by :func:`export` every time:
 4. ``onnx.checker`` (full check) and strict shape inference pass;
 5. saved as one file (``external_data=False``).
 
+Running: :func:`session` (best providers first) and :func:`run` (tensors or arrays in, numpy out), or
+:class:`DeviceRunner` (torch tensors in and out on their device, through onnxruntime's I/O binding:
+nothing copied through the host). :func:`placement` reports which provider ran each node;
+``exportable.placement`` predicts it for the CUDA provider without a GPU.
+
 onnxruntime is an optional dependency (extras ``cpu`` or ``gpu``); it is imported on first use.
 """
 
@@ -20,6 +25,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +50,7 @@ __all__ = [
     "best_providers",
     "session",
     "run",
+    "DeviceRunner",
     "compare",
     "Comparison",
     "placement",
@@ -343,6 +350,161 @@ def run(sess, inputs: Sequence[Any] | Mapping[str, Any]) -> list[np.ndarray]:
             raise ValueError(f"inputs: the graph takes {len(names)} inputs {names}, got {len(inputs)}")
         feed = {n: _to_numpy(v) for n, v in zip(names, inputs)}
     return sess.run(None, feed)
+
+
+# ORT type strings <-> torch dtypes (numpy dtypes name the element type when binding).
+_ORT_TO_TORCH = {
+    "tensor(float)": torch.float32, "tensor(double)": torch.float64, "tensor(float16)": torch.float16,
+    "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+    "tensor(int16)": torch.int16, "tensor(int8)": torch.int8, "tensor(uint8)": torch.uint8,
+    "tensor(bool)": torch.bool,
+}
+_TORCH_TO_NUMPY = {
+    torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.int64: np.int64,
+    torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_,
+}
+
+
+class DeviceRunner:
+    """Run an onnxruntime session on torch tensors where they live (CPU or CUDA), through IOBinding.
+
+    Inputs are bound by their data pointers and outputs come back as torch tensors on the same
+    device: nothing goes through numpy.
+
+    - Outputs whose shape is fixed by the inputs (every dim a number or a dim name that an input
+      carries, e.g. ``gt_index (B, N)``) are allocated by torch before the run and onnxruntime writes
+      into them; pass ``out={"name": tensor}`` to supply the buffer yourself (reused across calls).
+    - Outputs whose size depends on the data (NMS ``keep (K,)``, ``anchors (N, 4)`` from feature-map
+      shapes) and zero-size outputs are allocated by onnxruntime on the device and handed to torch
+      through DLPack, which shares the memory.
+
+    Copies that remain, listed in ``last_copies`` after each call: a non-contiguous input is made
+    contiguous first; an onnxruntime without DLPack support returns ORT-allocated outputs through
+    the host. Host syncs that remain on CUDA: one before the run (torch's stream is synchronised,
+    onnxruntime computes on its own stream) and onnxruntime's own at the end of the run; inside
+    the graph, CUDA ``NonMaxSuppression`` copies its per-(image, class) counts to the host and waits.
+
+        runner = DeviceRunner(session(model))            # CUDA provider first when available
+        gt_index, labels, *rest = runner(*tensors)       # torch tensors in, torch tensors out
+    """
+
+    def __init__(self, sess) -> None:
+        self.sess = sess
+        self.inputs = list(sess.get_inputs())
+        self.outputs = list(sess.get_outputs())
+        self.providers = list(sess.get_providers())
+        self.last_copies: list[str] = []
+        self.last_owners: dict[str, str] = {}  # per output: who allocated it ("yours", "torch", "onnxruntime")
+        for o in self.outputs:
+            if o.type not in _ORT_TO_TORCH:
+                raise TypeError(f"output {o.name!r} has type {o.type}, which DeviceRunner does not map to torch")
+
+    def _device(self, tensors: Sequence[Tensor]) -> torch.device:
+        device = tensors[0].device if tensors else torch.device("cpu")
+        for spec, t in zip(self.inputs, tensors):
+            if t.device != device:
+                raise ValueError(f"{spec.name}: on {t.device}, but {self.inputs[0].name} is on {device}; "
+                                 "put every input on one device")
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in self.providers:
+                raise ValueError(f"inputs are on {device} but the session runs on {self.providers}: make the "
+                                 "session with the CUDA provider (onnxruntime-gpu), or move the inputs to the CPU")
+            want = self.sess.get_provider_options().get("CUDAExecutionProvider", {}).get("device_id", "0")
+            if int(want) != (device.index or 0):
+                raise ValueError(f"inputs are on {device} but the session's CUDA device is {want}")
+        elif device.type != "cpu":
+            raise ValueError(f"inputs on {device}: DeviceRunner binds CPU and CUDA tensors only")
+        return device
+
+    def __call__(self, *args: Tensor, out: Mapping[str, Tensor] | None = None, **kwargs: Tensor) -> tuple[Tensor, ...]:
+        """Run on ``args`` (graph-input order) or ``kwargs`` (by name); returns the outputs in graph order."""
+        names = [i.name for i in self.inputs]
+        if args and kwargs:
+            raise ValueError("pass the inputs either in graph order or by name, not both")
+        if kwargs:
+            missing = [n for n in names if n not in kwargs]
+            unknown = sorted(set(kwargs) - set(names))
+            if missing or unknown:
+                raise ValueError(f"inputs: missing {missing}, unknown {unknown}; the graph takes {names}")
+            args = tuple(kwargs[n] for n in names)
+        if len(args) != len(names):
+            raise ValueError(f"inputs: the graph takes {len(names)} inputs {names}, got {len(args)}")
+        self.last_copies = []
+        self.last_owners = {}
+        tensors = []
+        for spec, t in zip(self.inputs, args):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{spec.name}: expected a torch.Tensor, got {type(t).__name__}")
+            want = _ORT_TO_TORCH.get(spec.type)
+            if t.dtype != want:
+                raise TypeError(f"{spec.name}: the graph takes {spec.type}, got {t.dtype}; cast with .to({want})")
+            if t.dim() != len(spec.shape):
+                raise ValueError(f"{spec.name}: the graph takes rank {len(spec.shape)} {tuple(spec.shape)}, "
+                                 f"got shape {tuple(t.shape)}")
+            if not t.is_contiguous():
+                t = t.contiguous()
+                self.last_copies.append(f"input {spec.name}: made contiguous")
+            tensors.append(t)
+        device = self._device(tensors)
+        ort_device, device_id = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+
+        # Dim names the inputs fix (the same name must have the same size everywhere).
+        sizes: dict[str, int] = {}
+        for spec, t in zip(self.inputs, tensors):
+            for axis, d in enumerate(spec.shape):
+                if isinstance(d, str):
+                    if sizes.setdefault(d, t.shape[axis]) != t.shape[axis]:
+                        raise ValueError(f"{spec.name}: dim {d} is {t.shape[axis]} here but {sizes[d]} in an "
+                                         "earlier input")
+
+        binding = self.sess.io_binding()
+        for spec, t in zip(self.inputs, tensors):
+            binding.bind_input(spec.name, ort_device, device_id, _TORCH_TO_NUMPY[t.dtype], list(t.shape), t.data_ptr())
+        results: list[Tensor | None] = []
+        out = dict(out or {})
+        unknown = sorted(set(out) - {o.name for o in self.outputs})
+        if unknown:
+            raise ValueError(f"out: unknown output(s) {unknown}; the graph's outputs are "
+                             f"{[o.name for o in self.outputs]}")
+        for spec in self.outputs:
+            dtype = _ORT_TO_TORCH[spec.type]
+            shape = [d if isinstance(d, int) else sizes.get(d) if isinstance(d, str) else None for d in spec.shape]
+            buf = out.get(spec.name)
+            if buf is not None:
+                if buf.dtype != dtype or buf.device != device or not buf.is_contiguous():
+                    raise ValueError(f"out[{spec.name!r}]: needs a contiguous {dtype} tensor on {device}, got "
+                                     f"{buf.dtype} on {buf.device}")
+                if None not in shape and list(buf.shape) != shape:
+                    raise ValueError(f"out[{spec.name!r}]: shape {tuple(buf.shape)}, the graph writes {tuple(shape)}")
+                self.last_owners[spec.name] = "yours"
+            elif None not in shape and math.prod(shape) > 0:
+                buf = torch.empty(shape, dtype=dtype, device=device)
+                self.last_owners[spec.name] = "torch"
+            if buf is not None and buf.numel() > 0:
+                binding.bind_output(spec.name, ort_device, device_id, _TORCH_TO_NUMPY[dtype], list(buf.shape),
+                                    buf.data_ptr())
+                results.append(buf)
+            else:  # data-dependent (or empty) shape: onnxruntime allocates on the device
+                binding.bind_output(spec.name, ort_device, device_id)
+                results.append(None)
+                self.last_owners[spec.name] = "onnxruntime"
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # inputs written on torch's stream are ready
+        self.sess.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        final = []
+        for spec, buf, value in zip(self.outputs, results, values):
+            final.append(buf if buf is not None else self._to_torch(spec.name, value, device))
+        return tuple(final)
+
+    def _to_torch(self, name: str, value: Any, device: torch.device) -> Tensor:
+        if hasattr(value, "__dlpack__"):
+            return torch.from_dlpack(value)
+        c_value = getattr(value, "_ortvalue", None)
+        if c_value is not None and hasattr(c_value, "to_dlpack"):
+            return torch.from_dlpack(c_value.to_dlpack())
+        self.last_copies.append(f"output {name}: through the host (this onnxruntime has no DLPack export)")
+        return torch.from_numpy(value.numpy()).to(device)
 
 
 @dataclass

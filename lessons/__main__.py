@@ -1,4 +1,5 @@
-"""``python -m lessons demo``: the main job (see :mod:`lessons.demo`); ``exercises``: learner copies."""
+"""``python -m lessons demo``: the main job (see :mod:`lessons.demo`); ``exercises``: learner copies;
+``book``: the notebooks as a static web site (:mod:`lessons.book`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"demo": "lessons.demo", "exercises": "lessons.exercises"}
+    commands = {"demo": "lessons.demo", "exercises": "lessons.exercises", "book": "lessons.book"}
     if not argv or argv[0] not in commands:
-        print("usage: python -m lessons {demo,exercises} [options]  (add -h for a command's options)")
+        print("usage: python -m lessons {demo,exercises,book} [options]  (add -h for a command's options)")
         return 2
     import importlib
 

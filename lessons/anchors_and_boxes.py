@@ -244,7 +244,7 @@ def anchor_counts(image_hw: tuple[int, int], strides: Sequence[Stride], anchors_
 def retinanet_anchor_counts(image_hw: tuple[int, int]) -> list[int]:
     """Anchors per level of RetinaNet (strides 8 to 128, 3 ratios x 3 scales = 9 per location).
 
-    The document's padded batch ``(1216, 800)`` gives ``[136800, 34200, 8550, 2223, 630]``, 182,403 in all.
+    The RetinaNet study note's padded batch ``(1216, 800)`` gives ``[136800, 34200, 8550, 2223, 630]``, 182,403 in all.
     """
     return anchor_counts(image_hw, RETINANET_STRIDES, anchors_per_location=9)
 
@@ -455,3 +455,61 @@ def flags_figure(
     if title is not None:
         ax.set_title(title, fontsize=9)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exercise cases (notebook 01): each one a boundary the notebook teaches
+
+
+def anchor_count_cases() -> list:
+    """``my_anchor_counts(image_hw, strides, anchors_per_location) -> list[int]``."""
+    from lessons.check import Case
+
+    def case(name: str, hw: tuple[int, int], strides: list[int], a: int) -> Case:
+        return Case(name, (hw, strides, a), anchor_counts(hw, strides, a))
+
+    return [
+        case("a size the stride divides exactly: no extra row or column", (512, 512), [32], 9),
+        case("a partly covered cell still counts (ceil, not floor): 800 / 64 = 12.5 -> 13", (1216, 800),
+             list(RETINANET_STRIDES), 9),
+        case("less than half a cell left over still counts (ceil, not round): 333 / 32 = 10.4 -> 11", (333, 517),
+             list(RETINANET_STRIDES), 1),
+        case("an image smaller than the stride still has one cell", (20, 30), [64], 9),
+        case("Faster R-CNN at 600 x 1000: 38 x 63 cells x 9", (600, 1000), [16], 9),
+    ]
+
+
+def iou_cases() -> list:
+    """``my_iou(a, b) -> float`` for two boxes ``(x1, y1, x2, y2)``."""
+    from lessons.check import Case
+
+    def case(name: str, a: Box, b: Box) -> Case:
+        return Case(name, (a, b), iou(a, b))
+
+    return [
+        case("two overlapping boxes (the toy cat and dog): 1/7", (4, 8, 28, 40), (20, 16, 52, 40)),
+        case("apart in x only: 0 (the overlap's width is clamped at 0)", (0, 0, 10, 10), (20, 0, 30, 10)),
+        case("apart in x and y: 0, not (-10) x (-10) = 100", (0, 0, 10, 10), (20, 20, 30, 30)),
+        case("touching edges: 0", (0, 0, 10, 10), (10, 0, 20, 10)),
+        case("a box inside another: the area ratio", (0, 0, 10, 10), (2, 2, 7, 7)),
+        case("widths are x2 - x1, no '+1': 1 x 1 in 2 x 2 is 1/4", (0, 0, 1, 1), (0, 0, 2, 2)),
+        case("two zero-area boxes: 0, not 0 / 0", (5, 5, 5, 5), (5, 5, 5, 5)),
+        case("identical boxes: 1", (3, 4, 13, 24), (3, 4, 13, 24)),
+    ]
+
+
+def encode_cases() -> list:
+    """``my_encode(anchor, gt) -> (dx, dy, dw, dh)`` with means 0 and stds 1."""
+    from lessons.check import Case
+
+    def case(name: str, anchor: Box, gt: Box) -> Case:
+        return Case(name, (anchor, gt), encode(anchor, gt), atol=1e-9)
+
+    return [
+        case("the same box: all four deltas are 0", (10, 20, 110, 70), (10, 20, 110, 70)),
+        case("a shift of half the anchor's width: dx = 0.5 (in anchor widths)", (0, 0, 100, 50), (50, 0, 150, 50)),
+        case("dy counts in the anchor's HEIGHT: 25 px down a 50 px anchor is 0.5", (0, 0, 100, 50), (0, 25, 100, 75)),
+        case("a gt twice as wide: dw = log 2", (0, 0, 100, 50), (-50, 0, 150, 50)),
+        case("a gt half as tall: dh = log(1/2), negative", (0, 0, 100, 50), (0, 12.5, 100, 37.5)),
+        case("the face and its level-3 anchor (worked by hand above)", (128, 128, 384, 384), (162, 136, 372, 336)),
+    ]

@@ -5,25 +5,27 @@ The reference (test oracle) for :class:`exportable.assigners.atss.ATSSAssigner` 
 ``level_ids (N,)``, ``gt_boxes (M, 4)`` for ONE image. Step numbers match the notebook,
 ``docs/algorithms.md`` §8 and the exportable module:
 
-1. IoU of every anchor box with every gt, ``(N, M)``;
-2. distances between anchor centres and gt centres, ``(N, M)``;
-3. per level, the ``min(k, n_l)`` anchors nearest each gt are its candidates (equal distances: the
+1. distances between anchor centres and gt centres, ``(N, M)``;
+2. per level, the ``min(k, n_l)`` anchors nearest each gt are its candidates (equal distances: the
    lower anchor index first, the package's tie rule);
+3. the IoU of each candidate's anchor box with the gt (read from the table of every anchor with every
+   gt, ``(N, M)``, computed up front as the official code does);
 4. threshold ``t = mean + std`` of the candidates' IoUs, with the UNBIASED std (``n - 1``);
 5. positive if ``IoU >= t`` and the anchor centre lies inside the gt by more than 0.01 px;
 6. an anchor positive for several gts takes the highest IoU among them (the lower gt index on ties);
 7. everything else is negative.
 
-``variant="paddle"`` switches to PaddleDetection's rules (the source document's code): ``IoU > t``,
+``variant="paddle"`` switches to PaddleDetection's rules (the code the study note quotes): ``IoU > t``,
 margin 1e-9, and in step 6 the argmax IoU over ALL gts. The result uses the package's encoding
 (``gt_index`` 0-based, -1 negative, -2 for anchors outside ``valid``).
 
-Also here: the figures of notebook 06, its photo inputs for ``python -m lessons demo``, and
-:func:`benchmark_case` / :func:`benchmark_reference` for the benchmark harness.
+Also here: the figures of notebook 06 and its exercise checkers (``check_*``), its photo inputs for
+``python -m lessons demo``, and :func:`benchmark_case` / :func:`benchmark_reference` for the benchmark harness.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,9 @@ __all__ = [
     "benchmark_case",
     "benchmark_reference",
     "centre_distances",
+    "check_candidates",
+    "check_resolve",
+    "check_threshold",
     "demo_scene_inputs",
     "draw_candidates",
     "draw_thresholds",
@@ -88,7 +93,7 @@ class ATSSReference:
     std: Tensor  # (M,) float64 unbiased std (NaN with a single candidate)
     threshold: Tensor  # (M,) float64 mean + std
     positive: Tensor  # (N, M) bool: steps 4-5 passed (before step 6)
-    ious: Tensor  # (N, M) step 1
+    ious: Tensor  # (N, M) every anchor with every gt (step 3 reads the candidates')
     target_scores: Tensor  # (N,) 1 for positives (IoU(pred_box, gt) with pred_boxes), 0 elsewhere
 
     def positives_per_gt(self) -> list[int]:
@@ -97,79 +102,78 @@ class ATSSReference:
 
 
 def atss_assign(
-    anchors: Tensor,
-    level_ids: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    *,
-    topk: int = 9,
-    num_classes: int = 80,
-    variant: str = "mmdet",
-    valid: Tensor | None = None,
-    pred_boxes: Tensor | None = None,
+    anchors: Tensor, level_ids: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, topk: int = 9, num_classes: int = 80,
+    variant: str = "mmdet", valid: Tensor | None = None, pred_boxes: Tensor | None = None,
 ) -> ATSSReference:
-    """ATSS for ONE image (official code = mmdetection 3.3's ``ATSSAssigner.assign``), step by step.
+    """ATSS for ONE image (official code = mmdetection 3.3's ``ATSSAssigner.assign``), docs/algorithms.md §8.1.
 
-    ``anchors (N, 4)``, ``level_ids (N,)``, ``gt_boxes (M, 4)``, ``gt_labels (M,)``; ``valid (N,)`` bool
-    keeps only some anchors (mmdetection runs on ``anchors[inside_flags]``: the others take no part);
-    ``pred_boxes (N, 4)`` turns the positives' classification targets into ``IoU(pred_box, matched gt)``.
+    ``anchors (N, 4)`` as ``(x1, y1, x2, y2)``, ``level_ids (N,)``, ``gt_boxes (M, 4)``, ``gt_labels (M,)``;
+    ``valid (N,)`` keeps only some anchors (the others take no part, -2); ``pred_boxes (N, 4)`` makes the
+    positives' targets ``IoU(pred_box, gt)``. ``variant="paddle"``: ``IoU > t``, margin 1e-9, argmax over all gts.
     """
     strict, margin, conflict = _RULES[variant]
     n, m = anchors.shape[0], gt_boxes.shape[0]
     valid = torch.ones(n, dtype=torch.bool) if valid is None else valid
-    gt_index = torch.full((n,), -1, dtype=torch.int64)
-    overlaps = torch.zeros(n)
-    # 1. IoU of every anchor box with every gt; 2. centre distances
+    # the IoU table of every anchor box with every gt (read at the candidates in step 3); 1. centre distances
     ious = iou_table(anchors, gt_boxes)  # (N, M)
     dist = centre_distances(anchors, gt_boxes)  # (N, M)
-    positive = torch.zeros(n, m, dtype=torch.bool)
-    cands, levels_of, cand_ious = [], [], []
-    mean = torch.full((m,), math.nan, dtype=torch.float64)
-    std, threshold = mean.clone(), mean.clone()
     acx, acy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2  # (N,)
+    positive = torch.zeros(n, m, dtype=torch.bool)  # steps 4-5 passed, per (anchor, gt)
+    stats = _Statistics(m)  # what the notebook draws: candidates, mean, std, threshold per gt
     for g in range(m):
-        # 3. per level, the k nearest valid anchors (a stable sort: equal distances keep index order)
+        # 2. per level, the min(k, n_l) valid anchors nearest the gt (a stable sort: equal distances, lower index)
         chosen = []
         for level in torch.unique(level_ids).tolist():
-            idx = torch.nonzero((level_ids == level) & valid)[:, 0]  # this level's anchors
-            order = torch.sort(dist[idx, g], stable=True).indices[:topk]  # min(k, n_l) nearest
-            chosen.append(idx[order])
-        c = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)
-        cands.append(c)
-        levels_of.append(level_ids[c])
-        cand_ious.append(ious[c, g])
-        if len(c) == 0:
-            continue
-        # 4. threshold = mean + unbiased std of the candidates' IoUs (torch.std: n - 1; NaN for one)
-        x = ious[c, g].double()
-        mean[g] = x.mean()
-        std[g] = x.std() if len(c) > 1 else math.nan
-        threshold[g] = mean[g] + std[g]
-        # 5. IoU against the threshold, and the candidate's centre inside the gt by more than the margin
-        passes = x > threshold[g] if strict else x >= threshold[g]  # NaN threshold: all False
+            idx = torch.nonzero((level_ids == level) & valid)[:, 0]  # this level's valid anchors
+            chosen.append(idx[torch.sort(dist[idx, g], stable=True).indices[:topk]])  # nearest first
+        c = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)  # (K,) level by level
+        x = ious[c, g].double()  # (K,) 3. the candidates' IoUs
+        # 4. threshold = mean + UNBIASED std (divisor K - 1; NaN for a single candidate: no positive)
+        mean = x.mean()
+        std = x.std() if len(c) > 1 else torch.tensor(math.nan, dtype=torch.float64)
+        threshold = mean + std
+        # 5. positive: IoU >= threshold (paddle: >) and the anchor centre inside the gt by more than the margin
+        passes = x > threshold if strict else x >= threshold
         x1, y1, x2, y2 = gt_boxes[g].tolist()
-        inside = torch.minimum(torch.minimum(acx[c] - x1, acy[c] - y1), torch.minimum(x2 - acx[c], y2 - acy[c]))
+        inside = torch.stack([acx[c] - x1, acy[c] - y1, x2 - acx[c], y2 - acy[c]]).min(dim=0).values  # (K,)
         positive[c, g] = passes & (inside > margin)
-    # 6. one gt per anchor
-    hits = positive.sum(dim=1)  # (N,) how many gts each anchor is positive for
-    if m:
-        best, arg = torch.where(positive, ious, -math.inf).max(dim=1)  # highest IoU among ITS gts
-        if conflict == "all_gts":  # PaddleDetection: several gts -> argmax IoU over all gts
-            top, top_arg = ious.max(dim=1)
-            best = torch.where(hits > 1, top, best)
-            arg = torch.where(hits > 1, top_arg, arg)
-        gt_index = torch.where(hits > 0, arg, -1)
-        overlaps = torch.where(hits > 0, best, torch.zeros(()))
-    # 7. the rest is negative; anchors outside `valid` take no part
+        stats.record(g, c, level_ids[c], ious[c, g], mean, std, threshold)
+    # 6. an anchor positive for several gts takes the highest IoU among THOSE gts (the lower gt index on ties)
+    hits = positive.sum(dim=1)  # (N,)
+    best, arg = torch.where(positive, ious, -math.inf).max(dim=1) if m else (torch.zeros(n), torch.zeros(n).long())
+    if conflict == "all_gts" and m:  # PaddleDetection: several gts -> argmax IoU over ALL gts
+        top, top_arg = ious.max(dim=1)
+        best, arg = torch.where(hits > 1, top, best), torch.where(hits > 1, top_arg, arg)
+    # 7. every other anchor is negative; anchors outside `valid` take no part (-2)
+    gt_index = torch.where(hits > 0, arg, -1)
     gt_index[~valid] = -2
-    labels = torch.full((n,), num_classes, dtype=torch.int64)
     pos = gt_index >= 0
+    overlaps = torch.where(pos, best, torch.zeros(()))
+    labels = torch.full((n,), num_classes, dtype=torch.int64)
     labels[pos] = gt_labels[gt_index[pos]]
-    target_scores = pos.float()
-    if pred_boxes is not None:  # soft targets: how well the prediction already fits its gt
+    target_scores = pos.float()  # 1 for positives; with pred_boxes: how well the prediction fits its gt
+    if pred_boxes is not None:
         target_scores[pos] = iou_table(pred_boxes[pos], gt_boxes[gt_index[pos]]).diagonal()
-    return ATSSReference(gt_index, overlaps, labels, cands, levels_of, cand_ious, mean, std, threshold, positive,
-                         ious, target_scores)
+    return ATSSReference(gt_index, overlaps, labels, *stats.fields(), positive, ious, target_scores)
+
+
+class _Statistics:
+    """Per-gt bookkeeping of :func:`atss_assign` (candidates, their levels and IoUs, mean, std, threshold)."""
+
+    def __init__(self, m: int) -> None:
+        self.candidates: list[Tensor] = [torch.zeros(0, dtype=torch.int64)] * m
+        self.levels: list[Tensor] = [torch.zeros(0, dtype=torch.int64)] * m
+        self.ious: list[Tensor] = [torch.zeros(0)] * m
+        self.mean = torch.full((m,), math.nan, dtype=torch.float64)
+        self.std, self.threshold = self.mean.clone(), self.mean.clone()
+
+    def record(self, g: int, c: Tensor, levels: Tensor, ious: Tensor, mean: Tensor, std: Tensor, thr: Tensor) -> None:
+        self.candidates[g], self.levels[g], self.ious[g] = c, levels, ious
+        if len(c):
+            self.mean[g], self.std[g], self.threshold[g] = mean, std, thr
+
+    def fields(self) -> tuple:
+        return self.candidates, self.levels, self.ious, self.mean, self.std, self.threshold
 
 
 def mmdet_atss_assign(anchors: Tensor, num_level_anchors: Sequence[int], gt_boxes: Tensor, topk: int = 9) -> Tensor:
@@ -367,3 +371,109 @@ def draw_thresholds(ref: ATSSReference, gts: Sequence[int], names: Sequence[str]
     axes[0].set_ylabel("IoU(anchor, gt)")
     axes[0].set_ylim(0, 1)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise checkers (notebook 06): each case sits on a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_case():  # the same scene for every checker (run_cases passes copies)
+    from lessons.scenes import default_scene
+
+    scene = default_scene()
+    anchors, level_ids = atss_anchors((608, 512))
+    return scene, anchors, level_ids
+
+
+def check_candidates(fn) -> None:
+    """Exercise 1: ``fn(dist (N,), level_ids (N,), k) -> (K,)`` candidate indices, level by level, nearest first,
+    equal distances in index order. Cases: a gt centred on a cell corner (a tied ring), a level of equal distances,
+    a level with fewer than k anchors, another k, and two gts of the photo."""
+    from lessons.cases import Case, run_cases
+
+    def expected(dist, level_ids, k):
+        chosen = []
+        for level in torch.unique(level_ids).tolist():
+            idx = torch.nonzero(level_ids == level)[:, 0]
+            chosen.append(idx[torch.sort(dist[idx], stable=True).indices[:k]])
+        return torch.cat(chosen)
+
+    grid = atss_anchors((40, 40))[0][:25]  # level 0 of a 40 x 40 image: 5 x 5 centres, stride 8
+    ring = centre_distances(grid, torch.tensor([[12.0, 12.0, 28.0, 28.0]]))[:, 0]  # centre on a cell corner
+    one_level = torch.zeros(25, dtype=torch.int64)
+    flat = torch.cat([torch.ones(20), torch.arange(6, dtype=torch.float32)])  # (26,) level 0 all equal, then level 1
+    flat_levels = torch.tensor([0] * 20 + [1] * 6)
+    small = torch.cat([torch.linspace(9, 1, 12), torch.tensor([3.0, 1.0, 2.0])])  # level 1 has 3 anchors
+    small_levels = torch.tensor([0] * 12 + [1] * 3)
+    scene, anchors, level_ids = _photo_case()
+    dist = centre_distances(anchors, scene.boxes)  # (N, M)
+    cases = [
+        Case("a gt centred on a cell corner: 4 at one distance, then a ring of 8 ties; k = 9 takes the lower "
+             "indices of the ring", (ring, one_level, 9), expected(ring, one_level, 9)),
+        Case("every distance on a level equal: the first k indices, in order", (flat, flat_levels, 9),
+             expected(flat, flat_levels, 9)),
+        Case("a level with fewer than k anchors gives all of them (9 + 3)", (small, small_levels, 9),
+             expected(small, small_levels, 9)),
+        Case("k = 4 passed in", (ring, one_level, 4), expected(ring, one_level, 4)),
+    ]
+    for g in (2, 4):
+        cases.append(Case(f"the photo, gt {g} ({scene.names()[g]}): 5 levels x 9", (dist[:, g], level_ids, 9),
+                          expected(dist[:, g], level_ids, 9)))
+    run_cases("candidates", fn, cases)
+
+
+def check_threshold(fn) -> None:
+    """Exercise 2: ``fn(ious (K,) float64) -> ()`` mean + UNBIASED std. Cases: the 4-candidate example of the
+    notebook, two candidates, equal IoUs (std 0), a single candidate (NaN: no positive), the photo's gts."""
+    from lessons.cases import Case, run_cases
+
+    def expected(x):
+        return x.mean() + (x.std() if len(x) > 1 else torch.tensor(math.nan, dtype=torch.float64))
+
+    scene, anchors, level_ids = _photo_case()
+    ref = atss_assign(anchors, level_ids, scene.boxes, scene.labels)
+    raw = [
+        ("four candidates with IoUs 9/11, 8/12, 6/14, 0: the unbiased threshold 0.835 is above the best IoU",
+         [9 / 11, 8 / 12, 6 / 14, 0.0]),
+        ("two candidates: the threshold m + |x1 - x2| / sqrt(2) lies above both", [0.5, 0.3]),
+        ("nine equal IoUs: std 0, the threshold equals the IoU", [0.3] * 9),
+        ("a single candidate: the unbiased std is 0 / 0 = NaN (so no positive)", [0.7]),
+    ]
+    cases = [Case(rule, (torch.tensor(v, dtype=torch.float64),), expected(torch.tensor(v, dtype=torch.float64)),
+                  atol=1e-12, rtol=0.0) for rule, v in raw]
+    for g in (0, 1, 4):
+        x = ref.candidate_ious[g].double()
+        cases.append(Case(f"the photo, gt {g} ({scene.names()[g]}): 45 candidates", (x,), expected(x), atol=1e-12,
+                          rtol=0.0))
+    run_cases("threshold", fn, cases)
+
+
+def check_resolve(fn) -> None:
+    """Exercise 3: ``fn(positive (N, M) bool, ious (N, M)) -> gt_index (N,)``: the highest IoU among the gts an
+    anchor is positive for (lower gt index on ties), -1 if none. Cases: a higher IoU with a gt the anchor is NOT
+    positive for, two positive gts tied, no positive gt, and the crowded scene (27 anchors positive twice)."""
+    from lessons.cases import Case, run_cases
+    from lessons.scenes import random_scene
+
+    def expected(positive, ious):
+        best, arg = torch.where(positive, ious, -1.0).max(dim=1)
+        return torch.where(positive.any(dim=1), arg, -1)
+
+    crowd = random_scene(320, 480, 40, seed=2)
+    anchors, levels = atss_anchors(crowd.hw)
+    r = atss_assign(anchors, levels, crowd.boxes, crowd.labels)
+    hand = [  # (rule, positive (2, 3), ious (2, 3))
+        ("gt 1 has the highest IoU, but the anchor is not positive for it: gt 2, the best of ITS gts",
+         [[True, False, True], [False, True, False]], [[0.4, 0.9, 0.5], [0.7, 0.3, 0.0]]),
+        ("positive for gts 0 and 1 at the same IoU: the lower index, gt 0",
+         [[True, True, False], [False, True, True]], [[0.6, 0.6, 0.1], [0.1, 0.5, 0.5]]),
+        ("positive for no gt: -1, whatever the IoUs", [[False, False, False], [False, False, True]],
+         [[0.8, 0.2, 0.1], [0.0, 0.0, 0.3]]),
+    ]
+    cases = [Case(rule, (torch.tensor(p), torch.tensor(i)), expected(torch.tensor(p), torch.tensor(i)))
+             for rule, p, i in hand]
+    cases.append(Case(f"the crowded scene: 40 gts, {int((r.positive.sum(1) > 1).sum())} anchors positive for several",
+                      (r.positive, r.ious), r.gt_index))
+    run_cases("resolve", fn, cases)

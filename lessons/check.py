@@ -1,15 +1,26 @@
-"""The exercise checker: how close is your answer to the reference?
+"""The exercise checker: how close is your answer to the reference, and which rule does it break?
 
-``check(name, got, expected)`` prints one line and returns a :class:`CheckResult`::
+``check(name, got, expected)`` compares one answer and prints one line::
 
-    iou          | exact: False | close: True  | max diff: 1.49e-08 | 2/6 differ, first at [0, 1]: got ...
+    iou          | ✓ exact (121 values)
+    areas        | ✓ close (float rounding: max diff 5.96e-08, within 1e-06 + 1e-05·|expected|)
+    cost         | ✗ 1/4 not close, first at [1, 1]: got 0.9, expected 0.4 | max diff 0.5
 
-- **exact**: every value equal (NaN equals NaN in the same place).
-- **close**: every value within ``atol + rtol * |expected|`` (the rule of ``torch.allclose``).
-  Bool and integer values (masks, indices, labels) have no "close": for them close means exact.
-- **max diff**: the largest ``|got - expected|``.
-- **first at**: when not exact, how many elements fail and the first one in row-major order:
-  the first that is not close if there is one, else the first that is not exactly equal.
+- **✓ exact**: every value equal (NaN equals NaN in the same place).
+- **✓ close**: every value within ``atol + rtol * |expected|`` (the rule of ``torch.allclose``): a
+  correct answer computed in another order or precision. Not a warning, and nothing to fix.
+- **✗**: how many elements fail, the first one in row-major order, and the largest difference.
+  Bool and integer values (masks, indices, labels) have no "close": they must be equal.
+
+``check_cases(name, fn, cases)`` runs your function on a list of :class:`Case` s, each one a boundary the
+lesson teaches (a value exactly at a threshold, tied scores, a cap with scarce and with plentiful
+positives, an empty input), and prints one line per case::
+
+    my_nms: 5 cases
+      ✓ IoU exactly at the threshold is kept
+      ✗ tied scores: the lower index comes first -- 1/2 differ, first at [0]: got 1, expected 0
+
+A failing case names the rule it tests, so the message says what to fix, not only where.
 
 Shapes and dtypes are compared before values. A shape mismatch fails and says so. A dtype of
 the wrong kind fails: a non-bool where a bool mask is expected, a float where an integer index
@@ -17,23 +28,24 @@ or label is expected, a bool where a float is expected. A different width of the
 (float64 for float32, int32 for int64) and an integer where a float is expected are only noted,
 unless ``strict_dtype=True``.
 
-When the answer is not close, ``check`` raises ``AssertionError`` with the printed line (pass
-``raise_on_fail=False`` to only print). ``got`` and ``expected`` may be torch tensors, numpy
-arrays, Python or numpy scalars and (nested) lists; also named tuples, dicts, or lists of
+When the answer is not close, ``check`` and ``check_cases`` raise ``AssertionError`` with the failing
+line(s) (pass ``raise_on_fail=False`` to only print). ``got`` and ``expected`` may be torch tensors,
+numpy arrays, Python or numpy scalars and (nested) lists; also named tuples, dicts, or lists of
 tensors, whose items are then checked one line each, named ``name.field``, ``name['key']`` or
 ``name[i]``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckResult", "check"]
+__all__ = ["Case", "CheckResult", "check", "check_cases"]
 
 _KIND_NAMES = {"b": "bool", "i": "integer", "u": "integer", "f": "float", "c": "complex"}
 
@@ -170,19 +182,19 @@ def _check_one(
     try:
         g, e = _to_numpy(got), _to_numpy(expected)
     except (TypeError, ValueError) as err:
-        line = f"{head} | exact: False | close: False | cannot compare: {err}"
+        line = f"{head} | ✗ cannot compare: {err}"
         return CheckResult(name, False, False, math.nan, None, line, problem=str(err))
 
     if g.shape != e.shape:
         problem = f"shape mismatch: got {tuple(g.shape)}, expected {tuple(e.shape)}"
-        line = f"{head} | exact: False | close: False | {problem}"
+        line = f"{head} | ✗ {problem}"
         return CheckResult(name, False, False, math.nan, None, line, problem=problem)
     problem, note = _dtype_problem(g.dtype, e.dtype, strict_dtype)
     if not (hasattr(got, "dtype") and hasattr(expected, "dtype")):
         note = ""  # a Python scalar or list has no dtype of its own to speak of
     if g.dtype.kind not in "biufc" or e.dtype.kind not in "biufc":
         problem = problem or f"dtype mismatch: got {g.dtype}, expected {e.dtype}"
-        line = f"{head} | exact: False | close: False | {problem}"
+        line = f"{head} | ✗ {problem}"
         return CheckResult(name, False, False, math.nan, None, line, problem=problem)
 
     exact_el, close_el, diff = _compare(g, e, atol, rtol)
@@ -191,25 +203,27 @@ def _check_one(
     close = bool(close_el.all())
     max_diff = float(diff.max()) if n else 0.0
 
-    parts = []
     first = None
     if not exact:
         failing = ~close_el if not close else ~exact_el
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(failing.reshape(-1))), g.shape))
         first = (idx, g[idx].item(), e[idx].item())
-        integral = g.dtype.kind in "biu" and e.dtype.kind in "biu"
-        verb = "not close" if not close and not integral else "differ"
-        parts.append(
-            f"{int(failing.sum())}/{n} {verb}, first at {_fmt_index(idx)}: "
-            f"got {_fmt_value(g[idx])}, expected {_fmt_value(e[idx])}"
-        )
     if problem:
         exact = close = False
-        parts.insert(0, problem)
-    if note:
-        parts.append(note)
-    line = f"{head} | exact: {exact!s:<5} | close: {close!s:<5} | max diff: {_fmt_diff(max_diff)}"
-    line = " | ".join([line, *parts])
+        status = f"✗ {problem}"
+    elif exact:
+        status = f"✓ exact ({n} value{'' if n == 1 else 's'})"
+    elif close:  # a correct answer up to float rounding: say so, without alarming counts
+        status = (f"✓ close (float rounding: max diff {_fmt_diff(max_diff)}, "
+                  f"within {atol:g} + {rtol:g}·|expected|)")
+    else:
+        integral = g.dtype.kind in "biu" and e.dtype.kind in "biu"
+        verb = "differ" if integral else "not close"
+        n_bad = int((~close_el).sum())
+        status = (f"✗ {n_bad}/{n} {verb}, first at {_fmt_index(first[0])}: "
+                  f"got {_fmt_value(g[first[0]])}, expected {_fmt_value(e[first[0]])} "
+                  f"| max diff {_fmt_diff(max_diff)}")
+    line = f"{head} | {status}" + (f" | {note}" if note else "")
     return CheckResult(name, exact, close, max_diff, first, line, problem=problem)
 
 
@@ -222,7 +236,7 @@ def _check_tree(
     got_parts = _items(got)
     if got_parts is None:
         problem = f"structure mismatch: got {type(got).__name__}, expected {type(expected).__name__}"
-        line = f"{name:<{width}} | exact: False | close: False | {problem}"
+        line = f"{name:<{width}} | ✗ {problem}"
         return [CheckResult(name, False, False, math.nan, None, line, problem=problem)]
     got_by_key = dict(got_parts)
     width = max([width] + [len(name + key) for key, _ in parts])  # align the items' lines
@@ -231,14 +245,14 @@ def _check_tree(
         if key not in got_by_key:
             sub = name + key
             problem = f"missing: {type(got).__name__} has no {key}"
-            line = f"{sub:<{width}} | exact: False | close: False | {problem}"
+            line = f"{sub:<{width}} | ✗ {problem}"
             results.append(CheckResult(sub, False, False, math.nan, None, line, problem=problem))
             continue
         results += _check_tree(name + key, got_by_key[key], value, atol, rtol, strict_dtype, width)
     extra = [k for k, _ in got_parts if k not in dict(parts)]
     if extra:
         problem = f"unexpected items: {', '.join(extra)}"
-        line = f"{name:<{width}} | exact: False | close: False | {problem}"
+        line = f"{name:<{width}} | ✗ {problem}"
         results.append(CheckResult(name, False, False, math.nan, None, line, problem=problem))
     return results
 
@@ -314,3 +328,116 @@ def check(
     if raise_on_fail and not result.close:
         raise AssertionError("\n".join(r.message for r in results if not r.close))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Boundary cases: run the learner's function on the inputs where wrong answers show
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One input to an exercise function, and what the reference returns for it.
+
+    Attributes:
+        name: the rule this case tests, said as a sentence the learner can act on
+            ("IoU exactly 0.7 is positive (>=, not >)").
+        args: positional arguments for the function (copied before each call, so a function that
+            changes its inputs in place cannot spoil the next case).
+        expected: the reference's answer.
+        kwargs: keyword arguments for the function.
+        atol, rtol: float tolerance for this case (None: the ``check_cases`` defaults).
+    """
+
+    name: str
+    args: tuple
+    expected: Any
+    kwargs: dict = field(default_factory=dict)
+    atol: float | None = None
+    rtol: float | None = None
+
+
+def check_cases(
+    name: str,
+    fn: Callable[..., Any],
+    cases: Sequence[Case],
+    *,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    raise_on_fail: bool = True,
+    strict_dtype: bool = False,
+    verbose: bool = True,
+) -> CheckResult:
+    """Run ``fn`` on every case and compare with the case's expected answer; one line per case.
+
+    Args:
+        name: the exercise's name, printed first.
+        fn: the learner's function.
+        cases: :class:`Case` s built by the lesson's module (each names the boundary it tests).
+        atol, rtol, strict_dtype: as in :func:`check`, unless a case sets its own tolerance.
+        raise_on_fail: raise ``AssertionError`` naming every failing case when any fails.
+        verbose: print the lines.
+
+    Returns:
+        A :class:`CheckResult`: exact / close when every case is, the largest max diff, the first
+        failing case's first failure; ``problem`` names the first failing case.
+
+    An exception raised by ``fn`` (``NotImplementedError`` in a learner copy, an ``IndexError`` at an
+    edge) propagates unchanged after a line naming the case it happened in.
+    """
+    if not cases:
+        raise ValueError("cases: expected at least one Case")
+    lines = [f"{name}: {len(cases)} case{'' if len(cases) == 1 else 's'}"]
+    if verbose:
+        print(lines[0])
+    results = []
+    for case in cases:
+        args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+        try:
+            got = fn(*args, **kwargs)
+        except Exception as err:
+            line = f"  ✗ {case.name} -- raised {type(err).__name__}"
+            if verbose:
+                print(line)
+            raise
+        a = case.atol if case.atol is not None else atol
+        r = case.rtol if case.rtol is not None else rtol
+        parts = _check_tree(case.name, got, case.expected, a, r, strict_dtype, len(case.name))
+        bad = [p for p in parts if not p.close]
+        if not bad:
+            mark = "✓"
+            diffs = [p.max_abs_diff for p in parts if not math.isnan(p.max_abs_diff)]
+            detail = "" if all(p.exact for p in parts) else f" (float rounding, max diff {_fmt_diff(max(diffs))})"
+            line = f"  {mark} {case.name}{detail}"
+        else:
+            why = bad[0].message.split(" | ", 1)[1] if " | " in bad[0].message else bad[0].message
+            field_name = bad[0].name[len(case.name):]
+            line = f"  ✗ {case.name} -- {field_name + ': ' if field_name else ''}{why.lstrip('✗ ')}"
+        if verbose:
+            print(line)
+        lines.append(line)
+        diffs = [p.max_abs_diff for p in parts]
+        first_bad = bad[0] if bad else next((p for p in parts if not p.exact), None)
+        results.append(CheckResult(
+            name=case.name,
+            exact=all(p.exact for p in parts),
+            close=not bad,
+            max_abs_diff=max(diffs) if diffs and not any(math.isnan(d) for d in diffs) else math.nan,
+            first_failure=first_bad.first_failure if first_bad is not None else None,
+            message=line,
+            problem=bad[0].problem if bad else "",
+        ))
+    failing = [r for r in results if not r.close]
+    summary = CheckResult(
+        name=name,
+        exact=all(r.exact for r in results),
+        close=not failing,
+        max_abs_diff=max((r.max_abs_diff for r in results), default=0.0),
+        first_failure=failing[0].first_failure if failing else None,
+        message="\n".join(lines),
+        problem=f"case {failing[0].name!r}" if failing else "",
+    )
+    if raise_on_fail and failing:
+        raise AssertionError(f"{name}: {len(failing)} of {len(results)} cases fail\n"
+                             + "\n".join(r.message for r in failing))
+    return summary

@@ -713,3 +713,47 @@ def roi_head_sizes(num_classes: int, library: str = "ours") -> tuple[int, int]:
         raise ValueError("library: d2l's detector (SSD) has no RoI head; it regresses 4 deltas per anchor")
     first = convention.background == "first"
     return num_classes + 1, 4 * (num_classes + 1 if first else num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The tour's rule (notebook 00): MaxIoU without its extras, and the cases its exercise is checked on
+
+
+def max_iou_rule(iou: Float[Tensor, "N M"], pos_thr: float = 0.5, neg_thr: float = 0.4) -> Int[Tensor, " N"]:
+    """The simplest MaxIoU assignment: ``gt_index (N,)`` in our encoding from ``iou (N, M)``.
+
+    1. each anchor's best IoU and its gt (equal IoUs: the lower gt index);
+    2. best IoU ``>= pos_thr``: a positive of that gt;
+    3. best IoU ``< neg_thr``: a negative (-1);
+    4. in between: ignored (-2). No gt (M = 0): every anchor is a negative.
+    """
+    n, m = iou.shape
+    if m == 0:
+        return torch.full((n,), NEGATIVE, dtype=torch.int64)
+    best, arg = iou.max(dim=1)  # (N,), (N,): torch returns the first index among equal maxima
+    return torch.where(best >= pos_thr, arg, torch.where(best < neg_thr, NEGATIVE, IGNORED))  # (N,)
+
+
+def max_iou_rule_cases() -> list:
+    """The boundary cases notebook 00's exercise is checked on: ``my_assign(iou) -> gt_index``."""
+    from exportable.anchors import AnchorGenerator
+    from exportable.boxes import box_iou
+    from lessons.check import Case
+    from lessons.scenes import toy_scene
+
+    def case(name: str, iou: list | Tensor) -> Case:
+        t = torch.as_tensor(iou, dtype=torch.float32)
+        return Case(name, (t,), max_iou_rule(t))
+
+    toy = toy_scene()
+    toy_anchors = AnchorGenerator(strides=[8], ratios=(0.5, 1.0, 2.0), scales=(4,), base_sizes=(8,)).grid_anchors(
+        [(6, 8)])[0]
+    return [
+        case("IoU exactly 0.5 is positive (>= 0.5, not > 0.5)", [[0.5, 0.1], [0.1, 0.5]]),
+        case("IoU exactly 0.4 is ignored: negatives are < 0.4", [[0.4, 0.0], [0.0, 0.45]]),
+        case("just below 0.4 is negative", [[0.3999, 0.2], [0.0, 0.0]]),
+        case("equal best IoUs: the lower gt index wins", [[0.6, 0.6], [0.2, 0.2]]),
+        case("the best gt decides, not the first one above the threshold", [[0.55, 0.8], [0.45, 0.3]]),
+        Case("no gts: every anchor is negative", (torch.zeros(3, 0),), torch.full((3,), NEGATIVE)),
+        case("the toy scene's 144 anchors", box_iou(toy_anchors, toy.boxes)),
+    ]

@@ -255,11 +255,15 @@ def write_figures(ctx: Context, out: Path) -> list[Path]:
     face_gt = int((scene.labels == face).nonzero()[0, 0]) if (scene.labels == face).any() else 0
     level = 2
     sel = ctx.level_ids == level
+    fb = scene.boxes[face_gt].tolist()
+    face_centre = ((fb[0] + fb[2]) / 2, (fb[1] + fb[3]) / 2)
     figures = {
         "01_gts.png": draw.show_boxes(scene.image, scene.boxes, scene.labels, scene.class_names,
                                       title="The embedded scene: hand-labelled gts"),
-        "02_anchors.png": draw.show_anchors(scene.image, ctx.anchors, ctx.level_ids,
-                                            title="RetinaNet anchors: 9 per location, per level"),
+        "02_anchors.png": draw.anchor_levels(scene.image, ctx.anchors, ctx.level_ids, at=face_centre,
+                                             strides=[8, 16, 32, 64, 128],
+                                             title="RetinaNet anchors: the 9 of the location nearest the face, "
+                                             "on each level (dots: every location)"),
         "03_iou_heatmap.png": draw.iou_heatmap(ctx.iou[sel, face_gt], ctx.featmap_sizes[level], scene.image,
                                                stride=32, gt_box=scene.boxes[face_gt],
                                                title=f"IoU with gt {face_gt} on level {level} (stride 32)"),

@@ -33,7 +33,9 @@ from matplotlib.patches import Rectangle
 
 __all__ = [
     "LessonFigure",
+    "anchor_levels",
     "assignment_map",
+    "assignment_panels",
     "color_for",
     "iou_heatmap",
     "matrix_heatmap",
@@ -670,4 +672,123 @@ def assignment_map(
         title if title is not None else f"{n_pos} positive, {len(neg)} negative, {len(ign)} ignored",
         fontsize=10,
     )
+    return fig
+
+
+def assignment_panels(
+    image: ImageLike,
+    priors: Any,
+    gt_boxes: Any,
+    gt_index: Any,
+    anchors_per_location: int,
+    *,
+    shape_names: Sequence[str] | None = None,
+    gt_labels: Any = None,
+    class_names: Sequence[str] | None = None,
+    show_prior_boxes: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """:func:`assignment_map` with one panel per anchor shape, so that no two markers share a point.
+
+    The A anchors of a location share its centre; drawn in one panel, their markers stack and hide each
+    other. Panel ``a`` shows anchor ``a`` of every location (rows ``a::A`` of the package's
+    location-major order), so each location has exactly one marker per panel.
+
+    Args:
+        image, priors, gt_boxes, gt_index, gt_labels, class_names, show_prior_boxes: as in
+            :func:`assignment_map`; ``priors (N, 4)`` with ``N = locations * anchors_per_location``.
+        anchors_per_location: A.
+        shape_names: one title per panel (e.g. ``"h/w 0.5"``); default ``"anchor a"``.
+        title: the Figure's title.
+
+    Returns:
+        The Figure: one Axes per anchor shape, the legend (with the counts of all panels) on the right.
+    """
+    a = int(anchors_per_location)
+    p = _np(priors).reshape(-1, 4)
+    idx = _np(gt_index).astype(np.int64).reshape(-1)
+    if a < 1 or len(p) % a or len(idx) != len(p):
+        raise ValueError(f"{len(p)} priors, {len(idx)} gt_index entries: not a multiple of {a} per location")
+    img = _as_image(image)
+    hw = img if isinstance(img, tuple) or img is None else img.shape[:2]
+    width = 4.2
+    height = width * (hw[0] / hw[1] if hw is not None else 0.75) + 0.6
+    fig = LessonFigure(figsize=(width * a + 2.2, height), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, a)).reshape(-1)
+    for k, ax in enumerate(axes):
+        name = shape_names[k] if shape_names is not None else f"anchor {k}"
+        sub = idx[k::a]
+        assignment_map(image, p[k::a], gt_boxes, sub, gt_labels=gt_labels, class_names=class_names,
+                       show_prior_boxes=show_prior_boxes, max_negatives=None, ax=ax,
+                       title=f"{name}: {int((sub >= 0).sum())} pos, {int((sub == -1).sum())} neg, "
+                       f"{int((sub < -1).sum())} ign")
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
+    counts = [int((idx == j).sum()) for j in range(int(idx.max()) + 1 if (idx >= 0).any() else 0)]
+    labels = None if gt_labels is None else _np(gt_labels).astype(np.int64).reshape(-1)
+    handles = []
+    for j, n in enumerate(counts):
+        name = f"gt {j}"
+        if labels is not None and j < len(labels):
+            k = int(labels[j])
+            name += f" ({class_names[k] if class_names is not None and 0 <= k < len(class_names) else k})"
+        handles.append(Line2D([], [], color=color_for(j), marker="o", linestyle="-", label=f"{name}: {n} positive"))
+    n_neg, n_ign = int((idx == -1).sum()), int((idx < -1).sum())
+    handles.append(Line2D([], [], color=NEGATIVE_COLOR, marker="o", linestyle="", label=f"negative: {n_neg}"))
+    handles.append(Line2D([], [], color=IGNORED_COLOR, marker="x", linestyle="", label=f"ignored: {n_ign}"))
+    axes[-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), framealpha=0.9)
+    if title is not None:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def anchor_levels(
+    image: ImageLike,
+    anchors: Any,
+    level_ids: Any,
+    at: tuple[float, float],
+    *,
+    strides: Sequence[float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One panel per pyramid level: the A anchors of the location nearest ``at``, and the level's grid.
+
+    The readable version of "all anchors at once": every panel shows the image, the level's anchor
+    centres as small dots (every location of the level), and the A boxes of one location in the level's
+    colour; the view grows to show boxes that stick out of the image (the coarse levels' do).
+
+    Args:
+        image: the image (or an ``(H, W)`` size).
+        anchors: ``(N, 4)`` anchors of all levels, level by level, location-major within a level.
+        level_ids: ``(N,)`` level of each anchor.
+        at: ``(x, y)`` pixels; each panel draws the location nearest it.
+        strides: per level, for the panel titles.
+        title: the Figure's title.
+
+    Returns:
+        The Figure: one Axes per level.
+    """
+    arr = _np(anchors).astype(np.float64).reshape(-1, 4)
+    levels = _np(level_ids).reshape(-1)
+    if len(levels) != len(arr):
+        raise ValueError(f"{len(arr)} anchors but {len(levels)} level ids")
+    ids = [int(v) for v in np.unique(levels)]
+    fig = LessonFigure(figsize=(3.6 * len(ids), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(ids))).reshape(-1)
+    for ax, level in zip(axes, ids):
+        rows = arr[levels == level]
+        a = _anchors_per_location(rows)
+        show_anchors(image, rows, np.full(len(rows), level), at=at, ax=ax)
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
+        centres = (rows[::a, :2] + rows[::a, 2:]) / 2  # (H_l * W_l, 2): one per location
+        if len(centres) <= 5000:
+            ax.scatter(centres[:, 0], centres[:, 1], s=1.0, color="white", alpha=0.7, linewidths=0, zorder=1)
+        stride = f"stride {strides[level]:g}, " if strides is not None and level < len(strides) else ""
+        ax.set_title(f"level {level}: {stride}{len(rows) // a:,} locations x {a}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    if title is not None:
+        fig.suptitle(title, fontsize=11)
     return fig

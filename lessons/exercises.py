@@ -4,7 +4,11 @@ In the committed notebooks each exercise's solution sits in a code cell between 
 ``# BEGIN SOLUTION`` and a line ``# END SOLUTION``, so CI runs and checks it. ``make exercises``
 (``python -m lessons exercises``) writes copies under ``build/exercises/`` in which each such
 block (markers included) becomes one ``raise NotImplementedError(...)`` line at the block's
-indentation; the ``check(...)`` that follows then tells the learner how close they are.
+indentation; the ``check(...)`` or ``check_cases(...)`` that follows then tells the learner how close
+they are, case by case.
+
+A learner copy that already exists is kept: it may hold the learner's work. ``--force`` overwrites.
+``make lab`` starts JupyterLab at the repository root, so ``build/exercises/`` is in its file browser.
 """
 
 from __future__ import annotations
@@ -66,12 +70,19 @@ def learner_copy(notebook: dict) -> tuple[dict, int]:
     return nb, total
 
 
-def write_exercises(src: Path, dst: Path) -> dict[str, int]:
+def write_exercises(src: Path, dst: Path, *, force: bool = False) -> dict[str, int]:
+    """Write a learner copy of every ``src/*.ipynb`` under ``dst``; ``{name: exercise blocks}``.
+
+    An existing copy is left alone (it may hold the learner's answers) unless ``force``; its name is
+    still counted, so the result lists every notebook.
+    """
     dst.mkdir(parents=True, exist_ok=True)
     counts = {}
     for path in sorted(src.glob("*.ipynb")):
         nb, n = learner_copy(json.loads(path.read_text()))
-        (dst / path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        target = dst / path.name
+        if force or not target.exists():
+            target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         counts[path.name] = n
     return counts
 
@@ -80,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lessons exercises", description=__doc__.splitlines()[0])
     parser.add_argument("--src", default="notebooks")
     parser.add_argument("--out", default="build/exercises")
+    parser.add_argument("--force", action="store_true", help="overwrite existing learner copies")
     args = parser.parse_args(argv)
-    counts = write_exercises(Path(args.src), Path(args.out))
+    existing = {p.name for p in Path(args.out).glob("*.ipynb")} if not args.force else set()
+    counts = write_exercises(Path(args.src), Path(args.out), force=args.force)
     for name, n in counts.items():
-        print(f"{name}: {n} exercise(s) -> {Path(args.out) / name}")
+        state = "kept (it exists; --force overwrites)" if name in existing else "written"
+        print(f"{name}: {n} exercise(s) -> {Path(args.out) / name} {state}")
     return 0

@@ -5,7 +5,7 @@ This is the reference (test oracle) for :class:`exportable.assigners.o2f.O2FAssi
 :class:`exportable.o2f_inference.O2FPostProcess` (:func:`o2f_postprocess_single`). It follows the authors'
 code (``strongwolf/o2f``: ``O2FHead._get_target_single_o2o``, ``sfl.py``, ``_get_bboxes_single``) one
 image at a time, loops allowed; step numbers match the notebook ``09_o2f`` and ``docs/algorithms.md``
-§11. Boxes are ``(x1, y1, x2, y2)`` in absolute pixels; ``points (N, 2)`` are cell centres with their
+§11.2. Boxes are ``(x1, y1, x2, y2)`` in absolute pixels; ``points (N, 2)`` are cell centres with their
 level's ``strides (N,)``; ``pred_scores (N, C)`` are ``sigmoid(cls) * sigmoid(ctr)``.
 
 Where the reference departs from a literal copy, and why (the same choices as the exportable code):
@@ -18,12 +18,14 @@ Where the reference departs from a literal copy, and why (the same choices as th
   and crashes in ``multi_apply``).
 
 Also here: the ``T(e)`` schedule, figures (certain vs ambiguous anchors, the schedule, the pull of the
-loss), a simulated head on the photo, a toy training of free scores under the O2F loss, the photo inputs
-of ``make demo`` (:func:`demo_scene_inputs`) and the benchmark cases (:func:`benchmark_case`).
+loss, detections), the notebook's exercise checkers (``check_*``), a simulated head on the photo, a toy
+training of free scores under the O2F loss, the photo inputs of ``make demo`` (:func:`demo_scene_inputs`)
+and the benchmark cases (:func:`benchmark_case`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +44,13 @@ __all__ = [
     "PhotoHead",
     "ToyTraining",
     "benchmark_case",
+    "centre_region",
+    "check_center_region",
+    "check_row_loss",
+    "check_soft_labels",
     "demo_scene_inputs",
     "draw_certain_ambiguous",
+    "draw_detections",
     "fcos_points",
     "greedy_match",
     "nms_free_vs_nms",
@@ -115,91 +122,81 @@ class O2FSingle:
 
 
 def o2f_assign_single(
-    points: Tensor,
-    strides: Tensor,
-    pred_scores: Tensor,
-    pred_boxes: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    soft_ceiling: float,
-    *,
-    topk: int = TOPK,
-    alpha: float = ALPHA,
-    center_radius: float = CENTER_RADIUS,
-    num_classes: int = 80,
-    certain_weight: float = CERTAIN_WEIGHT,
-    ambiguous_weight: float = AMBIGUOUS_WEIGHT,
+    points: Tensor, strides: Tensor, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+    soft_ceiling: float, *, topk: int = TOPK, alpha: float = ALPHA, center_radius: float = CENTER_RADIUS,
+    num_classes: int = 80, certain_weight: float = CERTAIN_WEIGHT, ambiguous_weight: float = AMBIGUOUS_WEIGHT,
 ) -> O2FSingle:
-    """O2F's assignment for ONE image, step by step (``docs/algorithms.md`` §11.2).
+    """O2F's assignment for ONE image, steps 1-6 of docs/algorithms.md §11.2 (the authors' ``_get_target_single_o2o``).
 
-    ``points (N, 2)``, ``strides (N,)``, ``pred_scores (N, C)`` probabilities ``sigmoid(cls) * sigmoid(ctr)``,
-    ``pred_boxes (N, 4)`` decoded, ``gt_boxes (M, 4)``, ``gt_labels (M,)``, ``soft_ceiling`` = T(e).
+    ``points (N, 2)``, ``strides (N,)``, ``pred_scores (N, C)`` = ``sigmoid(cls) * sigmoid(ctr)``, ``pred_boxes (N, 4)``
+    and ``gt_boxes (M, 4)`` as ``(x1, y1, x2, y2)``, ``gt_labels (M,)``, ``soft_ceiling`` = T(e).
     """
     n, m = points.shape[0], gt_boxes.shape[0]
     gt_index = torch.full((n,), -1, dtype=torch.int64)
-    labels = torch.full((n,), num_classes, dtype=torch.int64)
-    boxes = torch.zeros(n, 4)
-    overlaps = torch.zeros(n)
-    target_scores = torch.zeros(n)
-    weights = torch.ones(n)  # negatives weigh 1: their term 0.75 p^2 BCE(p, 0) is not weighted
-    certain = torch.zeros(n, dtype=torch.bool)
-    ambiguous = torch.zeros(n, dtype=torch.bool)
-    empty = torch.zeros(n, m)
+    target_scores, weights = torch.zeros(n), torch.ones(n)  # negatives weigh 1: their term is 0.75 p^2 BCE(p, 0)
+    certain, ambiguous = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
     if n == 0 or m == 0:  # no gts: every point negative (the authors' code crashes here)
-        return O2FSingle(gt_index, labels, boxes, overlaps, target_scores, weights, certain, ambiguous,
-                         empty.bool(), empty, empty.bool())
-    # 1. p at each gt's class, IoU of every predicted box with every gt (mmdetection's bbox_overlaps)
+        empty = torch.zeros(n, m)
+        return _o2f_result(gt_index, gt_boxes, gt_labels, empty, num_classes, target_scores, weights, certain,
+                           ambiguous, empty.bool(), empty, empty.bool())
+    # 1. p at each gt's class; IoU of every predicted box with every gt
     prob = pred_scores[:, gt_labels]  # (N, M)
     iou = box_iou(pred_boxes, gt_boxes)  # (N, M)
-    # 2. the matching quality q (the authors' float32 formula, shown), and the key we rank by
+    # 2. matching quality q = p^(1 - alpha) * IoU^alpha (shown); we rank by q^5 = p * IoU^4 in float64: the same order
     quality = prob ** (1 - alpha) * iou**alpha  # (N, M)
-    key = quality_key(prob, iou, alpha)  # (N, M) float64 p * IoU^4: q's order, exactly
-    # 3. FCOS centre sampling: a square of half-side 1.5 * stride around the gt centre, clipped to the box
-    candidates = torch.zeros(n, m, dtype=torch.bool)
-    xs, ys = points[:, 0], points[:, 1]
-    radius = strides * center_radius  # (N,) per point: its level's stride
-    for g in range(m):
-        x1, y1, x2, y2 = gt_boxes[g]
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        x_mins, y_mins, x_maxs, y_maxs = cx - radius, cy - radius, cx + radius, cy + radius  # (N,) each
-        left = xs - torch.where(x_mins > x1, x_mins, x1)  # distances to the clipped square's sides
-        top = ys - torch.where(y_mins > y1, y_mins, y1)
-        right = torch.where(x_maxs > x2, x2, x_maxs) - xs
-        bottom = torch.where(y_maxs > y2, y2, y_maxs) - ys
-        candidates[:, g] = torch.stack([left, top, right, bottom], dim=1).min(dim=1).values > 0  # strictly inside
-    quality[~candidates] = 0
-    iou[~candidates] = 0
-    key[~candidates] = 0
-    # 4. per gt: the top min(#{IoU > 0}, topk) points by q; the matching matrix keeps their q (here: key)
+    key = quality_key(prob, iou, alpha)  # (N, M) float64
+    # 3. candidates: FCOS's centre region (1.5 strides around the gt centre, clipped to the box), every level
+    candidates = torch.stack([centre_region(points, strides, box, center_radius) for box in gt_boxes], dim=1)  # (N, M)
+    quality[~candidates], iou[~candidates], key[~candidates] = 0, 0, 0
+    # 4. per gt: its top k = min(#{candidates with IoU > 0}, topk) points by q; the matching matrix keeps their q
     matching = torch.zeros(n, m, dtype=torch.float64)
     for g in range(m):
         k = min(int((iou[:, g] > 0).sum()), topk)
-        order = torch.sort(key[:, g], descending=True, stable=True).indices  # ties: lower point index
-        pick = order[:k]
+        pick = torch.sort(key[:, g], descending=True, stable=True).indices[:k]  # ties: the lower point index
         matching[pick, g] = key[pick, g]
-    picked = matching > 0  # (N, M)
-    # 5. conflicts: each point goes to the gt with the largest q (torch's max: the first gt on ties)
+    # 5. conflicts: a point goes to the gt with the largest stored q (the first gt on ties); positive if it is > 0
     best, winner = matching.max(dim=1)  # (N,), (N,)
-    positive = best > 0
-    gt_index[positive] = winner[positive]
-    labels[positive] = gt_labels[winner[positive]]
-    boxes[positive] = gt_boxes[winner[positive]]
-    overlaps[positive] = iou[positive, winner[positive]]
-    # 6. per gt, over its final positives sorted by q: one certain positive, the rest ambiguous
+    gt_index[best > 0] = winner[best > 0]
+    # 6. per gt, its final positives by q: the first is CERTAIN (target 1), the others AMBIGUOUS (p / max p * T)
     for g in range(m):
-        mine = (positive & (winner == g)).nonzero().squeeze(1)  # ascending point index
-        if mine.numel() == 0:
-            continue  # no candidate with IoU > 0, or every pick went to another gt
+        mine = (gt_index == g).nonzero()[:, 0]  # ascending point index
         ranked = mine[torch.sort(key[mine, g], descending=True, stable=True).indices]
-        first, rest = ranked[0], ranked[1:]
-        certain[first] = True
-        target_scores[first] = 1.0
-        weights[first] = certain_weight
-        if rest.numel():
-            ambiguous[rest] = True
-            max_prob = prob[rest, g].max()  # over the ambiguous anchors only, p not q
+        if len(ranked) == 0:
+            continue  # no candidate with IoU > 0, or every pick went to another gt
+        certain[ranked[0]], target_scores[ranked[0]], weights[ranked[0]] = True, 1.0, certain_weight
+        rest = ranked[1:]
+        if len(rest):
+            max_prob = prob[rest, g].max()  # over the ambiguous points only, p not q
             target_scores[rest] = prob[rest, g] / max_prob * torch.tensor(soft_ceiling, dtype=prob.dtype)
-            weights[rest] = ambiguous_weight
+            ambiguous[rest], weights[rest] = True, ambiguous_weight
+    return _o2f_result(gt_index, gt_boxes, gt_labels, iou, num_classes, target_scores, weights, certain, ambiguous,
+                       candidates, quality, matching > 0)
+
+
+def centre_region(points: Tensor, strides: Tensor, box: Tensor, radius: float = CENTER_RADIUS) -> Tensor:
+    """Step 3 for one gt ``box (4,)``: ``(N,)`` points strictly inside the square of half-side ``radius * stride``
+    around the box centre, clipped to the box (FCOS's centre sampling, the authors' arithmetic)."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    r = strides * radius  # (N,) each point's own level
+    xs, ys = points[:, 0], points[:, 1]
+    left = xs - torch.where(cx - r > x1, cx - r, x1)  # distances to the clipped square's sides
+    top = ys - torch.where(cy - r > y1, cy - r, y1)
+    right = torch.where(cx + r > x2, x2, cx + r) - xs
+    bottom = torch.where(cy + r > y2, y2, cy + r) - ys
+    return torch.stack([left, top, right, bottom], dim=1).min(dim=1).values > 0
+
+
+def _o2f_result(gt_index: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou: Tensor, num_classes: int,
+                target_scores: Tensor, weights: Tensor, certain: Tensor, ambiguous: Tensor, candidates: Tensor,
+                quality: Tensor, picked: Tensor) -> O2FSingle:
+    """Labels (``num_classes`` for negatives), box targets and IoUs of the positives' gts, packed with the rest."""
+    n = gt_index.shape[0]
+    pos = gt_index >= 0
+    labels = torch.full((n,), num_classes, dtype=torch.int64)
+    boxes, overlaps = torch.zeros(n, 4), torch.zeros(n)
+    labels[pos], boxes[pos] = gt_labels[gt_index[pos]], gt_boxes[gt_index[pos]]
+    overlaps[pos] = iou[pos, gt_index[pos]]
     return O2FSingle(gt_index, labels, boxes, overlaps, target_scores, weights, certain, ambiguous, candidates,
                      quality, picked)
 
@@ -688,3 +685,126 @@ def benchmark_case(workload: str, seed: int = 0) -> tuple[nn.Module, tuple[Tenso
     module = O2FAssigner(num_classes=pred_scores.shape[2]).eval()
     return module, (points, strides, pred_scores, pred_boxes, gts.gt_boxes, gts.gt_labels, gts.gt_mask,
                     soft_ceiling(0, 12))
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise checkers (notebook 09): each case sits on a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_assignment():  # the same scene for every checker (run_cases passes copies)
+    from lessons.scenes import default_scene
+
+    scene = default_scene()
+    head = photo_head(scene.boxes, scene.labels, (608, 512))
+    single = o2f_assign_single(head.points, head.strides, head.pred_scores[0], head.pred_boxes[0], scene.boxes,
+                               scene.labels, soft_ceiling_value(0, 12))
+    return scene, head, single
+
+
+def check_center_region(fn) -> None:
+    """Exercise 1: ``fn(points (N, 2), strides (N,), box (4,), radius) -> (N,)`` bool: strictly inside the square of
+    half-side ``radius * stride`` (each point's own stride) around the box centre, clipped to the box. Cases: a
+    thin gt whose coarse-level square sticks out of the box, points exactly on the clipped sides, mixed strides,
+    another radius, the photo."""
+    from exportable.assigners.o2f import center_region
+    from lessons.cases import Case, run_cases
+
+    def expected(points, strides, box, radius):
+        return center_region(points, strides * radius, box[None, None])[0, 0]  # the exportable module's test
+
+    thin = torch.tensor([100.0, 100.0, 120.0, 200.0])  # 20 x 100 px, centre (110, 150)
+    coarse = torch.tensor([[110.0, 150.0], [130.0, 150.0], [100.0, 150.0]])  # stride 64: square half-side 96
+    fine = torch.tensor([[110.0, 150.0], [110.0, 138.0], [110.0, 134.0]])  # stride 8: half-side 12 (20 at 2.5)
+    s64, s8 = torch.full((3,), 64.0), torch.full((3,), 8.0)
+    mixed = torch.cat([coarse, fine])
+    s_mixed = torch.cat([s64, s8])
+    scene, head, _ = _photo_assignment()
+    cases = [
+        Case("stride 64 on a 20 x 100 gt: the square sticks out of the box and is clipped to it, so (130, 150) is "
+             "out; (100, 150) lies ON the box's side: out", (coarse, s64, thin, 1.5), expected(coarse, s64, thin, 1.5)),
+        Case("stride 8: the square's top is y = 150 - 12 = 138; (110, 138) lies on it: out",
+             (fine, s8, thin, 1.5), expected(fine, s8, thin, 1.5)),
+        Case("radius 2.5 passed in: the top moves to y = 130, and (110, 134) is in", (fine, s8, thin, 2.5),
+             expected(fine, s8, thin, 2.5)),
+        Case("each point uses its own stride", (mixed, s_mixed, thin, 1.5), expected(mixed, s_mixed, thin, 1.5)),
+    ]
+    for g in (2, 5):
+        cases.append(Case(f"the photo, {scene.names()[g]}: 6,484 points on 5 levels",
+                          (head.points, head.strides, scene.boxes[g], 1.5),
+                          expected(head.points, head.strides, scene.boxes[g], 1.5)))
+    run_cases("centre region", fn, cases)
+
+
+def check_soft_labels(fn) -> None:
+    """Exercise 2: ``fn(prob (K,) in q order, T) -> (targets (K,), weights (K,))``: 1 and 1 for the first (certain),
+    ``prob / max(prob[1:]) * T`` and 0.4 for the others. Cases: one positive, two (the ambiguous one gets exactly T),
+    a certain positive with a LOWER p than the ambiguous ones, another T, every gt of the photo."""
+    from lessons.cases import Case, run_cases
+
+    def expected(prob, t):
+        targets, weights = torch.ones_like(prob), torch.full_like(prob, CERTAIN_WEIGHT)
+        if len(prob) > 1:
+            targets[1:] = prob[1:] / prob[1:].max() * t
+            weights[1:] = AMBIGUOUS_WEIGHT
+        return targets, weights
+
+    raw = [
+        ("a gt with one positive: only the certain one (1, weight 1)", [0.3], 0.6),
+        ("two positives: the ambiguous one's target is exactly T", [0.5, 0.2], 0.6),
+        ("the certain positive (best q) has a LOWER p than the ambiguous ones: the max is over the ambiguous only",
+         [0.1, 0.4, 0.2, 0.3], 0.6),
+        ("the last epoch's T = 0.2", [0.9, 0.8, 0.4], 0.2),
+    ]
+    cases = [Case(rule, (torch.tensor(p), t), expected(torch.tensor(p), t), atol=1e-7) for rule, p, t in raw]
+    scene, head, single = _photo_assignment()
+    for g in range(scene.num_gts):
+        mine = (single.gt_index == g).nonzero()[:, 0]
+        mine = mine[torch.sort(single.quality[mine, g], descending=True, stable=True).indices]  # q order
+        prob = head.pred_scores[0, mine, scene.labels[g]]
+        cases.append(Case(f"the photo, {scene.names()[g]}: {len(mine)} positives, T = 0.6", (prob, 0.6),
+                          (single.target_scores[mine], single.weights[mine]), atol=1e-6))
+    run_cases("soft labels", fn, cases)
+
+
+def check_row_loss(fn) -> None:
+    """Exercise 3: ``fn(p (C,), label, t, w) -> (C,)``: ``0.75 p^2 BCE(p, 0)`` everywhere, and at ``label < C`` the
+    entry REPLACED by ``w BCE(p, t)``; logs clamped at -100. Cases: a negative row, the certain positive, an
+    ambiguous one, scores of exactly 0 and 1, rows of the photo."""
+    from exportable.losses import o2f_classification_loss
+    from lessons.cases import Case, run_cases
+
+    def expected(p, label, t, w):
+        return o2f_classification_loss(p[None], torch.tensor([label]), torch.tensor([t]), torch.tensor([w]))[0]
+
+    p = torch.tensor([0.05, 0.6, 0.3, 0.9])
+    edge = torch.tensor([0.0, 1.0, 0.5, 1.0])
+    raw = [
+        ("a negative row (label = C): 0.75 p^2 BCE(p, 0) in every class", (p, 4, 0.0, 1.0)),
+        ("the certain positive: its entry is 1 * BCE(p, 1), not added to the negative term", (p, 1, 1.0, 1.0)),
+        ("an ambiguous positive: 0.4 * BCE(p, 0.35), no |t - p|^2 factor", (p, 2, 0.35, 0.4)),
+        ("scores of exactly 0 and 1: the logs clamp at -100, every entry finite", (edge, 1, 0.5, 0.4)),
+    ]
+    cases = [Case(rule, args, expected(*args), atol=1e-6) for rule, args in raw]
+    scene, head, single = _photo_assignment()
+    for j in ((single.gt_index >= 0).nonzero()[:3, 0].tolist() + [0, 100]):
+        args = (head.pred_scores[0, j], int(single.labels[j]), float(single.target_scores[j]), float(single.weights[j]))
+        cases.append(Case(f"the photo, point {j} ({'positive' if single.gt_index[j] >= 0 else 'negative'})", args,
+                          expected(*args), atol=1e-6))
+    run_cases("row loss", fn, cases)
+
+
+def draw_detections(image, boxes: Tensor, labels: Tensor, class_names: Sequence[str], *, ax, title: str,
+                    show_text: bool = True, linewidth: float = 1.5):
+    """Detections ``(K, 4)`` in their class colour; with ``show_text`` each is named ``"k: class"`` INSIDE its top-left
+    corner, so that a box touching the image's top edge keeps a readable label. Returns the Figure."""
+    from lessons.draw import color_for, show_boxes
+
+    fig = show_boxes(image, boxes, labels, class_names, ax=ax, title=title, linewidth=linewidth, show_text=False)
+    if show_text:
+        for k, (box, label) in enumerate(zip(boxes.tolist(), labels.tolist())):
+            ax.text(box[0] + 2, box[1] + 2, f"{k}: {class_names[label]}", fontsize=8, color="white", va="top",
+                    ha="left", zorder=6, clip_on=True,
+                    bbox={"facecolor": color_for(label), "edgecolor": "none", "alpha": 0.85, "pad": 1.2})
+    return fig

@@ -5,7 +5,7 @@ The reference (test oracle) for :class:`exportable.rpn.ProposalCreator` and the 
 pixels (simple-faster-rcnn writes ``(y1, x1, y2, x2)``), images ``(H, W)``, scores are objectness
 PROBABILITIES.
 
-- :func:`greedy_nms` -- NMS step by step (the document's empty "NMS, explained" heading): sort by
+- :func:`greedy_nms` -- NMS step by step (the section the Faster R-CNN study note leaves empty): sort by
   score, keep the best box, suppress every later box whose IoU with it is strictly above the threshold,
   repeat. Same semantics, and the same float32 arithmetic, as ONNX ``NonMaxSuppression`` and
   :func:`exportable.nms.nms`.
@@ -48,6 +48,7 @@ __all__ = [
     "mmdet_proposals",
     "nms_trace",
     "oracle_rpn_outputs",
+    "pre_nms_candidates",
     "soft_nms",
 ]
 
@@ -240,19 +241,13 @@ class ProposalCreator:
         roi = loc2bbox(anchor, loc, self.wh_clip)
         # 2. clip to the image
         roi = clip_bbox(roi, img_size)
-        # 3. drop boxes with a side below min_size (16 px of the ORIGINAL image: times the resize scale)
+        # 3.-4. drop boxes with a side below min_size (16 px of the ORIGINAL image: times the resize scale),
+        #       THEN sort by objectness and keep the first n_pre_nms
         min_size = self.min_size * scale
-        ws = roi[:, 2] - roi[:, 0]
-        hs = roi[:, 3] - roi[:, 1]
-        keep = torch.nonzero((ws >= min_size) & (hs >= min_size)).squeeze(1)
-        roi, score, index = roi[keep], score[keep], keep
-        funnel["min_size"] = len(keep)
-        # 4. sort by objectness (equal scores: lower anchor index first) and keep the first n_pre_nms
-        s, ix = score.tolist(), index.tolist()
-        order = sorted(range(len(s)), key=lambda i: (-s[i], ix[i]))[:n_pre_nms]
-        order = torch.tensor(order, dtype=torch.int64)
-        roi, score, index = roi[order], score[order], index[order]
-        funnel["pre_nms"] = len(order)
+        funnel["min_size"] = int(((roi[:, 2] - roi[:, 0] >= min_size) & (roi[:, 3] - roi[:, 1] >= min_size)).sum())
+        index = pre_nms_candidates(roi, score, min_size, n_pre_nms)
+        roi, score = roi[index], score[index]
+        funnel["pre_nms"] = len(index)
         # 5. NMS at nms_thresh
         keep = greedy_nms(roi, score, self.nms_thresh)
         funnel["nms"] = len(keep)
@@ -260,6 +255,22 @@ class ProposalCreator:
         keep = keep[:n_post_nms]
         funnel["post_nms"] = len(keep)
         return ProposalResult(roi[keep], score[keep], index[keep], funnel)
+
+
+def pre_nms_candidates(roi: Tensor, score: Tensor, min_size: float = 16.0, n_pre_nms: int = 12000) -> Tensor:
+    """Steps 3-4 of :class:`ProposalCreator`: indices of the boxes that go to NMS, best first.
+
+    ``roi (N, 4)`` decoded, clipped boxes and ``score (N,)``. A box with a side ``< min_size`` is dropped
+    (a side of exactly ``min_size`` stays) BEFORE the top-k, so it never takes one of the ``n_pre_nms``
+    places. Equal scores: the lower index first.
+    """
+    ws, hs = roi[:, 2] - roi[:, 0], roi[:, 3] - roi[:, 1]
+    # 3. the size filter first
+    index = torch.nonzero((ws >= min_size) & (hs >= min_size)).squeeze(1)
+    # 4. then the top n_pre_nms by score (ties: lower index)
+    s = score[index].tolist()
+    order = sorted(range(len(s)), key=lambda i: (-s[i], i))[:n_pre_nms]
+    return index[torch.tensor(order, dtype=torch.int64)]
 
 
 def mmdet_proposals(
@@ -460,3 +471,87 @@ def crowd_scene() -> CrowdScene:
         boxes=torch.stack(boxes), scores=torch.tensor(scores, dtype=torch.float32),
         labels=torch.tensor(labels, dtype=torch.int64), source=torch.tensor(source, dtype=torch.int64),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise cases (notebook 03): each one a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+def _random_boxes(n: int = 300, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Seeded boxes ``(n, 4)`` and scores ``(n,)`` with many ties (20 distinct values)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 200  # (n, 2)
+    boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 60], dim=1)  # (n, 4)
+    scores = torch.randint(0, 20, (n,), generator=g).float() / 20  # (n,)
+    return boxes, scores
+
+
+def nms_cases() -> list:
+    """``my_nms(boxes, scores, iou_threshold) -> kept indices (K,) int64``, highest score first."""
+    from lessons.check import Case
+
+    def case(name: str, boxes: list | Tensor, scores: list | Tensor, thr: float) -> Case:
+        b, s = torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32)
+        return Case(name, (b, s, thr), greedy_nms(b, s, thr))
+
+    boxes, scores = _random_boxes()
+    return [
+        case("IoU exactly at the threshold is kept (suppress only IoU > threshold)",
+             [[0, 0, 10, 10], [0, 0, 10, 5]], [0.9, 0.8], 0.5),
+        case("tied scores: the lower index comes first", [[0, 0, 10, 10], [1, 0, 11, 10]], [0.7, 0.7], 0.5),
+        case("a box removed in round 1 suppresses nothing later (greedy, in order)",
+             [[0, 0, 10, 10], [2, 0, 12, 10], [4, 0, 14, 10]], [0.9, 0.8, 0.7], 0.5),
+        case("no boxes: nothing kept", torch.zeros(0, 4), torch.zeros(0), 0.7),
+        case("300 boxes with tied scores, threshold 0.3", boxes, scores, 0.3),
+        case("the same at 0.7", boxes, scores, 0.7),
+    ]
+
+
+def batched_nms_cases() -> list:
+    """``my_batched_nms(boxes, scores, labels, iou_threshold) -> kept indices`` (one call of ``nms``)."""
+    from lessons.check import Case
+
+    def case(name: str, boxes: list | Tensor, scores: list | Tensor, labels: list | Tensor, thr: float) -> Case:
+        b, s = torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32)
+        lab = torch.as_tensor(labels, dtype=torch.int64)
+        return Case(name, (b, s, lab, thr), class_aware_nms(b, s, lab, thr))
+
+    boxes, scores = _random_boxes(seed=1)
+    labels = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(1))
+    return [
+        case("identical boxes of two classes: both kept", [[0, 0, 50, 50], [0, 0, 50, 50]], [0.9, 0.8], [0, 1], 0.5),
+        case("the same class still suppresses", [[0, 0, 50, 50], [0, 0, 50, 50]], [0.9, 0.8], [1, 1], 0.5),
+        case("coordinates beyond 1,000 px: the offset must exceed the whole range",
+             [[1000, 1000, 1500, 1500], [0, 0, 500, 500]], [0.9, 0.8], [0, 1], 0.5),
+        case("negative coordinates (boxes not clipped): the range is max - min, not max",
+             [[0, 0, 100, 100], [-100, -100, 0, 0]], [0.9, 0.8], [0, 1], 0.5),
+        case("300 boxes of 3 classes, threshold 0.5", boxes, scores, labels, 0.5),
+    ]
+
+
+def pre_nms_cases() -> list:
+    """``my_pre_nms(roi, score, min_size, n_pre_nms) -> indices (K,)`` (steps 3-4 of the ProposalCreator)."""
+    from lessons.check import Case
+    from lessons.rpn_anchor_targets import faster_rcnn_anchors
+    from lessons.scenes import default_scene
+
+    def case(name: str, roi: list | Tensor, score: list | Tensor, min_size: float, n: int) -> Case:
+        r, s = torch.as_tensor(roi, dtype=torch.float32), torch.as_tensor(score, dtype=torch.float32)
+        return Case(name, (r, s, min_size, n), pre_nms_candidates(r, s, min_size, n))
+
+    small = [[0, 0, 10, 40], [0, 0, 40, 12], [5, 5, 20, 20]]
+    big = [[0, 0, 40, 40], [10, 10, 60, 50], [0, 0, 100, 30]]
+    scene = default_scene()
+    anchors, _ = faster_rcnn_anchors(scene.hw)
+    score, loc = oracle_rpn_outputs(anchors, scene.boxes, seed=0)
+    roi = clip_bbox(loc2bbox(anchors, loc), scene.hw)
+    return [
+        case("a side of exactly min_size stays (>= 16)", [[0, 0, 16, 16], [0, 0, 15.9, 40], [0, 0, 40, 16]],
+             [0.5, 0.9, 0.7], 16.0, 10),
+        case("the size filter comes BEFORE the top-k: small boxes take no places", small + big,
+             [0.99, 0.98, 0.97, 0.6, 0.5, 0.4], 16.0, 2),
+        case("equal scores: the lower index first", big + big, [0.5, 0.9, 0.5, 0.9, 0.5, 0.9], 16.0, 4),
+        case("fewer boxes than n_pre_nms: all that pass the filter", big, [0.1, 0.3, 0.2], 16.0, 100),
+        case("the photo's 10,944 decoded boxes, top 6,000", roi, score, 16.0, 6000),
+    ]

@@ -72,6 +72,7 @@ __all__ = [
     "roi_pool_bins",
     "roi_pool_reference",
     "sample_counts",
+    "sample_rois",
     "synthetic_proposals",
     "to_package_labels",
 ]
@@ -147,37 +148,50 @@ class ProposalTargetCreator:
         """``roi (R, 4)`` proposals, ``bbox (M, 4)`` gts, ``label (M,)`` classes in ``[0, C)``, ``noise (R + M,)``."""
         n_bbox = len(bbox)
         # 1. the gts join the RoIs (appended): every gt is a candidate with IoU 1 with itself
-        roi = torch.cat([roi.float(), bbox.float()], dim=0)
-        pos_roi_per_image = round(self.n_sample * self.pos_ratio)  # np.round(128 * 0.25) = 32
-        # 2. IoU of every candidate with every gt; its best gt and best IoU (no gt: IoU 0 everywhere)
+        roi = torch.cat([roi.float(), bbox.float()], dim=0)  # (R + M, 4)
+        # 2. each candidate's best IoU with a gt, and that gt (the first on ties; no gt: IoU 0 everywhere)
         if n_bbox:
-            iou = bbox_iou(roi, bbox)  # (R + M, M)
-            max_iou, gt_assignment = iou.max(dim=1)  # first gt on ties
+            max_iou, gt_assignment = bbox_iou(roi, bbox).max(dim=1)  # (R + M,), (R + M,)
         else:
             max_iou = torch.zeros(len(roi))
             gt_assignment = torch.zeros(len(roi), dtype=torch.int64)
-        # 6. (computed here, as the original does) the class of the best gt, shifted by one: 0 = background
-        gt_roi_label = label[gt_assignment] + 1 if n_bbox else torch.zeros(len(roi), dtype=torch.int64)
-        # 3. positives: IoU >= 0.5; 5a. keep at most 32 of them, the largest noise
-        pos_index = torch.nonzero(max_iou >= self.pos_iou_thresh).squeeze(1)
-        pos_roi_per_this_image = int(min(pos_roi_per_image, len(pos_index)))
-        pos_index = choose_by_noise(pos_index, noise[pos_index], pos_roi_per_this_image)
-        # 4. negatives: lo <= IoU < hi; 5b. they fill the sample up to 128
-        neg_index = torch.nonzero((max_iou < self.neg_iou_thresh_hi) & (max_iou >= self.neg_iou_thresh_lo)).squeeze(1)
-        neg_roi_per_this_image = int(min(self.n_sample - pos_roi_per_this_image, len(neg_index)))
-        neg_index = choose_by_noise(neg_index, noise[neg_index], neg_roi_per_this_image)
-        # 8. positives first, then negatives; negatives' labels -> 0 (background)
-        keep_index = torch.cat([pos_index, neg_index])
-        gt_roi_label = gt_roi_label[keep_index].clone()
-        gt_roi_label[pos_roi_per_this_image:] = 0
-        sample_roi = roi[keep_index]
-        # 7. regression targets of the positives, normalised by (0.1, 0.1, 0.2, 0.2)
+        # 3.-5. positives (IoU >= 0.5, at most 32), then negatives (0 <= IoU < 0.5, up to 128), by noise
+        keep_index, n_pos = sample_rois(max_iou, noise, self.n_sample, self.pos_ratio, self.pos_iou_thresh,
+                                        self.neg_iou_thresh_hi, self.neg_iou_thresh_lo)
+        sample_roi, matched = roi[keep_index], gt_assignment[keep_index]  # (S, 4), (S,)
+        # 6. labels: the matched gt's class + 1 for positives, 0 (background) for negatives
+        gt_roi_label = torch.zeros(len(keep_index), dtype=torch.int64)
+        if n_pos:
+            gt_roi_label[:n_pos] = label[matched[:n_pos]] + 1
+        # 7. box targets of the positives, normalised by (0.1, 0.1, 0.2, 0.2); 0 for negatives
         gt_roi_loc = torch.zeros(len(keep_index), 4)
-        if pos_roi_per_this_image:
-            loc = bbox2loc(sample_roi[:pos_roi_per_this_image], bbox[gt_assignment[pos_index]].float())
-            gt_roi_loc[:pos_roi_per_this_image] = _normalize(loc, loc_normalize_mean, loc_normalize_std)
-        return ProposalTargets(sample_roi, gt_roi_loc, gt_roi_label, keep_index, gt_assignment[keep_index],
-                               pos_roi_per_this_image, max_iou)
+        if n_pos:
+            loc = bbox2loc(sample_roi[:n_pos], bbox[matched[:n_pos]].float())
+            gt_roi_loc[:n_pos] = _normalize(loc, loc_normalize_mean, loc_normalize_std)
+        # 8. positives first, then negatives (the order sample_rois returns)
+        return ProposalTargets(sample_roi, gt_roi_loc, gt_roi_label, keep_index, matched, n_pos, max_iou)
+
+
+def sample_rois(max_iou: Tensor, noise: Tensor, n_sample: int = 128, pos_ratio: float = 0.25,
+                pos_iou_thresh: float = 0.5, neg_iou_thresh_hi: float = 0.5,
+                neg_iou_thresh_lo: float = 0.0) -> tuple[Tensor, int]:
+    """Steps 3-5 of :class:`ProposalTargetCreator`: ``(keep_index, n_pos)``, positives first.
+
+    ``max_iou (K,)`` each candidate's best IoU with a gt, ``noise (K,)``. Positives: ``max_iou >= 0.5``,
+    at most ``round(n_sample * pos_ratio)`` (32). Negatives: ``lo <= max_iou < hi``, filling the sample up
+    to ``n_sample`` with what the KEPT positives leave; no back-filling when either side is short. Within
+    each side the largest noise wins (equal noise: the lower index).
+    """
+    pos_roi_per_image = round(n_sample * pos_ratio)  # np.round(128 * 0.25) = 32
+    # 3. positives: IoU >= 0.5; 5a. keep at most 32 of them, the largest noise
+    pos_index = torch.nonzero(max_iou >= pos_iou_thresh).squeeze(1)
+    n_pos = int(min(pos_roi_per_image, len(pos_index)))
+    pos_index = choose_by_noise(pos_index, noise[pos_index], n_pos)
+    # 4. negatives: lo <= IoU < hi; 5b. they fill the sample up to 128
+    neg_index = torch.nonzero((max_iou < neg_iou_thresh_hi) & (max_iou >= neg_iou_thresh_lo)).squeeze(1)
+    n_neg = int(min(n_sample - n_pos, len(neg_index)))
+    neg_index = choose_by_noise(neg_index, noise[neg_index], n_neg)
+    return torch.cat([pos_index, neg_index]), n_pos
 
 
 def mmdet_roi_targets(
@@ -490,33 +504,46 @@ def synthetic_proposals(gt_boxes: Tensor, gt_mask: Tensor, hw: tuple[int, int], 
 def draw_sampled_rois(image: Any, proposals: Tensor, gt_boxes: Tensor, targets: ProposalTargets, *,
                       class_names: list[str] | None = None, gt_labels: Tensor | None = None,
                       title: str | None = None, ax: Any = None) -> Any:
-    """The photo with every proposal (faint), the sampled negatives (grey) and positives (their gt's colour).
+    """The sample in two panels: the positives in their gt's colour (left), the negatives dashed (right).
 
-    ``targets`` is one image's :class:`ProposalTargets` (candidates ``[proposals | gts]``).
+    ``targets`` is one image's :class:`ProposalTargets` (candidates ``[proposals | gts]``); the
+    proposals themselves are only counted in the titles (2,000 outlines would hide the photo). The gts
+    are drawn in both panels. ``ax``: a pair of Axes to draw into (default: a new Figure).
     """
-    from lessons.draw import color_for, show_boxes
-
-    fig = show_boxes(image, gt_boxes, gt_labels, class_names, ax=ax, color_by="index", linewidth=2.5, title=title)
-    ax = fig.axes[0] if ax is None else ax
     from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    from lessons.draw import LessonFigure, color_for, show_boxes
+
+    if ax is None:
+        h, w = (image.shape[:2] if hasattr(image, "shape") else image)
+        fig = LessonFigure(figsize=(11, 11 * h / (2 * w) + 0.9), layout="constrained")
+        axes = fig.subplots(1, 2)
+    else:
+        axes = list(ax)
+        fig = axes[0].figure
 
     def outlines(boxes: Tensor) -> list:
         b = boxes.detach().cpu().numpy()
         return [[(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)] for x1, y1, x2, y2 in b]
 
-    ax.add_collection(LineCollection(outlines(proposals), colors=[(0.3, 0.3, 0.9, 0.06)], linewidths=0.5, zorder=1))
-    neg = targets.sample_roi[targets.n_pos:]
-    ax.add_collection(LineCollection(outlines(neg), colors=[(0.25, 0.25, 0.25, 0.55)], linewidths=0.8,
-                                     linestyles="--", zorder=2))
     pos = targets.sample_roi[: targets.n_pos]
+    neg = targets.sample_roi[targets.n_pos:]
+    for a, what in zip(axes, ("positives", "negatives")):
+        show_boxes(image, gt_boxes, gt_labels, class_names, ax=a, color_by="index", linewidth=2.5,
+                   show_text=what == "positives")
     colors = [color_for(int(j)) for j in targets.gt_assignment[: targets.n_pos]]
-    ax.add_collection(LineCollection(outlines(pos), colors=colors, linewidths=1.0, zorder=3))
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=(0.3, 0.3, 0.9, 0.4), lw=1, label=f"{len(proposals):,} proposals"),
-               Line2D([], [], color=(0.25, 0.25, 0.25), lw=1, ls="--", label=f"{targets.n_neg} sampled negatives"),
-               Line2D([], [], color=color_for(0), lw=1, label=f"{targets.n_pos} sampled positives (gt colour)")]
-    ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.85)
+    axes[0].add_collection(LineCollection(outlines(pos), colors=colors, linewidths=1.1, zorder=3))
+    axes[0].set_title(f"{targets.n_pos} sampled positives (IoU >= 0.5), in their gt's colour", fontsize=10)
+    axes[1].add_collection(LineCollection(outlines(neg), colors=[(1.0, 1.0, 1.0, 0.9)], linewidths=0.9,
+                                          linestyles="--", zorder=3))
+    axes[1].set_title(f"{targets.n_neg} sampled negatives (IoU < 0.5), dashed", fontsize=10)
+    handles = [Line2D([], [], color="black", lw=2.5, label="gts (solid, thick)"),
+               Line2D([], [], color="0.4", lw=1, ls="--", label="sampled negatives")]
+    axes[1].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.85)
+    fig.suptitle(title if title is not None else
+                 f"{targets.n_pos} + {targets.n_neg} of {len(proposals):,} proposals and {len(gt_boxes)} gts",
+                 fontsize=11)
     return fig
 
 
@@ -695,3 +722,78 @@ def benchmark_reference(workload: str, seed: int = 0, component: str = "roi_head
         creator = ProposalTargetCreator(n_sample=module.num)
         return lambda: [creator(r, g, lab, z) for r, g, lab, z in images]
     return lambda: [mmdet_roi_targets(r, g, lab, z, num=module.num) for r, g, lab, z in images]
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise cases (notebook 04): each one a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+def keep_index_cases() -> list:
+    """``my_keep_index(max_iou, noise, n_sample=128, pos_ratio=0.25) -> indices``, positives first."""
+    from lessons.check import Case
+    from lessons.scenes import default_scene
+
+    def case(name: str, max_iou: list | Tensor, noise: list | Tensor, **kw: float) -> Case:
+        m, z = torch.as_tensor(max_iou, dtype=torch.float32), torch.as_tensor(noise, dtype=torch.float32)
+        return Case(name, (m, z), sample_rois(m, z, **kw)[0], kwargs=kw)
+
+    g = torch.Generator().manual_seed(5)
+    scarce = torch.cat([0.5 + 0.5 * torch.rand(7, generator=g), 0.49 * torch.rand(500, generator=g)])  # 7 pos
+    short = torch.cat([0.5 + 0.5 * torch.rand(60, generator=g), 0.49 * torch.rand(50, generator=g)])  # 50 neg
+    scene = default_scene()
+    roi, _ = photo_proposals(0)
+    photo_iou = bbox_iou(torch.cat([roi, scene.boxes]), scene.boxes).max(dim=1).values  # (2006,)
+    photo_noise = torch.rand(len(photo_iou), generator=torch.Generator().manual_seed(0))
+    return [
+        case("IoU exactly 0.5 is a positive (>= 0.5, not > 0.5)", [0.5, 0.7, 0.2, 0.4], [0.1, 0.2, 0.3, 0.4],
+             n_sample=4, pos_ratio=0.5),
+        case("IoU exactly 0 is a negative (0 <= IoU < 0.5)", [0.0, 0.0, 0.6, 0.3], [0.9, 0.1, 0.5, 0.5],
+             n_sample=3, pos_ratio=0.5),
+        case("scarce positives (7): negatives fill 128 - 7 = 121, not a fixed 96", scarce,
+             torch.rand(len(scarce), generator=g)),
+        case("plentiful positives (the photo's 100): 32 + 96", photo_iou, photo_noise),
+        case("few negative candidates (50): no back-filling with positives", short,
+             torch.rand(len(short), generator=g)),
+        case("equal noise: the lower index first", [0.9, 0.8, 0.7, 0.1, 0.2, 0.3], [0.5] * 6, n_sample=4,
+             pos_ratio=0.5),
+    ]
+
+
+def pick_cases() -> list:
+    """``my_pick(roi_cls_loc (S, 4 (C + 1)), gt_roi_label (S,)) -> (S, 4)``: the 4 numbers at each RoI's label."""
+    from lessons.check import Case
+
+    g = torch.Generator().manual_seed(1)
+
+    def case(name: str, labels: list, num_classes: int) -> Case:
+        lab = torch.tensor(labels, dtype=torch.int64)
+        pred = torch.randn(len(labels), 4 * (num_classes + 1), generator=g)  # (S, 4 (C + 1))
+        return Case(name, (pred, lab), pred.view(len(labels), -1, 4)[torch.arange(len(labels)), lab])
+
+    return [
+        case("label 0 (background) reads columns 0-3", [0, 0], 20),
+        case("label K reads columns 4K .. 4K + 3, the first class too", [1, 2, 3], 20),
+        case("the last class, label C = 20, reads the last 4 columns (80-83 of 84)", [20, 20], 20),
+        case("128 RoIs of 6 classes, labels 0..6", torch.randint(0, 7, (128,), generator=g).tolist(), 6),
+    ]
+
+
+def bilinear_cases() -> list:
+    """``my_bilinear(feature (C, H, W), y, x) -> (C,)`` by ONNX ``RoiAlign``'s rules."""
+    from lessons.check import Case
+
+    feature = photo_feature_map()[0]  # (3, 38, 32)
+
+    def case(name: str, y: float, x: float) -> Case:
+        return Case(name, (feature, y, x), bilinear(feature, y, x))
+
+    return [
+        case("an integer point reads one cell", 3.0, 7.0),
+        case("a point between four cells blends them", 3.25, 7.5),
+        case("y exactly -1 is still on the map (then clamped to row 0)", -1.0, 5.3),
+        case("just beyond -1 is off the map: 0", -1.01, 4.0),
+        case("y exactly H = 38 is on the map (clamped to the last row)", 38.0, 4.0),
+        case("between the last row and H: the last row (y1 = min(y0 + 1, H - 1))", 37.4, 31.8),
+        case("x beyond W = 32 is off the map: 0", 20.0, 33.2),
+    ]

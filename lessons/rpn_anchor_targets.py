@@ -51,10 +51,12 @@ __all__ = [
     "bbox_iou",
     "choose_by_noise",
     "count_inside",
+    "create_labels",
     "faster_rcnn_anchors",
     "get_inside_index",
     "mmdet_anchor_targets",
     "sample_by_noise_reference",
+    "subsample_labels",
     "unmap",
     "xyxy_to_yxyx",
 ]
@@ -204,14 +206,21 @@ class AnchorTargetCreator:
         # 1. keep the anchors that lie inside the image
         inside_index = get_inside_index(anchor, img_H, img_W, self.allowed_border, self.inclusive)
         anchor = anchor[inside_index]
-        # 2.-6. labels of the inside anchors (and the gt each overlaps most)
-        argmax_ious, label = self._create_label(anchor, bbox, noise[inside_index])
+        # 2. IoU of every inside anchor with every gt, and each anchor's best gt (the first on ties)
+        ious = bbox_iou(anchor, bbox)  # (n_inside, R)
+        if len(bbox):
+            argmax_ious = ious.argmax(dim=1)  # (n_inside,)
+        else:
+            argmax_ious = torch.full((len(anchor),), -1, dtype=torch.int64)
+        # 3.-5. labels: 0 below 0.3, then 1 for every gt's best anchors and for IoU >= 0.7
+        label = create_labels(ious, self.pos_iou_thresh, self.neg_iou_thresh)
+        # 6. sample at most 128 positives, negatives up to 256; the others become -1
+        label = subsample_labels(label, noise[inside_index], self.n_sample, self.pos_ratio)
         # 7. regression targets of EVERY inside anchor against its argmax gt (the loss keeps positives)
         if len(bbox):
             loc = bbox2loc(anchor, bbox[argmax_ious])
         else:
             loc = torch.zeros(len(anchor), 4)
-            argmax_ious = torch.full((len(anchor),), -1, dtype=torch.int64)
         # 8. map back to all anchors: label -1 and loc 0 outside the image
         return AnchorTargets(
             loc=unmap(loc, n_anchor, inside_index, fill=0),
@@ -220,43 +229,48 @@ class AnchorTargetCreator:
             inside_index=inside_index,
         )
 
-    def _create_label(self, anchor: Tensor, bbox: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        # label: 1 positive, 0 negative, -1 don't care
-        label = torch.full((len(anchor),), -1, dtype=torch.int64)
-        argmax_ious, max_ious, gt_argmax_ious = self._calc_ious(anchor, bbox)
-        # 3. negatives first, so that positives can clobber them
-        label[max_ious < self.neg_iou_thresh] = 0
-        # 4. for each gt, the anchor(s) with the highest IoU (every tie)
-        label[gt_argmax_ious] = 1
-        # 5. every anchor with IoU >= 0.7 with some gt
-        label[max_ious >= self.pos_iou_thresh] = 1
-        # 6a. too many positives: keep n_pos of them (the largest noise), disable the rest
-        n_pos = int(self.pos_ratio * self.n_sample)
-        pos_index = torch.nonzero(label == 1).squeeze(1)
-        if len(pos_index) > n_pos:
-            keep = choose_by_noise(pos_index, noise[pos_index], n_pos)
-            disable = pos_index[~torch.isin(pos_index, keep)]
-            label[disable] = -1
-        # 6b. negatives fill the sample up to n_sample
-        n_neg = self.n_sample - int((label == 1).sum())
-        neg_index = torch.nonzero(label == 0).squeeze(1)
-        if len(neg_index) > n_neg:
-            keep = choose_by_noise(neg_index, noise[neg_index], n_neg)
-            disable = neg_index[~torch.isin(neg_index, keep)]
-            label[disable] = -1
-        return argmax_ious, label
 
-    def _calc_ious(self, anchor: Tensor, bbox: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # 2. IoU of every inside anchor with every gt, (n_inside, R)
-        if len(bbox) == 0 or len(anchor) == 0:
-            # no gt (simple-faster-rcnn would fail here): every anchor's best IoU is 0 -> negative
-            n = len(anchor)
-            return torch.zeros(n, dtype=torch.int64), torch.zeros(n), torch.zeros(0, dtype=torch.int64)
-        ious = bbox_iou(anchor, bbox)
-        max_ious, argmax_ious = ious.max(dim=1)  # best gt of each anchor (first gt on ties)
-        gt_max_ious = ious.max(dim=0).values  # best IoU of each gt
-        gt_argmax_ious = torch.nonzero(ious == gt_max_ious).T[0]  # rows of every tie, every gt
-        return argmax_ious, max_ious, gt_argmax_ious
+def create_labels(ious: Tensor, pos_iou_thresh: float = 0.7, neg_iou_thresh: float = 0.3) -> Tensor:
+    """Steps 3-5: labels ``(n,)`` int64 (1 positive, 0 negative, -1 don't care) from ``ious (n, R)``.
+
+    simple-faster-rcnn's ``_create_label`` before sampling. Every anchor tied at a gt's best IoU is
+    positive (``np.where(ious == gt_max_ious)`` keeps all ties). No gt: every anchor is negative.
+    """
+    label = torch.full((ious.shape[0],), -1, dtype=torch.int64)
+    if ious.shape[0] == 0 or ious.shape[1] == 0:
+        label[:] = 0  # no gt (simple-faster-rcnn would fail): every anchor's best IoU is 0
+        return label
+    max_ious = ious.max(dim=1).values  # (n,) each anchor's best IoU
+    gt_max_ious = ious.max(dim=0).values  # (R,) each gt's best IoU
+    # 3. negatives first, so that positives can overwrite them
+    label[max_ious < neg_iou_thresh] = 0
+    # 4. for each gt, every anchor tied at its best IoU
+    label[(ious == gt_max_ious).any(dim=1)] = 1
+    # 5. every anchor with IoU >= 0.7 with some gt
+    label[max_ious >= pos_iou_thresh] = 1
+    return label
+
+
+def subsample_labels(label: Tensor, noise: Tensor, n_sample: int = 256, pos_ratio: float = 0.5) -> Tensor:
+    """Step 6: keep at most ``int(pos_ratio * n_sample)`` positives, then negatives up to ``n_sample``.
+
+    ``label (n,)`` 1 / 0 / -1 and ``noise (n,)``; the anchors with the largest noise are kept (equal
+    noise: the lower index), the surplus becomes -1. Returns a new tensor.
+    """
+    label = label.clone()
+    # 6a. too many positives: keep n_pos of them, disable the rest
+    n_pos = int(pos_ratio * n_sample)
+    pos_index = torch.nonzero(label == 1).squeeze(1)
+    if len(pos_index) > n_pos:
+        keep = choose_by_noise(pos_index, noise[pos_index], n_pos)
+        label[pos_index[~torch.isin(pos_index, keep)]] = -1
+    # 6b. negatives fill the sample up to n_sample (what the KEPT positives leave)
+    n_neg = n_sample - int((label == 1).sum())
+    neg_index = torch.nonzero(label == 0).squeeze(1)
+    if len(neg_index) > n_neg:
+        keep = choose_by_noise(neg_index, noise[neg_index], n_neg)
+        label[neg_index[~torch.isin(neg_index, keep)]] = -1
+    return label
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,7 +359,7 @@ def count_inside(image_hw: tuple[int, int] = (600, 1000), center_offset: float =
     """``{"anchors": N, "inside": n_inside}`` for Faster R-CNN's anchors on an ``(H, W)`` image.
 
     Also per anchor shape (``"inside_<w>x<h>"``): the big 512- and 724-px anchors barely fit a 600-px-high
-    image, which is why far fewer than the document's guessed ~15,000 anchors are inside.
+    image, which is why far fewer than the ~15,000 the Faster R-CNN study note guesses are inside.
     """
     anchors, _ = faster_rcnn_anchors(image_hw, center_offset=center_offset)
     inside = get_inside_index(anchors, image_hw[0], image_hw[1], allowed_border, inclusive)
@@ -422,3 +436,95 @@ class RPNHead(nn.Module):
         rpn_scores = self.score(h).permute(0, 2, 3, 1).reshape(n, hh, ww, self.n_anchor, 2)  # (B, H, W, A, 2)
         rpn_fg_scores = F.softmax(rpn_scores, dim=4)[..., 1].reshape(n, -1)  # (B, H * W * A)
         return RPNHeadOutput(rpn_locs, rpn_scores.reshape(n, -1, 2), rpn_fg_scores)
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise cases (notebook 02): each one a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+def count_inside_cases() -> list:
+    """``my_count_inside(image_hw, stride, featmap_hw, base) -> list[int]`` (one count per base anchor)."""
+    from lessons.check import Case
+
+    base = AnchorGenerator.faster_rcnn().base_anchors[0]  # (9, 4) centred on (0, 0)
+
+    def case(name: str, hw: tuple[int, int]) -> Case:
+        fmap = (math.ceil(hw[0] / 16), math.ceil(hw[1] / 16))
+        counts = count_inside(hw)
+        return Case(name, (hw, 16, fmap, base.clone()), [v for k, v in counts.items() if k.startswith("inside_")])
+
+    return [
+        case("the note's 600 x 1000 image", (600, 1000)),
+        case("an anchor ending exactly on the border is inside (x2 <= W, y1 >= 0)", (600, 512)),
+        case("a 600 x 800 image (the shape of most VOC photos)", (600, 800)),
+        case("an image smaller than every anchor: none inside", (100, 100)),
+    ]
+
+
+def _photo_and_m20_labels() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Labels before sampling (steps 3-5) and noise for the photo's and the first rpn-m20 image's inside anchors."""
+    from lessons.scenes import default_scene, make_workload_batch
+
+    scene = default_scene()
+    photo_anchors, _ = faster_rcnn_anchors(scene.hw)
+    inside = get_inside_index(photo_anchors, *scene.hw)
+    photo_label = create_labels(bbox_iou(photo_anchors[inside], scene.boxes))
+    photo_noise = torch.rand(len(photo_anchors), generator=torch.Generator().manual_seed(0))[inside]
+    doc_anchors, _ = faster_rcnn_anchors((600, 1000))
+    doc_inside = get_inside_index(doc_anchors, 600, 1000)
+    gts = make_workload_batch("rpn-m20", batch=1).gt_boxes[0]
+    m20_label = create_labels(bbox_iou(doc_anchors[doc_inside], gts))
+    m20_noise = torch.rand(len(doc_anchors), generator=torch.Generator().manual_seed(0))[doc_inside]
+    return photo_label, photo_noise, m20_label, m20_noise
+
+
+def create_labels_cases() -> list:
+    """``my_create_label(ious, pos_iou_thresh=0.7, neg_iou_thresh=0.3) -> label (n,)`` (steps 3-5)."""
+    from lessons.check import Case
+    from lessons.scenes import make_workload_batch
+
+    def case(name: str, ious: list | Tensor) -> Case:
+        t = torch.as_tensor(ious, dtype=torch.float32)
+        return Case(name, (t,), create_labels(t))
+
+    doc_anchors, _ = faster_rcnn_anchors((600, 1000))
+    gts = make_workload_batch("rpn-m20", batch=1).gt_boxes[0]
+    return [
+        case("IoU exactly 0.7 is positive (>= 0.7, not > 0.7)", [[0.7, 0.0], [0.0, 0.9], [0.8, 0.1], [0.1, 0.0]]),
+        case("IoU exactly 0.3 is not negative (negatives are < 0.3): it stays -1",
+             [[0.3, 0.0], [0.9, 0.0], [0.0, 0.8], [0.29, 0.0]]),
+        case("every anchor tied at a gt's best IoU is positive, not only the first",
+             [[0.21, 0.0], [0.21, 0.0], [0.1, 0.0], [0.21, 0.0], [0.0, 0.9]]),
+        case("a gt's best anchor is positive even below 0.3 (step 4 comes after step 3)",
+             [[0.2, 0.0], [0.1, 0.0], [0.0, 0.75]]),
+        case("a gt's best anchor counts even when the anchor overlaps another gt more",
+             [[0.5, 0.4], [0.6, 0.0], [0.0, 0.3]]),
+        case("the first rpn-m20 image: 8,044 inside anchors x 20 gts",
+             bbox_iou(doc_anchors[get_inside_index(doc_anchors, 600, 1000)], gts)),
+    ]
+
+
+def sampling_cases() -> list:
+    """``my_sample(label, noise, n_sample=256, pos_ratio=0.5) -> label`` (step 6)."""
+    from lessons.check import Case
+
+    photo_label, photo_noise, m20_label, m20_noise = _photo_and_m20_labels()
+    g = torch.Generator().manual_seed(3)
+    few = torch.full((400,), -1, dtype=torch.int64)
+    few[:10], few[10:30] = 1, 0  # 10 positives, 20 negatives
+    many = torch.randint(-1, 2, (300,), generator=g)  # about 100 of each
+    ties = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+
+    def case(name: str, label: Tensor, noise: Tensor, **kw: float) -> Case:
+        return Case(name, (label, noise), subsample_labels(label, noise, **kw), kwargs=kw)
+
+    return [
+        case("scarce positives (the photo's 74): negatives fill 256 - 74 = 182", photo_label, photo_noise),
+        case("plentiful positives (rpn-m20, over 128): 128 + 128", m20_label, m20_noise),
+        case("no positives: 256 negatives", torch.zeros(1000, dtype=torch.int64), torch.rand(1000, generator=g)),
+        case("fewer candidates than places: every one is kept", few, torch.rand(400, generator=g)),
+        case("equal noise: the lower index is kept", ties, torch.full((8,), 0.5), n_sample=4),
+        case("a smaller sample: n_sample 8, pos_ratio 0.25 keeps at most 2 positives", many,
+             torch.rand(300, generator=g), n_sample=8, pos_ratio=0.25),
+    ]

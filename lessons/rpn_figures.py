@@ -183,8 +183,9 @@ def nms_steps(
     """Greedy NMS round by round: one panel per :class:`lessons.proposals_and_nms.NMSStep`.
 
     In panel ``t`` the box kept in round ``t`` is thick (its colour), the boxes it suppresses are red and
-    dashed with their IoU, boxes kept earlier are thin in their colours, and the boxes still waiting are
-    thin grey. ``crop = (x1, y1, x2, y2)`` zooms every panel. At most ``max_steps`` panels.
+    dashed (listed with their IoU in the panel's corner), boxes kept earlier are thin in their colours, and
+    the boxes still waiting are thin grey. ``crop = (x1, y1, x2, y2)`` zooms every panel. At most
+    ``max_steps`` panels.
 
     Returns:
         The Figure: one Axes per shown round.
@@ -205,10 +206,13 @@ def nms_steps(
                 ax.add_patch(_rect(b[i], fill=False, edgecolor=(0.5, 0.5, 0.5, 0.9), linewidth=0.8))
         for r, i in enumerate(kept_before):
             ax.add_patch(_rect(b[i], fill=False, edgecolor=color_for(r), linewidth=1.2, alpha=0.8))
-        for i, u in zip(step.suppressed, step.ious):
+        for i in step.suppressed:
             ax.add_patch(_rect(b[i], fill=False, edgecolor=SUPPRESSED_COLOR, linewidth=1.2, linestyle="--"))
-            ax.text(b[i][2], b[i][3], f"{u:.2f}", color=SUPPRESSED_COLOR, fontsize=7, ha="right", va="top",
-                    clip_on=True)
+        # one list per panel instead of a label per box: suppressed boxes overlap, their labels would too
+        listed = "\n".join(f"#{i}: IoU {u:.2f}" for i, u in zip(step.suppressed, step.ious)) or "none"
+        ax.text(0.02, 0.02, f"suppressed by #{step.kept}:\n{listed}", transform=ax.transAxes, fontsize=7,
+                color=SUPPRESSED_COLOR, va="bottom", ha="left",
+                bbox={"facecolor": "white", "edgecolor": SUPPRESSED_COLOR, "alpha": 0.9, "pad": 2.0}, zorder=6)
         ax.add_patch(_rect(b[step.kept], fill=False, edgecolor=color_for(t), linewidth=3.0))
         ax.text(b[step.kept][0], b[step.kept][1], f"#{step.kept} {s[step.kept]:.2f}", color="white", fontsize=8,
                 va="bottom", bbox={"facecolor": color_for(t), "edgecolor": "none", "pad": 1.5}, clip_on=True)
@@ -220,7 +224,7 @@ def nms_steps(
         kept_before.append(step.kept)
         waiting = list(step.remaining)
     handles = [Line2D([], [], color="black", linewidth=3, label="kept this round"),
-               Line2D([], [], color=SUPPRESSED_COLOR, linestyle="--", label="suppressed (IoU with it)"),
+               Line2D([], [], color=SUPPRESSED_COLOR, linestyle="--", label="suppressed this round"),
                Line2D([], [], color=(0.5, 0.5, 0.5), label="still waiting")]
     axes[-1].legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.9)
     if title is not None:
@@ -275,17 +279,23 @@ def nms_comparison(
 # --------------------------------------------------------------------------------------------
 
 
-def funnel(funnels: Mapping[str, Mapping[str, int]], *, title: str | None = None) -> Figure:
+def funnel(funnels: Mapping[str, Mapping[str, int]], *, stages: Sequence[str] | None = None,
+           title: str | None = None) -> Figure:
     """Bars of how many boxes are left after each stage, one group of bars per stage, one bar per run.
 
     ``funnels`` maps a run's name to its stage counts (e.g. :func:`lessons.proposals_and_nms.funnel_counts`);
-    stages are the first run's keys, in order. Log scale; every bar is labelled with its count.
+    ``stages`` are the first run's keys, in order, without ``"inside"``: the inside anchors are what the
+    RPN's TRAINING targets use (notebook 02), not a stage the proposals pass through, and a bar for them
+    would make the funnel drop and rise again. Log scale; every bar is labelled with its count.
 
     Returns:
         The Figure: one Axes, one bar per (run, stage).
     """
     names = list(funnels)
-    stages = list(next(iter(funnels.values()))) if funnels else []
+    if stages is None:
+        stages = [k for k in next(iter(funnels.values()))] if funnels else []
+        stages = [k for k in stages if k != "inside"]
+    stages = list(stages)
     fig = LessonFigure(figsize=(max(6.0, 1.3 * len(stages) + 2), 3.8), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / max(len(names), 1)
@@ -299,7 +309,7 @@ def funnel(funnels: Mapping[str, Mapping[str, int]], *, title: str | None = None
     ax.set_yscale("log")
     ax.set_xticks(range(len(stages)), stages)
     ax.set_ylabel("boxes left (log scale)")
-    ax.set_ylim(1, 10 ** (math.log10(max([1] + [v for f in funnels.values() for v in f.values()])) + 0.9))
+    ax.set_ylim(1, 10 ** (math.log10(max([1] + [int(f.get(k, 0)) for f in funnels.values() for k in stages])) + 0.9))
     ax.legend(fontsize=8, loc="lower left")
     if title is not None:
         ax.set_title(title)

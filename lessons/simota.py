@@ -20,10 +20,12 @@ Step numbers match ``docs/algorithms.md`` §9.1, the notebook and the exportable
 
 The result uses the package's encoding (``gt_index`` 0-based, -1 negative); :func:`to_mmdet` gives
 mmdetection's ``gt_inds`` (1-based, 0 negative) and ``max_overlaps`` (IoU for positives, -1e5 elsewhere).
+Also here: the notebook's scenes and figures, its exercise checkers (``check_*``) and the benchmark cases.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ __all__ = [
     "SimOTAReference",
     "benchmark_case",
     "benchmark_reference",
+    "check_cls_cost",
+    "check_dynamic_k",
+    "check_resolve",
     "cls_cost_decomposed",
     "cls_cost_naive",
     "demo_scene_inputs",
@@ -180,80 +185,63 @@ class SimOTAReference:
 
 
 def simota_assign(
-    points: Tensor,
-    strides: Tensor,
-    pred_scores: Tensor,
-    pred_boxes: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    *,
-    center_radius: float = 2.5,
-    candidate_topk: int = 10,
-    iou_weight: float = 3.0,
-    cls_weight: float = 1.0,
-    penalty: float = MMDET_INF,
-    iou_eps: float = 1e-7,
-    in_box_prior: bool = True,
-    cls_cost: Callable[[Tensor, Tensor], Tensor] = cls_cost_naive,
-    num_classes: int | None = None,
+    points: Tensor, strides: Tensor, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *,
+    center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0, cls_weight: float = 1.0,
+    penalty: float = MMDET_INF, iou_eps: float = 1e-7, in_box_prior: bool = True,
+    cls_cost: Callable[[Tensor, Tensor], Tensor] = cls_cost_naive, num_classes: int | None = None,
 ) -> SimOTAReference:
-    """mmdetection 3.3's ``SimOTAAssigner.assign`` for one image, step by step (defaults: mmdetection).
+    """mmdetection 3.3's ``SimOTAAssigner.assign`` for ONE image, docs/algorithms.md §9.1 (defaults: mmdetection).
 
-    ``in_box_prior=False`` with ``center_radius=1.5, penalty=1e6, iou_eps=1e-8`` is today's YOLOX
-    (:func:`variant_kwargs`). ``cls_cost`` picks how step 3 sums the BCE (naive or decomposed: the same
-    numbers up to float32 rounding). ``num_classes`` defaults to ``pred_scores.shape[1]``.
+    ``points (N, 2)``, ``strides (N,)``, ``pred_scores (N, C)`` probabilities, ``pred_boxes (N, 4)`` and
+    ``gt_boxes (M, 4)`` as ``(x1, y1, x2, y2)``. ``in_box_prior=False`` with ``center_radius=1.5, penalty=1e6,
+    iou_eps=1e-8`` is today's YOLOX (:func:`variant_kwargs`); ``cls_cost`` sums step 3's BCE naively or decomposed.
     """
     n, m = points.shape[0], gt_boxes.shape[0]
     c = pred_scores.shape[1] if num_classes is None else num_classes
+    # 1. no gts or no priors: every prior negative
+    if n == 0 or m == 0:
+        none = torch.zeros(n, m, dtype=torch.bool)
+        return _no_candidates(n, m, c, none.any(dim=1), none, none)
+    # 2. geometric prior: candidates (near ANY gt) and the pair prior (near THIS gt); the rest stays negative
+    in_box, in_ctr = geometric_prior(points, strides, gt_boxes, center_radius)  # (N, M) each
+    if in_box_prior:  # mmdetection / old YOLOX: in a box or in a square; pair prior: box AND square
+        candidates = in_box.any(dim=1) | in_ctr.any(dim=1)  # (N,)
+        pair = in_box[candidates] & in_ctr[candidates]  # (n, M)
+    else:  # YOLOX today: the 1.5-stride square only
+        candidates = in_ctr.any(dim=1)  # (N,)
+        pair = in_ctr[candidates]  # (n, M)
+    if not candidates.any():
+        return _no_candidates(n, m, c, candidates, in_box, in_ctr)
+    # 3. the cost of every (candidate, gt) pair: classification + IoU + a finite penalty outside the pair prior
+    ious = iou_matrix(pred_boxes[candidates].float(), gt_boxes.float())  # (n, M)
+    cls = cls_cost(pred_scores[candidates].float(), gt_labels)  # (n, M) BCE summed over ALL classes
+    cost = cls * cls_weight - torch.log(ious + iou_eps) * iou_weight + (~pair) * penalty  # (n, M)
+    # 4. dynamic k per gt: max(1, int(sum of its q largest IoUs)), q = min(candidate_topk, n)
+    ks = dynamic_k(ious, candidate_topk)  # (M,)
+    # 5. each gt marks its k cheapest candidates (equal costs: the lower index first)
+    marked = torch.zeros_like(cost, dtype=torch.bool)  # (n, M)
+    for g in range(m):
+        marked[torch.sort(cost[:, g], stable=True).indices[: int(ks[g])], g] = True
+    # 6. a candidate marked by several gts goes to the cheapest gt over ALL M rows (the first on ties); no 2nd round
+    count = marked.sum(dim=1)  # (n,)
+    winner = torch.where(count > 1, cost.argmin(dim=1), marked.int().argmax(dim=1))  # (n,)
+    # 7. write back to all N priors: matched gt, its class, the IoU with it
+    rows = (count > 0).nonzero()[:, 0]  # candidate rows that are positive
+    where = candidates.nonzero()[:, 0][rows]  # their prior indices
     gt_index = torch.full((n,), -1, dtype=torch.int64)
     labels = torch.full((n,), c, dtype=torch.int64)
     overlaps = torch.zeros(n)
+    gt_index[where], labels[where] = winner[rows], gt_labels[winner[rows]].long()
+    overlaps[where] = ious[rows, winner[rows]]
+    return SimOTAReference(gt_index, labels, overlaps, candidates, in_box, in_ctr, pair, ious, cost, ks, marked)
+
+
+def _no_candidates(n: int, m: int, c: int, candidates: Tensor, in_box: Tensor, in_ctr: Tensor) -> SimOTAReference:
+    """The result of an image where nothing can be positive (no gt, no prior, or no candidate)."""
     empty = torch.zeros(0, m)
-
-    def result(cand, in_box, in_ctr, pair=empty, ious=empty, cost=empty, ks=None, marked=empty):
-        ks = torch.zeros(m, dtype=torch.int64) if ks is None else ks
-        return SimOTAReference(gt_index, labels, overlaps, cand, in_box, in_ctr, pair, ious, cost, ks, marked)
-
-    # 1. no gts or no priors: nothing to assign
-    if n == 0 or m == 0:
-        return result(torch.zeros(n, dtype=torch.bool), torch.zeros(n, m, dtype=torch.bool),
-                      torch.zeros(n, m, dtype=torch.bool))
-    # 2. geometric prior: candidates (any gt) and the pair prior (this gt)
-    in_box, in_ctr = geometric_prior(points, strides, gt_boxes, center_radius)
-    if in_box_prior:
-        candidates = in_box.any(dim=1) | in_ctr.any(dim=1)  # (N,) mmdetection's valid_mask
-        pair = in_box[candidates] & in_ctr[candidates]  # (n, M)
-    else:
-        candidates = in_ctr.any(dim=1)  # (N,) YOLOX's anchor_filter
-        pair = in_ctr[candidates]  # (n, M) YOLOX's geometry_relation
-    if not candidates.any():
-        return result(candidates, in_box, in_ctr)
-    # 3. the cost, over the candidates only
-    boxes = pred_boxes[candidates].float()  # (n, 4)
-    scores = pred_scores[candidates].float()  # (n, C)
-    ious = iou_matrix(boxes, gt_boxes.float())  # (n, M)
-    iou_cost = -torch.log(ious + iou_eps)  # (n, M)
-    cost = cls_cost(scores, gt_labels) * cls_weight + iou_cost * iou_weight + (~pair) * penalty  # (n, M)
-    # 4. dynamic k per gt
-    ks = dynamic_k(ious, candidate_topk)  # (M,)
-    # 5. each gt marks its k cheapest candidates; equal costs: lower index first
-    marked = torch.zeros_like(cost, dtype=torch.bool)  # (n, M)
-    for g in range(m):
-        order = torch.sort(cost[:, g], stable=True).indices  # cheapest first, ties by index
-        marked[order[: int(ks[g])], g] = True
-    # 6. conflicts: a prior marked by several gts keeps the cheapest gt over ALL rows (first on ties)
-    matched = marked.clone()
-    for i in (marked.sum(1) > 1).nonzero()[:, 0].tolist():
-        matched[i] = False
-        matched[i, int(torch.argmin(cost[i]))] = True
-    # 7. write the result back to all N priors
-    cand_idx = candidates.nonzero()[:, 0]  # (n,)
-    for i in matched.any(1).nonzero()[:, 0].tolist():
-        g = int(matched[i].nonzero()[0, 0])
-        gt_index[cand_idx[i]] = g
-        labels[cand_idx[i]] = int(gt_labels[g])
-        overlaps[cand_idx[i]] = ious[i, g]
-    return result(candidates, in_box, in_ctr, pair, ious, cost, ks, marked)
+    return SimOTAReference(torch.full((n,), -1, dtype=torch.int64), torch.full((n,), c, dtype=torch.int64),
+                           torch.zeros(n), candidates, in_box, in_ctr, empty.bool(), empty,
+                           empty, torch.zeros(m, dtype=torch.int64), empty.bool())
 
 
 def to_mmdet(gt_index: Tensor, overlaps: Tensor) -> tuple[Tensor, Tensor]:
@@ -433,3 +421,101 @@ def _photo_inputs(ctx: Any, quality: str = "strong") -> tuple[Tensor, ...]:
 def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
     """Photo inputs of this module's catalog entries, for ``python -m lessons demo``."""
     return {"simota_assigner": _photo_inputs, "simota_assigner_yolox": _photo_inputs}
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise checkers (notebook 07): each case sits on a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_results():  # the same scene for every checker (run_cases passes copies)
+    from lessons.scenes import default_scene
+
+    scene = default_scene()
+    points, strides, _ = photo_points(scene.hw)
+    out = {}
+    for quality in ("weak", "strong"):
+        scores, boxes = synthetic_predictions(points, strides, scene.boxes, scene.labels, scene.num_classes, quality)
+        out[quality] = (scores, simota_assign(points, strides, scores, boxes, scene.boxes, scene.labels))
+    return scene, out
+
+
+def check_cls_cost(fn) -> None:
+    """Exercise 1: ``fn(scores (n, C), labels (M,)) -> (n, M)`` the BCE against each gt's one-hot label, summed over
+    ALL classes, without an ``(n, M, C)`` tensor. Cases: scores exactly 0 and 1 (the logs clamp at -100), two gts of
+    one class, the photo's candidates, 80 classes."""
+    from lessons.cases import Case, run_cases
+
+    edge = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25], [0.5, 0.5, 0.5]])  # (3, 3) probabilities
+    edge_labels = torch.tensor([0, 2, 1])
+    same = torch.tensor([[0.9, 0.05, 0.05, 0.0], [0.1, 0.7, 0.1, 0.1]])  # (2, 4)
+    same_labels = torch.tensor([1, 1, 3])
+    scene, res = _photo_results()
+    scores, r = res["strong"]
+    cand = scores[r.candidates]  # (n, C)
+    g = torch.Generator().manual_seed(0)
+    wide = torch.rand(500, 80, generator=g)  # (500, 80)
+    wide_labels = torch.randint(0, 80, (20,), generator=g)  # (20,)
+    cases = [
+        Case("scores exactly 0 and 1: torch clamps each log at -100, so the term costs 100, not inf",
+             (edge, edge_labels), cls_cost_naive(edge, edge_labels), atol=1e-4),
+        Case("two gts of the same class get the same column; a class no gt has still counts (target 0)",
+             (same, same_labels), cls_cost_naive(same, same_labels), atol=1e-5),
+        Case(f"the photo's {len(cand):,} candidates x 6 gts, strong predictions", (cand, scene.labels),
+             cls_cost_naive(cand, scene.labels), atol=1e-4, rtol=1e-6),
+        Case("80 classes, 20 gts: every class enters the sum", (wide, wide_labels), cls_cost_naive(wide, wide_labels),
+             atol=1e-4, rtol=1e-6),
+    ]
+    run_cases("cls cost", fn, cases)
+
+
+def check_dynamic_k(fn) -> None:
+    """Exercise 2: ``fn(ious (n, M), candidate_topk) -> (M,)`` int64 ``max(1, int(sum of the q largest))``,
+    ``q = min(candidate_topk, n)``. Cases: a sum of 2.7 (truncated to 2), a sum of exactly 3, all IoUs 0 (k = 1),
+    fewer candidates than 10, another ``candidate_topk``, the weak and the strong photo."""
+    from lessons.cases import Case, run_cases
+
+    hand = torch.tensor([[0.9, 0.5, 0.0], [0.9, 0.5, 0.0], [0.9, 0.5, 0.0], [0.0, 0.5, 0.0], [0.0, 0.5, 0.0],
+                         [0.0, 0.5, 0.0]] + [[0.0, 0.0, 0.0]] * 6)  # (12, 3): sums 2.7, 3.0 and 0
+    many = torch.linspace(0.1, 0.9, 30)[:, None].repeat(1, 2)  # (30, 2): more than 10 candidates
+    _, res = _photo_results()
+    cases = [
+        Case("gt 0: top IoUs sum to 2.7, int() truncates: k = 2 (not 3) | gt 1: exactly 3.0: k = 3 | gt 2: all 0: "
+             "k = 1 (never 0)", (hand, 10), dynamic_k(hand, 10)),
+        Case("only 3 candidates: q = min(10, 3)", (hand[:3], 10), dynamic_k(hand[:3], 10)),
+        Case("30 candidates: only the 10 largest IoUs count", (many, 10), dynamic_k(many, 10)),
+        Case("candidate_topk = 5 passed in", (many, 5), dynamic_k(many, 5)),
+    ]
+    for quality in ("weak", "strong"):
+        ious = res[quality][1].ious
+        cases.append(Case(f"the photo, {quality} predictions", (ious, 10), dynamic_k(ious, 10)))
+    run_cases("dynamic k", fn, cases)
+
+
+def check_resolve(fn) -> None:
+    """Exercise 3: ``fn(marked (n, M) bool, cost (n, M)) -> (n,)`` int64: the only marking gt; for a candidate marked
+    by several, the cheapest gt over ALL M columns (first on ties); -1 if unmarked. Cases: a winner that never marked
+    the candidate, tied costs, a single mark that is not the cheapest gt, the weak and the strong photo."""
+    from lessons.cases import Case, run_cases
+
+    def expected(marked, cost):
+        count = marked.sum(1)
+        return torch.where(count > 1, cost.argmin(1), torch.where(count == 1, marked.int().argmax(1), -1))
+
+    hand = [
+        ("marked by gts 0 and 1, but gt 2 is cheaper: gt 2 wins although it never marked it",
+         [[True, True, False]], [[3.0, 2.0, 1.0]]),
+        ("marked by gts 1 and 2 at equal cost: the first, gt 1", [[False, True, True]], [[5.0, 2.0, 2.0]]),
+        ("marked by gt 2 alone, gt 0 cheaper: gt 2 keeps it (only conflicts are re-decided)",
+         [[False, False, True]], [[1.0, 3.0, 2.0]]),
+        ("marked by no gt: -1", [[False, False, False]], [[1.0, 1.0, 1.0]]),
+    ]
+    cases = [Case(rule, (torch.tensor(m), torch.tensor(c)), expected(torch.tensor(m), torch.tensor(c)))
+             for rule, m, c in hand]
+    _, res = _photo_results()
+    for quality in ("weak", "strong"):
+        r = res[quality][1]
+        cases.append(Case(f"the photo, {quality} predictions ({r.conflicts} conflict(s))", (r.marked, r.cost),
+                          r.gt_index[r.candidates]))
+    run_cases("resolve", fn, cases)

@@ -10,23 +10,27 @@ The metric of a (gt, point) pair is ``t = s^alpha * u^beta`` (``s`` the point's 
 class, ``u`` the overlap of its predicted box with the gt). Steps, numbered as in the notebook and in
 ``docs/algorithms.md`` §10:
 
-``variant="tood"`` (TOOD / mmdetection 3.3; topk 13, alpha 1, beta 6):
+``variant="tood"`` (:func:`tood_assign`; TOOD / mmdetection 3.3; topk 13, alpha 1, beta 6), §10.1:
 
 1. ``u = IoU`` (eps 1e-6), ``s`` gathered at the gt's class.
 2. ``t = s^alpha * u^beta``.
 3. each gt takes its ``topk`` largest ``t`` over ALL points (ties: lower point index first).
 4. a candidate is positive if ``t > 0`` and the point lies inside the gt by more than 0.01 px.
 5. a point positive for several gts goes to the one with the highest IoU (lower gt index on ties).
-6. ``t_hat = t / (max t + 1e-7) * max u`` per gt over its final positives.
+6. outputs: the matched gt, its class, its IoU.
+7. ``t_hat = t / (max t + 1e-7) * max u`` per gt over its final positives (TOOD's head does this).
 
-``variant="ultralytics"`` (ultralytics 8.4; topk 10, alpha 0.5, beta 6):
+``variant="ultralytics"`` (:func:`ultralytics_assign`; ultralytics 8.4; topk 10, alpha 0.5, beta 6), §10.3:
 
 1. candidates: points inside the gt by more than 1e-9 px, after STAL (sides below 16 px widened to 16).
 2. ``u = CIoU`` clamped at 0 and ``t = s^alpha * u^beta`` on candidates; 0 elsewhere.
-3. each gt takes its ``topk`` largest ``t`` over all points (ties: lower index first); those that are
-   candidates are positive -- zero-metric ones included.
-4. a point positive for several gts goes to ``argmax u`` over ALL gts (lower index on ties).
-5. ``t_hat = t * max u / (max t + 1e-9)`` per gt over its final positives.
+3. each gt takes its ``topk`` largest ``t`` over all points (ties: lower index first).
+4. those that are candidates are positive -- zero-metric ones included.
+5. a point positive for several gts goes to ``argmax u`` over ALL gts (lower index on ties).
+6. targets: the matched gt, its class, its CIoU.
+7. ``t_hat = t * max u / (max t + 1e-9)`` per gt over its final positives.
+
+Also here: the photo's points and predictions, the figures and the exercise checkers (``check_*``) of the notebook.
 
 Powers with whole exponents are computed by repeated squaring (``u^6 = u^2 * u^4``), as the exportable
 module does, so both give the same bits; ``x^0.5`` is ``sqrt``. The result uses the package's encoding
@@ -35,6 +39,7 @@ module does, so both give the same bits; ``x^0.5`` is ``sqrt``. The result uses 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +52,9 @@ __all__ = [
     "TaskAlignedReference",
     "benchmark_case",
     "benchmark_reference",
+    "check_stal_candidates",
+    "check_t_hat",
+    "check_top_k",
     "ciou_row",
     "defaults",
     "demo_scene_inputs",
@@ -61,7 +69,9 @@ __all__ = [
     "power",
     "stal_box",
     "task_aligned_assign",
+    "tood_assign",
     "top_candidates",
+    "ultralytics_assign",
 ]
 
 
@@ -210,7 +220,7 @@ def task_aligned_assign(
     num_classes: int | None = None,
     **overrides: Any,
 ) -> TaskAlignedReference:
-    """The task-aligned assignment of ONE image, gt by gt (see the module docstring for the steps).
+    """The task-aligned assignment of ONE image: :func:`tood_assign` or :func:`ultralytics_assign`.
 
     ``overrides`` replace the variant's :func:`defaults` (``topk``, ``alpha``, ``beta``, ``eps``,
     ``center_margin``, ``stal_side``). ``num_classes`` (default C) labels the non-positives.
@@ -220,47 +230,93 @@ def task_aligned_assign(
     if unknown:
         raise TypeError(f"unknown hyper-parameter(s) {sorted(unknown)}; known: {sorted(p)}")
     p.update(overrides)
-    n, c = pred_scores.shape
-    m = len(gt_boxes)
-    num_classes = c if num_classes is None else num_classes
-    metric = torch.zeros(m, n)
-    overlap = torch.zeros(m, n)
+    assign = tood_assign if variant == "tood" else ultralytics_assign
+    return assign(points, pred_scores, pred_boxes, gt_boxes, gt_labels, num_classes=num_classes, **p)
+
+
+def tood_assign(
+    points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, topk: int = 13,
+    alpha: float = 1.0, beta: float = 6.0, eps: float = 1e-7, center_margin: float = 0.01, stal_side: float = 0.0,
+    num_classes: int | None = None,
+) -> TaskAlignedReference:
+    """TOOD / mmdetection 3.3 for ONE image, gt by gt, steps 1-7 of docs/algorithms.md §10.1.
+
+    ``points (N, 2)``, ``pred_scores (N, C)`` probabilities, ``pred_boxes (N, 4)`` and ``gt_boxes (M, 4)`` as
+    ``(x1, y1, x2, y2)``, ``gt_labels (M,)``. Returns ``gt_index (N,)`` (0-based, -1 negative) and the soft targets.
+    """
+    n, m = pred_scores.shape[0], len(gt_boxes)
+    metric, overlap = torch.zeros(m, n), torch.zeros(m, n)  # t and u of every (gt, point) pair
+    pos_pairs = torch.zeros(m, n, dtype=torch.bool)  # positive for that gt, before step 5
+    candidates = []
+    for g in range(m):
+        # 1. u = IoU of every predicted box with the gt; s = every point's probability at the gt's class
+        u = iou_row(gt_boxes[g], pred_boxes)  # (N,)
+        s = pred_scores[:, gt_labels[g]]  # (N,)
+        # 2. the alignment metric t = s^alpha * u^beta (no eps)
+        t = metric_of(s, u, alpha, beta)  # (N,)
+        # 3. the topk largest t over ALL points, every level at once (equal values: the lower index first)
+        top = top_candidates(t, topk)  # (K,)
+        # 4. positive if t > 0 and the point lies inside the gt by more than center_margin on all four sides
+        box = stal_box(gt_boxes[g], stal_side) if stal_side > 0 else gt_boxes[g]
+        ok = (t[top] > 0) & inside(points[top], box, center_margin)  # (K,)
+        metric[g], overlap[g] = t, u
+        candidates.append(top)
+        pos_pairs[g, top[ok]] = True
+    # 5. a point positive for several gts takes the highest IoU among THEM (the lower gt index on ties)
+    gt_index = torch.full((n,), -1, dtype=torch.int64)
+    if m:
+        best, arg = torch.where(pos_pairs, overlap, -1.0).max(dim=0)  # (N,)
+        gt_index = torch.where(best >= 0, arg, -1)
+    # 6. outputs: the matched gt's class and IoU; 7. t_hat = t / (max t + eps) * max u per gt, over its FINAL positives
+    return _targets(gt_index, metric, overlap, candidates, pos_pairs, gt_labels, eps, "tood",
+                    pred_scores.shape[1] if num_classes is None else num_classes)
+
+
+def ultralytics_assign(
+    points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, topk: int = 10,
+    alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9, center_margin: float = 1e-9, stal_side: float = 16.0,
+    num_classes: int | None = None,
+) -> TaskAlignedReference:
+    """ultralytics 8.4's ``TaskAlignedAssigner`` for ONE image, gt by gt, steps 1-7 of docs/algorithms.md §10.3.
+
+    Same inputs and outputs as :func:`tood_assign`; ``overlaps`` are CIoU clamped at 0.
+    """
+    n, m = pred_scores.shape[0], len(gt_boxes)
+    metric, overlap = torch.zeros(m, n), torch.zeros(m, n)  # t and u, 0 off each gt's candidates
     pos_pairs = torch.zeros(m, n, dtype=torch.bool)
     candidates = []
     for g in range(m):
-        gt, s = gt_boxes[g], pred_scores[:, gt_labels[g]]  # (4,), (N,) the class probability at the gt's class
-        if variant == "tood":
-            u = iou_row(gt, pred_boxes)  # 1. IoU with every prediction
-            t = metric_of(s, u, p["alpha"], p["beta"])  # 2. the metric
-            top = top_candidates(t, p["topk"])  # 3. top-k over all points
-            box = stal_box(gt, p["stal_side"]) if p["stal_side"] > 0 else gt
-            ok = (t[top] > 0) & inside(points[top], box, p["center_margin"])  # 4. t > 0 and centre in gt
-        else:
-            cand = inside(points, stal_box(gt, p["stal_side"]), p["center_margin"])  # 1. in-gt (STAL) first
-            u = torch.where(cand, ciou_row(gt, pred_boxes).clamp(min=0), 0.0)  # 2. CIoU >= 0 on candidates
-            t = torch.where(cand, metric_of(s, u, p["alpha"], p["beta"]), 0.0)
-            top = top_candidates(t, p["topk"])  # 3. top-k over all points ...
-            ok = cand[top]  # ... that are candidates; zero-metric ones included
+        # 1. candidates: points inside the gt by more than 1e-9, the gt's short sides widened to stal_side (STAL)
+        cand = inside(points, stal_box(gt_boxes[g], stal_side), center_margin)  # (N,)
+        # 2. on the candidates: u = CIoU clamped at 0, t = s^alpha * u^beta; 0 elsewhere
+        s = pred_scores[:, gt_labels[g]]  # (N,)
+        u = torch.where(cand, ciou_row(gt_boxes[g], pred_boxes).clamp(min=0), 0.0)  # (N,)
+        t = torch.where(cand, metric_of(s, u, alpha, beta), 0.0)  # (N,)
+        # 3. the topk largest t over all points (equal values: the lower index first)
+        top = top_candidates(t, topk)  # (K,)
+        # 4. positive: in the top-k AND a candidate; NO t > 0 test, so zero-metric candidates count
         metric[g], overlap[g] = t, u
-        pos_pairs[g, top[ok]] = True
         candidates.append(top)
-    # 5. / 4. conflicts: points positive for several gts
-    gt_index = torch.full((n,), -1, dtype=torch.int64)
-    if m:
-        if variant == "tood":  # the highest IoU among the gts it is positive for
-            best, arg = torch.where(pos_pairs, overlap, -1.0).max(dim=0)  # first gt on ties
-            gt_index = torch.where(best >= 0, arg, -1)
-        else:  # one gt: that one; several: argmax of the overlaps over ALL gts (first on ties)
-            count = pos_pairs.sum(dim=0)
-            first = pos_pairs.to(torch.float32).argmax(dim=0)
-            gt_index = torch.where(count > 1, overlap.argmax(dim=0), torch.where(count == 1, first, -1))
-    # 6. / 5. soft targets, gt by gt over its final positives
-    target = torch.zeros(n)
-    matched = torch.zeros(n)
-    for g in range(m):
+        pos_pairs[g, top[cand[top]]] = True
+    # 5. a point positive for several gts: argmax u over ALL gts (lower index on ties), even one that did not pick it
+    count = pos_pairs.sum(dim=0)  # (N,)
+    first = pos_pairs.to(torch.float32).argmax(dim=0) if m else torch.zeros(n, dtype=torch.int64)  # the only gt
+    several = overlap.argmax(dim=0) if m else first  # (N,)
+    gt_index = torch.where(count > 1, several, torch.where(count == 1, first, -1))
+    # 6. targets; 7. t_hat = t * max u / (max t + eps) per gt, over its FINAL positives
+    return _targets(gt_index, metric, overlap, candidates, pos_pairs, gt_labels, eps, "ultralytics",
+                    pred_scores.shape[1] if num_classes is None else num_classes)
+
+
+def _targets(gt_index: Tensor, metric: Tensor, overlap: Tensor, candidates: list[Tensor], pos_pairs: Tensor,
+             gt_labels: Tensor, eps: float, variant: str, num_classes: int) -> TaskAlignedReference:
+    """Steps 6-7 of both variants: labels, the matched overlap, and ``t_hat`` per gt over its final positives."""
+    n = gt_index.shape[0]
+    target, matched = torch.zeros(n), torch.zeros(n)
+    for g in range(metric.shape[0]):
         final = gt_index == g
         matched[final] = overlap[g, final]
-        target[final] = normalise(metric[g, final], overlap[g, final], p["eps"], variant)
+        target[final] = normalise(metric[g, final], overlap[g, final], eps, variant)
     labels = torch.full((n,), num_classes, dtype=torch.int64)
     labels[gt_index >= 0] = gt_labels[gt_index[gt_index >= 0]]
     return TaskAlignedReference(gt_index, labels, matched, target, metric, overlap, candidates, pos_pairs)
@@ -449,3 +505,97 @@ def _photo_inputs(ctx: Any) -> tuple[Tensor, ...]:
 def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
     """Photo inputs of this module's catalog entries, for ``python -m lessons demo``."""
     return {"task_aligned_assigner": _photo_inputs, "task_aligned_assigner_ultralytics": _photo_inputs}
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise checkers (notebook 08): each case sits on a boundary the notebook teaches
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_mid():  # the same scene for every checker (run_cases passes copies)
+    from lessons.scenes import default_scene
+
+    scene = default_scene()
+    points, strides, _ = photo_points(scene.hw)
+    scores, boxes = photo_predictions(points, strides, scene.boxes, scene.labels, scene.num_classes, "mid")
+    return scene, points, scores, boxes, task_aligned_assign(points, scores, boxes, scene.boxes, scene.labels)
+
+
+def check_top_k(fn) -> None:
+    """Exercise 1: ``fn(t (N,), k) -> (min(k, N),)`` the indices of the k largest values, best first, equal values
+    in index order. Cases: a gt with fewer than k non-zero values (the zeros fill in), all values equal, ties
+    in the middle, fewer than k values, and the photo's metrics."""
+    from lessons.cases import Case, run_cases
+
+    scarce = torch.zeros(100)
+    scarce[[50, 60, 70]] = torch.tensor([0.3, 0.2, 0.1])  # 3 non-zero values, k = 13: ten zeros fill in
+    middle = torch.tensor([0.3, 0.7, 0.7, 0.1, 0.7, 0.9])
+    scene, _, _, _, ref = _photo_mid()
+    cases = [
+        Case("3 non-zero values and k = 13: the 10 zeros that fill in are the LOWEST indices, 0 to 9",
+             (scarce, 13), top_candidates(scarce, 13)),
+        Case("30 equal values, k = 13: indices 0 to 12, in order", (torch.full((30,), 0.5), 13),
+             top_candidates(torch.full((30,), 0.5), 13)),
+        Case("three values tied at 0.7 for places 2 to 3: indices 1 and 2", (middle, 3), top_candidates(middle, 3)),
+        Case("5 values, k = 13: all 5, best first", (middle[:5], 13), top_candidates(middle[:5], 13)),
+    ]
+    for g in (0, 2):
+        cases.append(Case(f"the photo, {scene.names()[g]}: t over 6,384 points, k = 13", (ref.metric[g], 13),
+                          top_candidates(ref.metric[g], 13)))
+    run_cases("top-k", fn, cases)
+
+
+def check_t_hat(fn) -> None:
+    """Exercise 2: ``fn(t (P,), u (P,), eps) -> (P,)`` TOOD's ``t / (max t + eps) * max u`` over one gt's final
+    positives. Cases: all-zero metrics (0, not NaN), the best t and the best u on different positives, a single
+    positive, another eps, the photo's gts."""
+    from lessons.cases import Case, run_cases
+
+    split = (torch.tensor([0.2, 0.05, 0.1]), torch.tensor([0.6, 0.9, 0.7]))  # max t at 0, max u at 1
+    cases = [
+        Case("every t = 0 (a gt no prediction fits yet): targets 0, not 0 / 0 = NaN",
+             (torch.zeros(4), torch.zeros(4), 1e-7), normalise(torch.zeros(4), torch.zeros(4), 1e-7)),
+        Case("the best-aligned positive gets the gt's best IoU 0.9, although its own IoU is 0.6", (*split, 1e-7),
+             normalise(*split, 1e-7)),
+        Case("a single positive: its target is its IoU (up to eps)", (torch.tensor([0.3]), torch.tensor([0.8]), 1e-7),
+             normalise(torch.tensor([0.3]), torch.tensor([0.8]), 1e-7)),
+        Case("eps = 1e-9 passed in", (torch.zeros(2), torch.tensor([0.5, 0.2]), 1e-9),
+             normalise(torch.zeros(2), torch.tensor([0.5, 0.2]), 1e-9)),
+    ]
+    scene, _, _, _, ref = _photo_mid()
+    for g in (0, 3):
+        final = ref.gt_index == g
+        args = (ref.metric[g, final], ref.overlap_matrix[g, final], 1e-7)
+        cases.append(Case(f"the photo, {scene.names()[g]}: its {int(final.sum())} positives", args,
+                          ref.target_scores[final], atol=1e-7))
+    run_cases("t_hat", fn, cases)
+
+
+def check_stal_candidates(fn) -> None:
+    """Exercise 3: ``fn(points (N, 2), gt (4,), min_side) -> (N,)`` bool: inside the gt widened about its centre to
+    ``min_side``, by more than 1e-9. Cases: points exactly on a side (out), a side exactly ``min_side``
+    (unchanged), a 4 x 4 speck, a thin gt (one side widened), ``min_side = 0``, the photo's gts."""
+    from lessons.cases import Case, run_cases
+    from lessons.scenes import grid_points
+
+    grid = grid_points(64, 64, (8,))[0]  # (64, 2) centres 4, 12, ..., 60
+    scene, points, _, _, _ = _photo_mid()
+
+    def expected(pts, gt, side):
+        return inside(pts, stal_box(gt, side), 1e-9)
+
+    raw = [
+        ("a 16 x 16 gt whose sides pass through point centres: those points are OUT (strictly inside only); "
+         "16 = min_side is not widened", grid, [4.0, 4.0, 20.0, 20.0], 16.0),
+        ("a 4 x 4 speck containing no centre: widened about its centre to 16 x 16", grid, [26.0, 26.0, 30.0, 30.0],
+         16.0),
+        ("a 6 x 40 gt: only the short side is widened", grid, [30.0, 2.0, 36.0, 42.0], 16.0),
+        ("min_side = 0: no widening", grid, [26.0, 26.0, 30.0, 30.0], 0.0),
+    ]
+    cases = [Case(rule, (pts, torch.tensor(gt), side), expected(pts, torch.tensor(gt), side))
+             for rule, pts, gt, side in raw]
+    for g in (3, 4):
+        cases.append(Case(f"the photo, {scene.names()[g]}", (points, scene.boxes[g], 16.0),
+                          expected(points, scene.boxes[g], 16.0)))
+    run_cases("STAL candidates", fn, cases)

@@ -1,5 +1,5 @@
-"""ATSSAssigner: each quirk of docs/algorithms.md §8 by hand, reference and mmdetection parity, the eager
-fast path against the graph's static path, onnxruntime on hand-made and degenerate inputs, bad input."""
+"""ATSSAssigner: each quirk of docs/algorithms.md §8 by hand, reference and mmdetection parity, eager chunks and
+the level split, onnxruntime on hand-made and degenerate inputs, the paddle preset, bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exportable import catalog
 from exportable import onnx as xonnx
-from exportable.assigners.atss import ATSSAssigner, _level_slices
+from exportable.assigners.atss import ATSSAssigner, _levels
 from exportable.batching import pad_gts
 from exportable.examples import atss_inputs
 from lessons.atss import atss_anchors, atss_assign, benchmark_case, benchmark_reference, mmdet_atss_assign
@@ -29,15 +30,6 @@ def assign(assigner, anchors, gts, level_ids=None, labels=None, **kw):
     labels = torch.arange(len(gts)) if labels is None else torch.tensor(labels)
     batch = pad_gts([T(gts).reshape(-1, 4)], [labels])
     return assigner(anchors, level_ids, batch.boxes, batch.labels, batch.mask, **kw)
-
-
-def static_path(assigner, anchors, level_ids, gt_boxes, gt_labels, gt_mask, anchor_mask=None):
-    """The graph's formulation (level masks, dense step 6) run in eager: gt_index (B, N), overlaps (B, N)."""
-    cand = assigner.candidates(anchors, level_ids, gt_boxes, gt_mask, anchor_mask)
-    gt_index, overlaps = assigner.resolve(anchors, gt_boxes, gt_mask, cand)
-    if anchor_mask is not None:
-        gt_index = torch.where(anchor_mask, gt_index, -2)
-    return gt_index, overlaps
 
 
 def shifted(shifts, size=10.0):
@@ -60,9 +52,6 @@ def test_unbiased_std_decides_a_borderline_anchor():
     ref = atss_assign(T(anchors), torch.zeros(4, dtype=torch.int64), T([[0, 0, 10, 10]]), torch.tensor([0]), topk=4)
     assert float(ref.threshold[0]) == pytest.approx(unbiased, abs=1e-7)
     assert ref.gt_index.tolist() == [-1, -1, -1, -1]
-    cand = ATSSAssigner(topk=4, num_levels=1).candidates(T(anchors), torch.zeros(4, dtype=torch.int64),
-                                                         T([[[0, 0, 10, 10]]]), torch.ones(1, 1, dtype=torch.bool))
-    assert float(cand.threshold[0, 0]) == pytest.approx(unbiased, abs=1e-7)
 
 
 def test_threshold_equality_ge_vs_strict():
@@ -111,34 +100,43 @@ def test_level_smaller_than_k_is_clipped():
     level_ids = torch.tensor([0] * 12 + [1] * 2)
     gts = pad_gts([T([[10, 10, 40, 40], [30, 5, 60, 35]])], [torch.tensor([3, 4])])
     a = ATSSAssigner(topk=9, num_levels=3)
-    cand = a.candidates(anchors, level_ids, gts.boxes, gts.mask, slices=_level_slices(level_ids, 3))
-    assert cand.count.tolist() == [[11.0, 11.0]] and cand.valid.shape == (1, 2, 27)
+    assert [lv.tolist() for lv in _levels(level_ids, 3)] == [list(range(12)), [12, 13], []]  # 9 + 2 + 0 slots
     res = a(anchors, level_ids, gts.boxes, gts.labels, gts.mask)
     for j in range(2):
         ref = atss_assign(anchors, level_ids, gts.boxes[0], gts.labels[0])
         assert len(ref.candidates[j]) == 11 and sorted(ref.candidate_levels[j].tolist()) == [0] * 9 + [1] * 2
-    assert torch.equal(res.gt_index[0], ref.gt_index)
-    assert torch.equal(static_path(a, anchors, level_ids, gts.boxes, gts.labels, gts.mask)[0], res.gt_index)
+    assert torch.equal(res.gt_index[0], ref.gt_index) and res.positive.sum() > 0
 
 
 def test_tied_distances_take_the_lower_anchor_index():
     # One row of 32 x 32 anchors; the gt's centre x = 12 is 4 px from x = 8 and 16 and 12 px from x = 0 and 24.
-    # k = 3: the two at 4 px, then the tie at 12 px goes to the LOWER anchor index.
+    # k = 3: the two at 4 px, then the tie at 12 px goes to the LOWER anchor index (the reference's candidates).
     xs = [24.0, 8.0, 16.0, 0.0, 32.0]
     anchors = T([[x - 16, -16, x + 16, 16] for x in xs])
     gt = T([[[2, -10, 22, 10]]])  # centre (12, 0)
-    a = ATSSAssigner(topk=3, num_levels=1)
     lv = torch.zeros(5, dtype=torch.int64)
-    mask = torch.ones(1, 1, dtype=torch.bool)
-    for slices in (_level_slices(lv, 1), None):  # eager's level slice and the graph's level mask
-        cand = a.candidates(anchors, lv, gt, mask, slices=slices)
-        assert cand.index[0, 0].tolist() == [1, 2, 0]  # x = 8, 16, then x = 24 (index 0) before x = 0 (index 3)
     ref = atss_assign(anchors, lv, gt[0], torch.tensor([0]), topk=3)
-    assert ref.candidates[0].tolist() == [1, 2, 0]
-    # the same anchors in another order: now x = 0 has the lower index and is the candidate
-    order = [3, 1, 2, 0, 4]
-    cand = a.candidates(anchors[order], lv, gt, mask, slices=_level_slices(lv, 1))
-    assert anchors[order][cand.index[0, 0]][:, 0].add(16).tolist() == [8.0, 16.0, 0.0]
+    assert ref.candidates[0].tolist() == [1, 2, 0]  # x = 8, 16, then x = 24 (index 0) before x = 0 (index 3)
+
+
+@pytest.mark.parametrize("tied_first", ["wide", "small"])
+def test_the_tied_candidate_decides_the_threshold(tied_first):
+    # gt (0, 0, 20, 20), one level, k = 3. Anchors: a perfect match (IoU 1), one shifted by 4 px (IoU 2/3), then
+    # two anchors 8 px from the gt centre: a 20 px one to the right (IoU 3/7) and an 8 px one below (IoU 3/26).
+    # The third candidate is the tied anchor of LOWER index. Wide: t = 0.985 and the perfect match is positive;
+    # small: t = 1.041 and no anchor is.
+    def box(cx, cy, side):
+        return [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+
+    wide, small = box(18, 10, 20), box(10, 18, 8)
+    anchors = [box(10, 10, 20), box(14, 10, 20), *((wide, small) if tied_first == "wide" else (small, wide))]
+    gt = [[0, 0, 20, 20]]
+    res = assign(ATSSAssigner(topk=3, num_levels=1), anchors, gt)
+    expected = [0, -1, -1, -1] if tied_first == "wide" else [-1, -1, -1, -1]
+    assert res.gt_index[0].tolist() == expected
+    ref = atss_assign(T(anchors), torch.zeros(4, dtype=torch.int64), T(gt), torch.tensor([0]), topk=3)
+    assert ref.candidates[0].tolist() == [0, 1, 2] and ref.gt_index.tolist() == expected
+    assert float(ref.threshold[0]) == pytest.approx(0.9854 if tied_first == "wide" else 1.0408, abs=1e-4)
 
 
 def test_conflicts_highest_iou_among_its_gts_vs_argmax_over_all_gts():
@@ -161,6 +159,26 @@ def test_conflicts_highest_iou_among_its_gts_vs_argmax_over_all_gts():
         ref = atss_assign(T(anchors), torch.zeros(4, dtype=torch.int64), T(gts), torch.arange(3), variant=variant)
         assert ref.gt_index.tolist() == res.gt_index[0].tolist()
         assert bool(ref.positive[0, 0]) and bool(ref.positive[0, 1]) and not bool(ref.positive[0, 2])
+
+
+@pytest.mark.parametrize("variant", ["mmdet", "paddle"])
+def test_crowded_scene_and_duplicate_gts(variant):
+    # 40 gts on a 320 x 480 image: dozens of anchors are positive for several gts (step 6 decides them); gt 3 is
+    # repeated as gt 40 and gt 41: the same IoUs, so every anchor of gt 3 stays with gt 3 (the lower index)
+    scene = random_scene(320, 480, 40, seed=2)
+    boxes = torch.cat([scene.boxes, scene.boxes[3:4], scene.boxes[3:4]])  # (42, 4)
+    labels = torch.cat([scene.labels, torch.tensor([7, 8])])
+    anchors, level_ids = atss_anchors((320, 480))
+    batch = pad_gts([boxes, scene.boxes[:5]], [labels, scene.labels[:5]])
+    a = ATSSAssigner(variant=variant)
+    res = a(anchors, level_ids, batch.boxes, batch.labels, batch.mask)
+    ref = atss_assign(anchors, level_ids, boxes, labels, variant=variant)
+    assert int((ref.positive.sum(dim=1) > 1).sum()) > 20  # anchors positive for several gts
+    assert torch.equal(res.gt_index[0], ref.gt_index) and torch.equal(res.overlaps[0], ref.overlaps)
+    assert bool(ref.positive[:, 3].any()) and torch.equal(ref.positive[:, 3], ref.positive[:, 40])
+    assert not bool((res.gt_index[0] >= 40).any())  # the duplicates win nothing
+    ref1 = atss_assign(anchors, level_ids, scene.boxes[:5], scene.labels[:5], variant=variant)
+    assert torch.equal(res.gt_index[1], ref1.gt_index)
 
 
 def test_centre_margin():
@@ -250,8 +268,6 @@ def test_reference_parity_on_tie_heavy_random_scenes(variant, seed):
         assert torch.equal(res.labels[i], ref.labels)
         assert torch.equal(res.overlaps[i], ref.overlaps)
         assert torch.equal(res.target_scores[i], ref.target_scores)
-    gt_index, overlaps = static_path(a, anchors, level_ids, boxes, labels, mask, anchor_mask)
-    assert torch.equal(gt_index, res.gt_index) and torch.equal(overlaps, res.overlaps)
 
 
 def test_eager_chunks_do_not_change_results(monkeypatch):
@@ -275,7 +291,9 @@ def test_unsorted_level_ids(seed):
     perm = torch.randperm(300, generator=g)
     anchors, level_ids, anchor_mask = anchors[perm], level_ids[perm], anchor_mask[:, perm]
     a = ATSSAssigner()
-    assert _level_slices(level_ids, 5) is None  # eager falls back to level masks
+    levels = _levels(level_ids, 5)  # each level's anchors, in anchor order
+    assert torch.equal(torch.cat(levels).sort().values, torch.arange(300))
+    assert all(bool((level_ids[lv] == j).all()) and bool((lv[1:] > lv[:-1]).all()) for j, lv in enumerate(levels))
     res = a(anchors, level_ids, boxes, labels, mask, anchor_mask)
     for i in range(2):
         ref = atss_assign(anchors, level_ids, boxes[i][mask[i]], labels[i][mask[i]], valid=anchor_mask[i])
@@ -316,6 +334,21 @@ def test_every_positive_passes_its_gts_test(gts, variant):
         else:  # Paddle: positive for one gt -> that gt; for several -> the highest IoU over ALL gts
             hits = ref.positive[n].nonzero()[:, 0].tolist()
             assert hits == [j] if len(hits) == 1 else float(ref.ious[n, j]) == float(ref.ious[n].max())
+
+
+def test_paddle_preset_the_variant_alias_and_the_catalog_entry():
+    rules = lambda a: (a.topk, a.num_levels, a.num_classes, a.strict, a.center_margin, a.conflict)  # noqa: E731
+    assert rules(ATSSAssigner()) == (9, 5, 80, False, 0.01, "positive_gts")  # the paper's / mmdetection's
+    assert rules(ATSSAssigner.paddle()) == (9, 5, 80, True, 1e-9, "all_gts")
+    assert rules(ATSSAssigner(variant="paddle")) == rules(ATSSAssigner.paddle())
+    assert rules(ATSSAssigner(variant="mmdet")) == rules(ATSSAssigner())
+    assert rules(ATSSAssigner.paddle(topk=5, center_margin=0.5)) == (5, 5, 80, True, 0.5, "all_gts")
+    assert rules(catalog.get("atss_assigner_paddle").build()) == rules(ATSSAssigner.paddle())
+    assert rules(catalog.get("atss_assigner").build()) == rules(ATSSAssigner())
+    with pytest.raises(ValueError, match="variant"):
+        ATSSAssigner(variant="paddle", strict=True)  # the alias takes no rule keyword: ATSSAssigner.paddle(...)
+    with pytest.raises(ValueError, match="center_margin"):
+        ATSSAssigner.paddle(center_margin=float("nan"))
 
 
 # -- onnxruntime ----------------------------------------------------------------------------------------------
@@ -368,6 +401,15 @@ def test_onnxruntime_on_hand_made_and_degenerate_inputs(exported):
     out = _ort_vs_eager("atss_assigner", exported, (anchors[perm], level_ids[perm], b.boxes, b.labels, b.mask,
                                                     ones(1, anchors.shape[0])))
     assert out[0].ge(0).sum() > 0
+    # level 2 without any anchor (the split gives it no slot), and no anchors at all
+    gap = torch.where(level_ids >= 2, (level_ids + 1).clamp(max=4), level_ids)  # levels 0, 1, 3, 4
+    out = _ort_vs_eager("atss_assigner", exported, (anchors, gap, b.boxes, b.labels, b.mask,
+                                                    ones(1, anchors.shape[0])))
+    assert out[0].ge(0).sum() > 0
+    out = _ort_vs_eager("atss_assigner_paddle", exported, (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
+                                                           gts.boxes, gts.labels, gts.mask, ones(2, 0),
+                                                           torch.zeros(2, 0, 4)))
+    assert out[0].shape == (2, 0)
 
 
 @pytest.mark.onnx

@@ -16,19 +16,20 @@ def test_exact_match(capsys):
     assert isinstance(r, CheckResult) and r.exact and r.close and bool(r)
     assert r.max_abs_diff == 0.0 and r.first_failure is None
     assert out.count("\n") == 1
-    assert out.startswith("iou") and "exact: True" in out and "close: True" in out and "max diff: 0" in out
+    assert out.startswith("iou") and "✓ exact (2 values)" in out and "✗" not in out
 
 
-def test_close_but_not_exact_reports_first_difference(capsys):
+def test_close_but_not_exact_is_a_calm_pass(capsys):
     expected = torch.tensor([1.0, 2.0, 3.0, 4.0])
     got = expected.clone()
     got[2] += 2e-7 * 3
     r = check("areas", got, expected)
     out = capsys.readouterr().out
     assert not r.exact and r.close
-    assert "exact: False" in out and "close: True" in out
-    assert "1/4 differ, first at [2]" in out
-    assert r.first_failure[0] == (2,)
+    assert "✓ close (float rounding" in out
+    # a correct answer never reads as a failure: no "exact: False", no "1/4 differ", no cross
+    assert "False" not in out and "differ" not in out and "✗" not in out
+    assert r.first_failure[0] == (2,)  # still recorded for whoever asks
     assert 0 < r.max_abs_diff < 1e-5
 
 
@@ -38,7 +39,7 @@ def test_failure_raises_with_first_failing_index(capsys):
     with pytest.raises(AssertionError, match=r"first at \[1, 1\]: got 0\.9, expected 0\.4"):
         check("cost", got, expected)
     out = capsys.readouterr().out
-    assert "close: False" in out and "1/4 not close" in out and "max diff: 0.5" in out
+    assert "✗ 1/4 not close" in out and "max diff 0.5" in out
 
 
 def test_failure_without_raising_returns_the_case():
@@ -142,3 +143,73 @@ def test_dicts_and_ragged_lists():
         check("d", {"a": 1}, {"a": 1, "b": 2}, verbose=False)
     with pytest.raises(AssertionError, match="structure mismatch"):
         check("d", torch.zeros(2), {"a": 1}, verbose=False)
+
+
+# --------------------------------------------------------------------------------------------
+# check_cases: boundary cases
+# --------------------------------------------------------------------------------------------
+
+
+def _rule_cases():
+    from lessons.check import Case
+
+    return [
+        Case("IoU exactly 0.7 is positive (>=, not >)", (torch.tensor([0.7, 0.2]),), torch.tensor([1, 0])),
+        Case("IoU just below 0.7 is not", (torch.tensor([0.6999]),), torch.tensor([0])),
+        Case("no input, no output", (torch.zeros(0),), torch.zeros(0, dtype=torch.int64)),
+    ]
+
+
+def test_check_cases_passes_a_correct_function_quietly(capsys):
+    from lessons.check import check_cases
+
+    r = check_cases("rule", lambda iou: (iou >= 0.7).long(), _rule_cases())
+    out = capsys.readouterr().out.splitlines()
+    assert r and r.exact and out[0] == "rule: 3 cases"
+    assert all(line.startswith("  ✓ ") for line in out[1:]) and len(out) == 4
+
+
+def test_check_cases_names_the_broken_boundary(capsys):
+    from lessons.check import check_cases
+
+    with pytest.raises(AssertionError, match=r"1 of 3 cases fail\n  ✗ IoU exactly 0.7 is positive"):
+        check_cases("rule", lambda iou: (iou > 0.7).long(), _rule_cases())
+    out = capsys.readouterr().out
+    assert "✓ IoU just below 0.7 is not" in out and "first at [0]: got 0, expected 1" in out
+    r = check_cases("rule", lambda iou: (iou > 0.7).long(), _rule_cases(), raise_on_fail=False, verbose=False)
+    assert not r and r.problem == "case 'IoU exactly 0.7 is positive (>=, not >)'" and r.first_failure[0] == (0,)
+
+
+def test_check_cases_copies_inputs_and_reports_exceptions(capsys):
+    from lessons.check import Case, check_cases
+
+    shared = torch.tensor([0.9])
+    cases = [Case("first", (shared,), torch.tensor([1])), Case("second", (shared,), torch.tensor([1]))]
+
+    def destructive(iou):
+        out = (iou >= 0.7).long()
+        iou.zero_()  # changes its input: must not affect the next case
+        return out
+
+    assert check_cases("d", destructive, cases, verbose=False)
+    assert float(shared) == pytest.approx(0.9)
+
+    def unfinished(iou):
+        raise NotImplementedError("Exercise: replace this line with your code")
+
+    with pytest.raises(NotImplementedError):
+        check_cases("u", unfinished, cases)
+    assert "✗ first -- raised NotImplementedError" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="cases"):
+        check_cases("none", unfinished, [])
+
+
+def test_check_cases_structured_answers_and_tolerance():
+    from lessons.check import Case, check_cases
+
+    cases = [Case("pair", (1.0,), {"iou": torch.tensor([1.0]), "label": torch.tensor([2])}, atol=1e-3)]
+    r = check_cases("t", lambda x: {"iou": torch.tensor([x + 1e-4]), "label": torch.tensor([2])}, cases, verbose=False)
+    assert r.close and not r.exact and "✓ pair (float rounding" in r.message
+    r = check_cases("t", lambda x: {"iou": torch.tensor([x]), "label": torch.tensor([3])}, cases,
+                    raise_on_fail=False, verbose=False)
+    assert not r and "✗ pair -- ['label']: 1/1 differ" in r.message

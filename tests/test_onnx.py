@@ -90,3 +90,110 @@ def test_best_providers_ends_with_cpu():
     providers = xonnx.best_providers()
     assert providers[-1] == "CPUExecutionProvider"
     assert set(providers) <= set(xonnx.available_providers())
+
+
+# -- DeviceRunner: torch tensors in and out, no numpy ------------------------------------------
+
+RUNNER_ENTRIES = ["nms", "max_iou_assigner", "topk", "anchor_grid", "retinanet_targets", "noise_sampler"]
+
+
+@pytest.mark.parametrize("name", RUNNER_ENTRIES)
+def test_device_runner_matches_run_without_numpy(name, exported, monkeypatch):
+    from exportable import catalog
+
+    entry = catalog.get(name)
+    sess = xonnx.session(exported(name), ["CPUExecutionProvider"])
+    runner = xonnx.DeviceRunner(sess)
+    cases = [(sizes, entry.example(sizes, seed=3)) for sizes in entry.test_sizes]
+    wants = [xonnx.run(sess, args) for _, args in cases]
+    ort = pytest.importorskip("onnxruntime")
+
+    def no_numpy(*_a, **_k):
+        raise AssertionError("DeviceRunner went through numpy")
+
+    monkeypatch.setattr(ort.OrtValue, "numpy", no_numpy)
+    for (sizes, args), want in zip(cases, wants):
+        got = runner(*args)
+        assert runner.last_copies == []
+        assert len(got) == len(want) == len(entry.outputs)
+        for spec, g, w in zip(entry.outputs, got, want):
+            assert isinstance(g, torch.Tensor) and g.device.type == "cpu", spec.name
+            assert g.dtype == torch.from_numpy(np.asarray(w)).dtype, spec.name
+            assert np.array_equal(g.numpy(), w), f"{name} {spec.name} at {sizes}"
+
+
+def test_device_runner_writes_into_preallocated_outputs(exported):
+    from exportable import catalog
+
+    entry = catalog.get("max_iou_assigner")
+    runner = xonnx.DeviceRunner(xonnx.session(exported("max_iou_assigner"), ["CPUExecutionProvider"]))
+    args = entry.example({"B": 3, "N": 200, "M": 5}, seed=1)
+    gt_index = torch.full((3, 200), -99, dtype=torch.int64)
+    boxes = torch.empty(3, 200, 4)
+    ptrs = (gt_index.data_ptr(), boxes.data_ptr())
+    first = runner(*args, out={"gt_index": gt_index, "boxes": boxes})
+    assert first[0] is gt_index and first[2] is boxes
+    assert (gt_index.data_ptr(), boxes.data_ptr()) == ptrs  # onnxruntime wrote in place
+    assert (gt_index != -99).all()
+    assert runner.last_owners["gt_index"] == runner.last_owners["boxes"] == "yours"
+    assert runner.last_owners["labels"] == "torch"  # (B, N): sized from the inputs, so torch allocates it
+    eager = entry.run_eager(entry.build(), args)
+    assert torch.equal(gt_index, eager[0]) and torch.equal(boxes, eager[2])
+    other = entry.example({"B": 3, "N": 200, "M": 5}, seed=2)
+    second = runner(*other, out={"gt_index": gt_index, "boxes": boxes})  # the same buffers, reused
+    assert second[0].data_ptr() == ptrs[0] and torch.equal(second[0], entry.run_eager(entry.build(), other)[0])
+    runner(*args)
+    assert set(runner.last_owners.values()) == {"torch"}  # every output of an assigner is sized by its inputs
+
+
+def test_device_runner_data_dependent_output_survives_the_session(exported):
+    from exportable import catalog
+
+    entry = catalog.get("nms")
+    sess = xonnx.session(exported("nms"), ["CPUExecutionProvider"])
+    args = entry.example({"N": 300}, seed=0)
+    runner = xonnx.DeviceRunner(sess)
+    (keep,) = runner(*args)  # K is known only after the run: onnxruntime allocates, torch shares it
+    assert runner.last_owners == {"keep": "onnxruntime"} and keep.shape[0] > 0
+    want = keep.clone()
+    del runner, sess
+    xonnx.DeviceRunner(xonnx.session(exported("nms"), ["CPUExecutionProvider"]))(*entry.example({"N": 300}, seed=1))
+    assert torch.equal(keep, want)  # the DLPack-shared buffer outlives the session and the next run
+
+
+def test_device_runner_checks_its_inputs(exported):
+    runner = xonnx.DeviceRunner(xonnx.session(exported("nms"), ["CPUExecutionProvider"]))
+    boxes, scores = torch.rand(5, 4), torch.rand(5)
+    with pytest.raises(TypeError, match="scores.*float"):
+        runner(boxes, scores.double())
+    with pytest.raises(ValueError, match="takes 2 inputs"):
+        runner(boxes)
+    with pytest.raises(ValueError, match="boxes.*rank 2"):
+        runner(boxes[None], scores)
+    with pytest.raises(ValueError, match="missing"):
+        runner(boxes=boxes)
+    with pytest.raises(ValueError, match="binds CPU and CUDA"):
+        runner(boxes.to("meta"), scores.to("meta"))
+    with pytest.raises(ValueError, match="unknown output"):
+        runner(boxes, scores, out={"nope": torch.empty(1)})
+    strided = torch.rand(4, 5).t()  # (5, 4), not contiguous
+    (keep,) = runner(strided, scores)
+    assert runner.last_copies == ["input boxes: made contiguous"]
+    assert torch.equal(keep, runner(strided.contiguous(), scores)[0]) and runner.last_copies == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_runner_keeps_cuda_tensors_on_the_device(exported):
+    from exportable import catalog
+
+    if "CUDAExecutionProvider" not in xonnx.available_providers():
+        pytest.skip("onnxruntime without the CUDA provider")
+    for name in ("max_iou_assigner", "nms"):
+        entry = catalog.get(name)
+        sess = xonnx.session(exported(name), ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        args = entry.example(entry.test_sizes[1], seed=0)
+        got = xonnx.DeviceRunner(sess)(*(a.cuda() for a in args))
+        want = xonnx.run(xonnx.session(exported(name), ["CPUExecutionProvider"]), args)
+        for g, w in zip(got, want):
+            assert g.device.type == "cuda"
+            assert np.allclose(g.cpu().numpy(), w, atol=entry.atol, rtol=entry.rtol)

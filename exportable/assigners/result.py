@@ -83,15 +83,17 @@ class AssignResult(NamedTuple):
         ``overlaps`` is stored as given (MaxIoU keeps every anchor's best IoU, the others pass 0 for
         non-positives). ``target_scores`` defaults to 1 for positives (hard targets) and is 0 for every
         non-positive either way; ``weights`` defaults to 1 except 0 for ignored anchors. Boxes are
-        ``(x1, y1, x2, y2)``. One flat ``index_select`` per field: no ``(B, N, M)`` tensor.
+        ``(x1, y1, x2, y2)``. One flat ``index_select`` per field from the gt rows plus one extra row (box 0,
+        class ``num_classes``) that every non-positive reads: no ``(B, N, M)`` tensor, no ``where`` over
+        ``(B, N, 4)`` (onnxruntime's Where is several times slower than a gather there).
         """
         b, n = gt_index.shape
         m = gt_boxes.shape[1]
         positive = gt_index >= 0  # (B, N)
         offsets = torch.arange(b, device=gt_index.device).unsqueeze(1) * m  # (B, 1)
-        rows = (gt_index.clamp(min=0) + offsets).reshape(-1)  # (B*N,) any valid row for non-positives
-        matched_labels = gt_labels.reshape(b * m).index_select(0, rows).reshape(b, n)  # (B, N)
-        matched_boxes = gt_boxes.reshape(b * m, 4).index_select(0, rows).reshape(b, n, 4)  # (B, N, 4)
+        rows = torch.where(positive, gt_index + offsets, b * m).reshape(-1)  # (B*N,) non-positives: row B*M
+        labels = torch.cat([gt_labels.reshape(b * m), gt_labels.new_full((1,), num_classes)])  # (B*M + 1,)
+        boxes = torch.cat([gt_boxes.reshape(b * m, 4), gt_boxes.new_zeros((1, 4))])  # (B*M + 1, 4)
         if target_scores is None:
             target_scores = positive.to(overlaps.dtype)  # (B, N)
         else:
@@ -100,8 +102,8 @@ class AssignResult(NamedTuple):
             weights = (gt_index != IGNORED).to(overlaps.dtype)  # (B, N)
         return cls(
             gt_index=gt_index,
-            labels=torch.where(positive, matched_labels, num_classes),
-            boxes=torch.where(positive.unsqueeze(-1), matched_boxes, 0.0),
+            labels=labels.index_select(0, rows).reshape(b, n),  # (B, N)
+            boxes=boxes.index_select(0, rows).reshape(b, n, 4),  # (B, N, 4)
             overlaps=overlaps,
             target_scores=target_scores,
             weights=weights,
