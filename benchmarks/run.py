@@ -350,7 +350,8 @@ SUITES: dict[str, Suite] = {
         workloads=("yolox-m20", "yolox-m100", "yolox-m5000"),
         build=_task_aligned_case("task_aligned_assigner"),
         note="`lessons.task_aligned.benchmark_case`: the points and seeded predictions of "
-        "`make_workload_predictions`. One path: eager runs `eager_rows // M` images per step, the graph one image per `Scan` iteration. "
+        "`make_workload_predictions`. One path: eager runs `eager_rows // M` images per step, the graph one image "
+        "per `Scan` iteration. "
         "Peers side by side: `python benchmarks/peers.py --suite task_aligned`.",
     ),
     "task_aligned_ultralytics": Suite(
