@@ -20,21 +20,27 @@ alpha 0.5, beta 6):
    backend's top-k order).
 5. a point positive for several gts goes to ``argmax`` of ``u`` over ALL gt rows (lower index on ties), even a
    gt that never proposed it (with all-zero overlaps: gt 0; ``Tencent/YOLO-Master issue #253``).
+5b. ``topk2`` (YOLO26's second selection; off by default, ``topk2 = topk``): each gt keeps only those of its
+   final positives that are among its ``topk2`` largest ``t`` over all points (``t`` taken as 0 off its
+   positives; ties: lower point index first). With ``topk2 = 1`` a gt keeps at most one positive, and none
+   when a zero-metric point of lower index outranks its only zero-metric positive.
 6. outputs: the matched gt, its class and box; ``overlaps`` = its clamped CIoU.
 7. ``t_hat = t * max u / (max t + 1e-9)``, maxima per gt over its final positives (which may lie outside
    its top-K after step 5).
 
 One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
 ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the metric is scattered into
-``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs.
-``box_ciou``'s arithmetic (its arctangent included) is IEEE-exact, so two identical gts get identical CIoUs
-in eager and in onnxruntime, and step 5's argmax cannot flip. The batch runs image by image
+``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
+(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``). ``box_ciou``'s arithmetic (its arctangent
+included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's
+argmax cannot flip. The batch runs image by image
 (:func:`~exportable.assigners.task_aligned.in_image_chunks`: ``eager_rows // M`` images per eager step, one
 ``Scan`` iteration per image in the graph), which never changes a result.
 
-Not reproduced: ``topk2`` (YOLO26's second selection; it would sit between steps 5 and 7, see ``_assign``);
-the STAL rule of releases before 8.4.190 (sides below ``stride[0]`` widened); PaddleDetection's TAL (in-gt
-first, IoU, eps 1e-9). ``strides`` is part of the common point-assigner signature and is not read.
+:class:`~exportable.assigners.task_aligned_dual.DualTaskAlignedAssigner` builds YOLOv10's one-to-many and
+one-to-one assignments from the same steps 1-3. Not reproduced: the STAL rule of releases before 8.4.190 (sides
+below ``stride[0]`` widened); PaddleDetection's TAL (in-gt first, IoU, eps 1e-9). ``strides`` is part of the
+common point-assigner signature and is not read.
 """
 
 from __future__ import annotations
@@ -98,6 +104,17 @@ def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M
     return pred_scores.reshape(-1).index_select(0, pairs.pred * c + gt_labels.reshape(-1).index_select(0, pairs.row))
 
 
+class Scored(NamedTuple):
+    """Steps 1-3 of a batch: the candidate pairs, their ``t`` and ``u`` ``(P,)``, the in-gt boxes ``(B, M, 4)``
+    (NaN for padded rows) and each gt's top-K list ``(B, M, K)``."""
+
+    pairs: Pairs
+    t: Tensor
+    u: Tensor
+    in_boxes: Tensor
+    top_i: Tensor
+
+
 def on_grid(values: Float[Tensor, " P"], pairs: Pairs, shape: tuple[int, int, int]) -> Float[Tensor, "B M N"]:
     """The pairs' values on a ``(B, M, N)`` grid of zeros (each pair once: a plain scatter)."""
     b, m, n = shape
@@ -121,6 +138,8 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         center_margin: a point is a candidate if more than this many pixels inside every side (1e-9; >= 0).
         stal_side: real gts' sides shorter than this are widened to it for the candidate test (16,
             ultralytics' ``stride[1]``; 0 = off).
+        topk2: step 5b's second selection, at most this many positives per gt (None: ``topk``, off; YOLO26's
+            one-to-one branch uses ``topk=7, topk2=1``).
 
     ``forward`` is :class:`~exportable.assigners.task_aligned.TaskAlignedAssigner`'s: ``(points (N, 2),
     strides (N,), pred_scores (B, N, C) probabilities, pred_boxes (B, N, 4), gt_boxes (B, M, 4),
@@ -139,15 +158,19 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         eps: float = 1e-9,
         center_margin: float = 1e-9,
         stal_side: float = 16.0,
+        topk2: int | None = None,
     ) -> None:
         super().__init__()
         check_hyper_parameters(self, topk, num_classes, alpha=alpha, beta=beta, eps=eps, stal_side=stal_side)
         self.center_margin = check_scalar("center_margin", center_margin, low=0.0)  # >= 0: see step 1
+        if topk2 is not None and (isinstance(topk2, bool) or not isinstance(topk2, int) or topk2 < 1):
+            raise ValueError(f"topk2: must be None or an int >= 1, got {topk2!r}")
+        self.topk2 = topk if topk2 is None else topk2
         self.eager_rows = 320  # gt rows per eager step (measured on 2 cores, N = 8,400)
 
     def extra_repr(self) -> str:
         return (f"topk={self.topk}, alpha={self.alpha}, beta={self.beta}, eps={self.eps}, "
-                f"center_margin={self.center_margin}, stal_side={self.stal_side}")
+                f"center_margin={self.center_margin}, stal_side={self.stal_side}, topk2={self.topk2}")
 
     def forward(
         self,
@@ -177,7 +200,14 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
 
     def _assign(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
                 mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-5 (and 7) for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        """Steps 1-7 for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        scored = self._top_k(points, pred_scores, pred_boxes, boxes, labels, mask, self.topk, ordered=False)
+        return self._select(points, scored, scored.top_i, self.topk, self.topk2)
+
+    def _top_k(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
+               mask: Tensor, topk: int, ordered: bool) -> Scored:
+        """Steps 1-3: the candidate pairs with their ``u`` and ``t``, and each gt's top-K list (``ordered``: best
+        first, ties by point index, so that a list's first k entries are the top-k for any k <= K)."""
         b, n, _ = pred_scores.shape
         m = boxes.shape[1]
         # 1. candidates: inside the STAL-widened gt by more than the margin; real gts only (a NaN box contains
@@ -194,7 +224,14 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
                         0.0)  # (P,)
         # 3. the K largest t of every gt over all points (equal values, zeros included: lower index first).
-        _, top_i = _topk(on_grid(t, pairs, (b, m, n)), self.topk, -1, True, False)  # (B, M, K) as a set
+        _, top_i = _topk(on_grid(t, pairs, (b, m, n)), topk, -1, True, ordered)  # (B, M, K)
+        return Scored(pairs, t, u, in_boxes, top_i)
+
+    def _select(self, points: Tensor, scored: Scored, top_i: Tensor, topk: int, topk2: int) -> tuple[Tensor, ...]:
+        """Steps 4-7 on the top-K lists ``top_i (B, M, K)``: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        pairs, t, u, in_boxes = scored.pairs, scored.t, scored.u, scored.in_boxes
+        b, m, _ = top_i.shape
+        n = points.shape[0]
         # 4. positive: in the top-K and a candidate (zero-metric candidates included).
         pos = _points_in_boxes(points[top_i], in_boxes.unsqueeze(2), margin=self.center_margin,
                                aligned=True).reshape(-1)  # (B*M*K,) from (B, M, K, 2) and (B, M, 1, 4)
@@ -207,17 +244,31 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         arg_all = scatter_into(pairs.pred, torch.where(hit, pairs.gt, m), b * n, m, "amin")  # (B*N,) m: no CIoU > 0
         winner = torch.where(count > 1, torch.where(arg_all == m, 0, arg_all), only)  # (B*N,)
         gt_index = torch.where(count > 0, winner, NEGATIVE).view(b, n)  # (B, N)
-        # (ultralytics' topk2, not reproduced, would keep here each gt's topk2 positives of largest t.)
-        return (gt_index, *self._targets(gt_index, pairs, t, u, m))
-
-    def _targets(self, gt_index: Tensor, pairs: Pairs, t: Tensor, u: Tensor, m: int) -> tuple[Tensor, Tensor]:
-        """Step 7 for the final ``gt_index (B, N)``: ``overlaps`` and ``t_hat``, ``(B, N)`` each."""
-        b, n = gt_index.shape
-        # 7. t_hat = t * max u / (max t + eps), maxima per gt over its final positives. A positive's t and u
-        #    are those of its pair with its gt (0 if that is no candidate: an all-zero column's row 0).
+        # A positive's t and u are those of its pair with its gt (0 if that is no candidate: an all-zero column's
+        # row 0).
         won = pairs.gt == gt_index.reshape(-1).index_select(0, pairs.pred)  # (P,) one pair per point at most
         t_win = scatter_into(pairs.pred, torch.where(won, t, 0.0), b * n, 0.0, "amax").view(b, n)  # (B, N)
         u_win = scatter_into(pairs.pred, torch.where(won, u, 0.0), b * n, 0.0, "amax").view(b, n)  # (B, N)
+        # 5b. topk2 (off when topk2 == topk, as in ultralytics): each gt keeps those of its final positives that
+        #     are among the topk2 largest of its t over all points (0 off its positives; ties: lower point index).
+        if topk2 != topk:
+            gt_index = self._second_selection(gt_index, t_win, m, topk2)  # (B, N)
+        # 6. (in forward) the matched gt's box and class. 7. t_hat = t * max u / (max t + eps), maxima per gt over
+        #    its final positives.
         target = t_win * gt_maxima(gt_index, u_win, m) / (gt_maxima(gt_index, t_win, m) + self.eps)  # (B, N)
         positive = gt_index >= 0  # (B, N)
-        return torch.where(positive, u_win, 0.0), torch.where(positive, target, 0.0)
+        return gt_index, torch.where(positive, u_win, 0.0), torch.where(positive, target, 0.0)
+
+    @staticmethod
+    def _second_selection(gt_index: Tensor, t_win: Tensor, m: int, topk2: int) -> Tensor:
+        """Step 5b: ``gt_index (B, N)`` with the positives outside their gt's topk2 list made negative."""
+        b, n = gt_index.shape
+        image = torch.arange(b, device=gt_index.device, dtype=torch.int64).unsqueeze(1)  # (B, 1)
+        point = torch.arange(n, device=gt_index.device, dtype=torch.int64).unsqueeze(0)  # (1, N)
+        cell = ((image * m + gt_index.clamp(min=0)) * n + point).reshape(-1)  # (B*N,) each point's (gt, point) cell
+        grid = t_win.new_zeros(b * m * n).scatter_(0, cell, torch.where(gt_index >= 0, t_win, 0.0).reshape(-1))
+        _, top2 = _topk(grid.view(b, m, n), topk2, -1, True, False)  # (B, M, K2) as a set
+        listed, list_gt = list_entries(top2, n)  # (B*M*K2,) each
+        named = gt_index.reshape(-1).index_select(0, listed) == list_gt  # (B*M*K2,) the entry is a final positive
+        kept = scatter_into(listed, named.long(), b * n, 0, "amax").view(b, n)  # (B, N)
+        return torch.where(kept > 0, gt_index, NEGATIVE)
