@@ -407,11 +407,11 @@ def _prepare_task_aligned(workload: str) -> tuple[dict, dict]:
     return {k: v.numpy() for k, v in arrays.items()}, meta
 
 
-def _peer_ultralytics_tal(arrays: dict, meta: dict):
+def _peer_ultralytics_tal(arrays: dict, meta: dict, **cfg):
     import torch
     from ultralytics.utils.tal import TaskAlignedAssigner
 
-    assigner = TaskAlignedAssigner(num_classes=meta["num_classes"], **TAL_ULTRALYTICS_CFG)
+    assigner = TaskAlignedAssigner(num_classes=meta["num_classes"], **{**TAL_ULTRALYTICS_CFG, **cfg})
     # As v8DetectionLoss passes them: probabilities, boxes and points in pixels, float labels and mask (B, M, 1).
     args = (
         torch.from_numpy(arrays["pred_scores"]),
@@ -533,9 +533,9 @@ def _peer_mmdet_tood(arrays: dict, meta: dict):
     return step, _mmdet_outputs(meta["num_classes"])
 
 
-def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict):
+def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict, **cfg):
     """ultralytics' assigner, with its outputs also in our encoding (gt_index, labels, target_scores)."""
-    step, raw = _peer_ultralytics_tal(arrays, meta)
+    step, raw = _peer_ultralytics_tal(arrays, meta, **cfg)
 
     def outputs_of(res) -> dict:
         import numpy as np
@@ -548,6 +548,21 @@ def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict):
         return out
 
     return step, outputs_of
+
+
+def _ultralytics_tal_with(**cfg):
+    """:func:`_peer_ultralytics_tal_ours_encoding` with ``cfg`` (``topk``, ``topk2``) over TAL_ULTRALYTICS_CFG."""
+    return lambda arrays, meta: _peer_ultralytics_tal_ours_encoding(arrays, meta, **cfg)
+
+
+def _dual_flat():
+    from exportable.assigners.task_aligned_dual import DualTaskAlignedAssigner
+
+    class Flat(DualTaskAlignedAssigner):  # the catalog graph's 12 outputs: one-to-many, then one-to-one
+        def forward(self, *args):
+            return tuple(t for part in super().forward(*args) for t in part)
+
+    return Flat(num_classes=80)
 
 
 def _ours(module_path: str, cls: str, **kwargs):
@@ -655,6 +670,37 @@ SUITES: dict[str, Suite] = {
     ),
 }
 
+SUITES["one_to_one"] = Suite(
+    name="one_to_one",
+    title="One-to-one task alignment: ultralytics' topk2 (YOLO26's one-to-one branch, topk 7, topk2 1) and "
+          "YOLOv10's dual assignment (one-to-many topk 10, one-to-one topk 1) against ultralytics",
+    workloads=("yolox-m20", "yolox-m100"),
+    prepare=_prepare_task_aligned,
+    peers={f"ultralytics {what}": PeerRun(
+        env="ultralytics", run=_ultralytics_tal_with(**cfg),
+        timed=f"`TaskAlignedAssigner({', '.join(f'{k}={v}' for k, v in cfg.items())}, num_classes=80, alpha=0.5, "
+              "beta=6.0, stride=[8, 16, 32])(...)` as in the `task_aligned` suite, one call on the batch of 16")
+        for what, cfg in (("topk 7 topk2 1", {"topk": 7, "topk2": 1}), ("topk 10", {"topk": 10}),
+                          ("topk 1", {"topk": 1}))},
+    notes=(
+        "`ours topk2` is compared with `ultralytics topk 7 topk2 1` (ultralytics' `E2ELoss` one-to-one branch); "
+        "`ours dual` returns both assignments from one call: its `o2m_*` outputs are compared with "
+        "`ultralytics topk 10`, its `o2o_*` with `ultralytics topk 1` (ultralytics' `E2EDetectLoss`, YOLOv10), "
+        "and its time with each of the two calls it replaces.",
+        "Inputs: the `task_aligned` suite's (`make_workload_predictions`: scores uniform in (0, 1), boxes jittered "
+        "by +-1 stride; `make_workload_batch`, seed 0): continuous random values, so the metrics have no ties.",
+    ),
+)
+
+_TOPK2_PARITY = (("gt_index", "ultralytics topk 7 topk2 1", "gt_index", None),
+                 ("labels", "ultralytics topk 7 topk2 1", "labels", None),
+                 ("target_scores", "ultralytics topk 7 topk2 1", "target_scores_at_label", None))
+_DUAL_OUT = tuple(f"{branch}_{name}" for branch in ("o2m", "o2o") for name in _RESULT)
+_DUAL_PARITY = tuple((f"{branch}_{mine}", peer, theirs, None)
+                     for branch, peer in (("o2m", "ultralytics topk 10"), ("o2o", "ultralytics topk 1"))
+                     for mine, theirs in (("gt_index", "gt_index"), ("labels", "labels"),
+                                          ("target_scores", "target_scores_at_label")))
+
 OURS: dict[str, dict[str, Ours]] = {
     "maxiou": {
         "ours MaxIoUAssigner eager": Ours(
@@ -700,6 +746,19 @@ OURS: dict[str, dict[str, Ours]] = {
                     ("target_scores", "ultralytics", "target_scores_at_label", None)),
             timed="`TaskAlignedAssigner(variant='ultralytics')` on the batch" + ("" if b == "eager" else
                                                                                    ", onnxruntime CPU"))
+           for b in ("eager", "onnxruntime")},
+    },
+    "one_to_one": {
+        **{f"ours topk2 {b}": Ours(
+            b, _ours("exportable.assigners.task_aligned_ultralytics", "UltralyticsTaskAlignedAssigner", topk=7,
+                     topk2=1, num_classes=80), **_POINT_IO, parity=_TOPK2_PARITY,
+            timed="`UltralyticsTaskAlignedAssigner(topk=7, topk2=1)` on the batch" + ("" if b == "eager" else
+                                                                                    ", onnxruntime CPU"))
+           for b in ("eager", "onnxruntime")},
+        **{f"ours dual {b}": Ours(
+            b, _dual_flat, **{**_POINT_IO, "outputs": _DUAL_OUT}, parity=_DUAL_PARITY,
+            timed="`DualTaskAlignedAssigner()` on the batch, both assignments" + ("" if b == "eager" else
+                                                                                ", onnxruntime CPU"))
            for b in ("eager", "onnxruntime")},
     },
 }

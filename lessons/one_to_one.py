@@ -20,6 +20,7 @@ YOLOv10's dual assignment is two such runs on the same metric: one-to-many (``to
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -27,19 +28,20 @@ from torch import Tensor
 
 from lessons.task_aligned import TaskAlignedReference, normalise, top_candidates, ultralytics_assign
 
-__all__ = ["dual_assign", "one_to_one_assign", "second_selection"]
+__all__ = ["check_second_selection", "dual_assign", "one_to_one_assign", "photo_inputs", "second_selection"]
 
 
-def second_selection(ref: TaskAlignedReference, topk2: int) -> Tensor:
-    """Step 5b on one image's assignment: the new ``gt_index (N,)`` after each gt keeps its ``topk2`` best."""
-    gt_index = ref.gt_index.clone()
-    for g in range(ref.metric.shape[0]):
-        mine = ref.gt_index == g  # (N,) the gt's final positives
-        row = torch.where(mine, ref.metric[g], 0.0)  # (N,) t of its positives, 0 for every other point
+def second_selection(metric: Tensor, gt_index: Tensor, topk2: int) -> Tensor:
+    """Step 5b: ``metric (M, N)`` the ``t`` of every (gt, point) pair, ``gt_index (N,)`` after the conflicts
+    (-1 negative) -> the new ``gt_index (N,)``: each gt keeps only its positives among its ``topk2`` best."""
+    new = gt_index.clone()
+    for g in range(metric.shape[0]):
+        mine = gt_index == g  # (N,) the gt's FINAL positives
+        row = torch.where(mine, metric[g], 0.0)  # (N,) their t; 0 for every other point, which still ranks
         kept = torch.zeros_like(mine)
-        kept[top_candidates(row, topk2)] = True  # its topk2 best over ALL points (ties: lower index)
-        gt_index[mine & ~kept] = -1
-    return gt_index
+        kept[top_candidates(row, topk2)] = True  # the topk2 best over ALL points (ties: lower index first)
+        new[mine & ~kept] = -1
+    return new
 
 
 def one_to_one_assign(
@@ -56,7 +58,7 @@ def one_to_one_assign(
     if topk2 is None or topk2 == topk:  # ultralytics runs step 5b only when topk2 != topk
         return ref
     # 5b. each gt keeps the positives among its topk2 best
-    gt_index = second_selection(ref, topk2)
+    gt_index = second_selection(ref.metric, ref.gt_index, topk2)
     # 6.-7. targets and t_hat = t * max u / (max t + eps) over the positives that are left
     eps = params.get("eps", 1e-9)
     n = gt_index.shape[0]
@@ -81,3 +83,52 @@ def dual_assign(
     one = one_to_one_assign(points, pred_scores, pred_boxes, gt_boxes, gt_labels, topk=one_to_one_topk,
                             topk2=one_to_one_topk2, **params)
     return many, one
+
+
+# --------------------------------------------------------------------------------------------
+# The photo and the exercise checker (notebook 11, part B)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def photo_inputs() -> tuple[Tensor, ...]:
+    """The photo's points and notebook 08's seeded mid-training predictions: ``points (N, 2)``, ``strides (N,)``,
+    ``scores (N, C)``, ``boxes (N, 4)``, ``gt_boxes (M, 4)``, ``gt_labels (M,)`` (C = the scene's 6 classes)."""
+    from lessons.scenes import default_scene
+    from lessons.task_aligned import photo_points, photo_predictions
+
+    scene = default_scene()
+    points, strides, _ = photo_points(scene.hw)
+    scores, boxes = photo_predictions(points, strides, scene.boxes, scene.labels, scene.num_classes, "mid")
+    return points, strides, scores, boxes, scene.boxes, scene.labels
+
+
+def check_second_selection(fn) -> None:
+    """Exercise 3: ``fn(metric (M, N), gt_index (N,), topk2) -> (N,)`` step 5b. Cases: a gt whose best point went
+    to another gt in the conflicts, tied metrics, fewer positives than topk2, a zero-metric positive behind a
+    lower-index zero (dropped) and at index 0 (kept), the photo (YOLO26's topk 7 / topk2 1, and topk2 3)."""
+    from lessons.cases import Case, run_cases
+    from lessons.scenes import default_scene
+
+    lost = (torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.0, 0.5, 0.8, 0.0]]), torch.tensor([0, 1, 1, -1]))
+    tied = (torch.tensor([[0.5, 0.5, 0.5, 0.2]]), torch.tensor([0, 0, 0, 0]))
+    few = (torch.tensor([[0.3, 0.0, 0.6, 0.9, 0.0]]), torch.tensor([0, -1, 0, -1, -1]))
+    zero_behind = (torch.zeros(1, 4), torch.tensor([-1, -1, 0, -1]))
+    zero_first = (torch.zeros(1, 3), torch.tensor([0, -1, -1]))
+    raw = [
+        ("gt 0's best point (t 0.9) went to gt 1 in the conflicts: gt 0 ranks only its FINAL positives and keeps "
+         "point 0", (*lost, 1)),
+        ("three positives tied at t = 0.5, topk2 = 1: the lowest point index stays", (*tied, 1)),
+        ("2 positives, topk2 = 3: both stay; point 3 (t 0.9, not a positive of gt 0) stays negative", (*few, 3)),
+        ("the only positive has t = 0 and a lower-index point is a zero too: every other point enters the ranking "
+         "with 0, so the gt keeps NOTHING", (*zero_behind, 1)),
+        ("the only positive has t = 0 but is point 0: it takes the one place and stays", (*zero_first, 1)),
+    ]
+    cases = [Case(rule, args, second_selection(*args)) for rule, args in raw]
+    points, _, scores, boxes, gt_boxes, gt_labels = photo_inputs()
+    names = default_scene().names()
+    for topk, topk2 in ((7, 1), (10, 3)):
+        ref = ultralytics_assign(points, scores, boxes, gt_boxes, gt_labels, topk=topk)
+        cases.append(Case(f"the photo ({len(names)} gts): topk {topk}, then topk2 {topk2}",
+                          (ref.metric, ref.gt_index, topk2), second_selection(ref.metric, ref.gt_index, topk2)))
+    run_cases("topk2", fn, cases)

@@ -208,3 +208,42 @@ def test_no_points_and_bad_hyper_parameters():
         DualTaskAlignedAssigner(topk=5, one_to_one_topk=7)
     with pytest.raises(ValueError, match="topk2"):
         DualTaskAlignedAssigner(one_to_one_topk2=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Notebook 11, exercise 3: the checker accepts the solution and rejects plausible wrong ones
+
+
+def _selection(rank):
+    """A second selection whose per-gt ranking is ``rank(row, mine, topk2) -> kept point indices``."""
+    def fn(metric, gt_index, topk2):
+        new = gt_index.clone()
+        for g in range(metric.shape[0]):
+            mine = gt_index == g
+            kept = torch.zeros_like(mine)
+            kept[rank(metric[g], mine, topk2)] = True
+            new[mine & ~kept] = -1
+        return new
+    return fn
+
+
+def _stable_top(row, k):
+    return torch.sort(row, descending=True, stable=True).indices[:k]
+
+
+def test_exercise_checker_accepts_the_solution(capsys):
+    ref.check_second_selection(_selection(lambda row, mine, k: _stable_top(torch.where(mine, row, 0.0), k)))
+    assert capsys.readouterr().out.count("| ok") == 7
+
+
+@pytest.mark.parametrize(("wrong", "fails_at"), [
+    # ranks the gt's whole row: a point it lost in the conflicts still takes its place (topk2 before step 5)
+    (lambda row, mine, k: _stable_top(row, k), "FINAL positives"),
+    # among equal values the HIGHER index first
+    (lambda row, mine, k: (len(row) - 1 - _stable_top(row.flip(0) * mine.flip(0), k)), "tied"),
+    # ranks only among the gt's own positives (-inf elsewhere): a zero-metric positive is never outranked
+    (lambda row, mine, k: _stable_top(torch.where(mine, row, float("-inf")), k), "keeps NOTHING"),
+])
+def test_exercise_checker_rejects_wrong_second_selections(wrong, fails_at):
+    with pytest.raises(AssertionError, match=fails_at):
+        ref.check_second_selection(_selection(wrong))
