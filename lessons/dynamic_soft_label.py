@@ -44,6 +44,8 @@ __all__ = [
     "benchmark_reference",
     "center_prior",
     "center_prior_cases",
+    "check_center_prior",
+    "check_soft_cls_cost",
     "dsl_assign",
     "in_any_gt",
     "photo_inputs",
@@ -290,3 +292,18 @@ def center_prior_cases() -> list:
         Case("the photo's candidates x 6 gts", (points[ref.candidates], strides[ref.candidates], gt_boxes, 3.0),
              ref.center_cost, rtol=1e-5),
     ]
+
+
+def check_soft_cls_cost(fn) -> None:
+    """Exercise 1 of notebook 11: ``fn(scores (n, C), gt_labels (M,), ious (n, M)) -> (n, M)``; raises
+    ``AssertionError`` naming the first rule a wrong answer breaks."""
+    from lessons.check import check_cases
+
+    check_cases("soft cls cost", fn, soft_cls_cost_cases(), atol=1e-5)
+
+
+def check_center_prior(fn) -> None:
+    """Exercise 2 of notebook 11: ``fn(points (n, 2), strides (n,), gt_boxes (M, 4), soft_center_radius) -> (n, M)``."""
+    from lessons.check import check_cases
+
+    check_cases("centre prior", fn, center_prior_cases(), atol=1e-6, rtol=1e-5)
