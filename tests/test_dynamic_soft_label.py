@@ -224,3 +224,97 @@ def test_bad_input_is_named():
         DynamicSoftLabelAssigner(topk=0)
     with pytest.raises(ValueError, match="iou_weight"):
         DynamicSoftLabelAssigner(iou_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Notebook 11's exercises: the checkers accept the notebook's solutions and reject plausible mistakes
+# ------------------------------------------------------------------------------------------------
+
+
+def _solution(name):
+    import ast
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "11_soft_and_one_to_one.ipynb"
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and f"def {name}(" in source:
+            defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+            namespace = {"torch": torch}
+            exec(compile(ast.Module(body=defs, type_ignores=[]), name, "exec"), namespace)
+            return namespace[name]
+    raise LookupError(name)
+
+
+def _soft_hard_target(scores, labels, ious):  # target 1 at the gt's class: SimOTA's cost, weighted
+    target = torch.nn.functional.one_hot(labels, scores.shape[1]).float()[None].expand(scores.shape[0], -1, -1)
+    p = scores[:, None, :].expand_as(target)
+    return (torch.nn.functional.binary_cross_entropy(p, target, reduction="none") * (target - p) ** 2).sum(-1)
+
+
+def _soft_gt_class_only(scores, labels, ious):  # mmyolo's shortcut: the other classes are left out
+    p = scores[:, labels]  # (n, M)
+    return torch.nn.functional.binary_cross_entropy(p, ious, reduction="none") * (ious - p) ** 2
+
+
+def _soft_abs_weight(scores, labels, ious):  # |t - p| instead of |t - p|^2
+    target = torch.nn.functional.one_hot(labels, scores.shape[1]).float()[None] * ious[..., None]
+    p = scores[:, None, :].expand_as(target)
+    return (torch.nn.functional.binary_cross_entropy(p, target, reduction="none") * (target - p).abs()).sum(-1)
+
+
+def _soft_unclamped(scores, labels, ious):  # hand-written BCE without torch's -100 clamp: inf at p = 0 or 1
+    target = torch.nn.functional.one_hot(labels, scores.shape[1]).float()[None] * ious[..., None]
+    p = scores[:, None, :].expand_as(target)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p))
+    return (bce * (target - p) ** 2).sum(-1)
+
+
+def test_exercise_1_accepts_the_notebook_solution():
+    from lessons.dynamic_soft_label import check_soft_cls_cost
+
+    check_soft_cls_cost(_solution("my_soft_cls_cost"))
+
+
+@pytest.mark.parametrize("wrong", [_soft_hard_target, _soft_gt_class_only, _soft_abs_weight, _soft_unclamped])
+def test_exercise_1_rejects(wrong):
+    from lessons.dynamic_soft_label import check_soft_cls_cost
+
+    with pytest.raises(AssertionError):
+        check_soft_cls_cost(wrong)
+
+
+def _prior_corner(points, strides, gt_boxes, soft_center_radius=3.0):  # distance to the top-left corner
+    d = (points[:, None] - gt_boxes[None, :, :2]).pow(2).sum(-1).sqrt() / strides[:, None]
+    return torch.pow(10.0, d - soft_center_radius)
+
+
+def _prior_pixels(points, strides, gt_boxes, soft_center_radius=3.0):  # distance in pixels / 8, not per stride
+    centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    return torch.pow(10.0, (points[:, None] - centre[None]).pow(2).sum(-1).sqrt() / 8.0 - soft_center_radius)
+
+
+def _prior_chebyshev(points, strides, gt_boxes, soft_center_radius=3.0):  # max(|dx|, |dy|) instead of Euclidean
+    centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    d = (points[:, None] - centre[None]).abs().amax(-1) / strides[:, None]
+    return torch.pow(10.0, d - soft_center_radius)
+
+
+def _prior_fixed_radius(points, strides, gt_boxes, soft_center_radius=3.0):  # ignores the radius passed in
+    centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    return torch.pow(10.0, (points[:, None] - centre[None]).pow(2).sum(-1).sqrt() / strides[:, None] - 3.0)
+
+
+def test_exercise_2_accepts_the_notebook_solution():
+    from lessons.dynamic_soft_label import check_center_prior
+
+    check_center_prior(_solution("my_center_prior"))
+
+
+@pytest.mark.parametrize("wrong", [_prior_corner, _prior_pixels, _prior_chebyshev, _prior_fixed_radius])
+def test_exercise_2_rejects(wrong):
+    from lessons.dynamic_soft_label import check_center_prior
+
+    with pytest.raises(AssertionError):
+        check_center_prior(wrong)
