@@ -215,8 +215,8 @@ def photo_inputs(quality: str = "strong") -> tuple[Tensor, ...]:
 
 def workload_inputs(workload: str, seed: int = 0) -> tuple[Tensor, ...]:
     """Inputs in ``forward`` order for ``yolox-m20`` / ``yolox-m100`` (or ``name@B``) and for the many-object cases
-    ``yolox-m1000@2`` / ``yolox-m5000@2`` (docs/workloads.md §5: the yolox points and seeded predictions, the gts of
-    ``random_batch((640, 640, B, M, 80), seed)``)."""
+    ``yolox-m1000`` / ``yolox-m5000`` (B = 2 unless ``@B`` says otherwise; docs/workloads.md §5: the yolox points and
+    seeded predictions, the gts of ``random_batch((640, 640, B, M, 80), seed)``)."""
     from lessons.scenes import WORKLOADS, make_point_workload_inputs, make_workload_predictions, random_batch
 
     name, _, batch = workload.partition("@")
