@@ -437,6 +437,7 @@ def _peer_ultralytics_tal(arrays: dict, meta: dict, **cfg):
 ATSS_TOPK = 9
 TOOD_CFG = dict(topk=13, alpha=1, beta=6)
 SIMOTA_CFG = dict(center_radius=2.5, candidate_topk=10, iou_weight=3.0, cls_weight=1.0)
+DSL_CFG = dict(soft_center_radius=3.0, topk=13, iou_weight=3.0)
 
 
 def _prepare_atss(workload: str) -> tuple[dict, dict]:
@@ -511,6 +512,35 @@ def _peer_mmdet_simota(arrays: dict, meta: dict):
     def step():  # image by image, as YOLOXHead._get_targets_single (scores already sqrt(cls * obj))
         return [assigner.assign(InstanceData(priors=priors, bboxes=pb, scores=sc), InstanceData(bboxes=b, labels=lab))
                 for pb, sc, b, lab in zip(pboxes, scores, boxes, labels)]
+
+    return step, _mmdet_outputs(meta["num_classes"])
+
+
+def _prepare_dsl(workload: str) -> tuple[dict, dict]:
+    """The yolox inputs, with the scores also as logits (mmdetection's DynamicSoftLabelAssigner reads logits): ours
+    get ``sigmoid(logits)``, the very probabilities mmdetection computes inside, so both see the same scores."""
+    import torch
+
+    arrays, meta = _prepare_task_aligned(workload)
+    logits = torch.logit(torch.from_numpy(arrays["pred_scores"]).double()).float()  # (B, N, C)
+    arrays["pred_logits"] = logits.numpy()
+    arrays["pred_scores"] = torch.sigmoid(logits).numpy()
+    return arrays, meta
+
+
+def _peer_mmdet_dsl(arrays: dict, meta: dict):
+    import torch
+    from mmengine.structures import InstanceData
+
+    assigner = _import_mmdet().build(dict(type="DynamicSoftLabelAssigner", **DSL_CFG))
+    pts, st = torch.from_numpy(arrays["points"]), torch.from_numpy(arrays["strides"])
+    priors = torch.cat([pts, st[:, None], st[:, None]], dim=1)  # (N, 4) points + strides, as RTMDetHead passes
+    logits, pboxes = torch.from_numpy(arrays["pred_logits"]), torch.from_numpy(arrays["pred_boxes"])
+    boxes, labels = _mmdet_gts(arrays)
+
+    def step():  # image by image, as RTMDetHead._get_targets_single (scores are the class logits)
+        return [assigner.assign(InstanceData(priors=priors, bboxes=pb, scores=sc), InstanceData(bboxes=b, labels=lab))
+                for pb, sc, b, lab in zip(pboxes, logits, boxes, labels)]
 
     return step, _mmdet_outputs(meta["num_classes"])
 
@@ -646,6 +676,25 @@ SUITES: dict[str, Suite] = {
         notes=("Scores are passed as they are (mmdetection's YOLOXHead passes sqrt(cls * obj)); inputs from "
                "`make_workload_predictions` and `make_workload_batch`, seed 0.",),
     ),
+    "dynamic_soft_label": Suite(
+        name="dynamic_soft_label",
+        title="DynamicSoftLabel (RTMDet: soft centre radius 3, top-13 dynamic k, IoU weight 3) against mmdetection",
+        workloads=("yolox-m20", "yolox-m100"),
+        prepare=_prepare_dsl,
+        peers={"mmdetection": PeerRun(
+            env="mmdet", run=_peer_mmdet_dsl,
+            timed="`TASK_UTILS.build(dict(type='DynamicSoftLabelAssigner', soft_center_radius=3.0, topk=13, "
+                  "iou_weight=3.0))` `.assign(InstanceData(priors=(x, y, stride, stride), bboxes, scores=logits), "
+                  "InstanceData(bboxes, labels))`, image by image")},
+        notes=("mmdetection reads the class logits and ours the probabilities: the inputs hold logits (float32 "
+               "`logit` of `make_workload_predictions`' scores, seed 0) and ours get `sigmoid(logits)`, the "
+               "probabilities mmdetection computes inside. Its `binary_cross_entropy_with_logits` and our BCE on "
+               "probabilities round differently (an ulp of the cost), so parity is claimed on tie-free inputs "
+               "(continuous random scores and boxes).",
+               "The many-object cases (M = 1,000 and 5,000, B = 2) are in `benchmarks/results/dynamic_soft_label.md` "
+               "(ours only): mmdetection's `(n, M, C)` float32 tensors there are 2.7 GB (M = 1,000) and 13 GB "
+               "(M = 5,000) each, several alive at once, beyond what the shared 24 GB machine can give it.",),
+    ),
     "task_aligned": Suite(
         name="task_aligned",
         title="TaskAligned: TOOD (topk 13, alpha 1, beta 6) against mmdetection; ultralytics' variant "
@@ -731,6 +780,15 @@ OURS: dict[str, dict[str, Ours]] = {
             parity=_MMDET_PARITY,
             timed="`exportable.assigners.simota.SimOTAAssigner()(points, strides, pred_scores, pred_boxes, gt_boxes, "
                   "gt_labels, gt_mask)` on the batch" + (" (eager)" if b == "eager" else ", exported, onnxruntime CPU"))
+        for b in ("eager", "onnxruntime")
+    },
+    "dynamic_soft_label": {
+        f"ours DynamicSoftLabelAssigner {b}": Ours(
+            b, _ours("exportable.assigners.dynamic_soft_label", "DynamicSoftLabelAssigner"), **_POINT_IO,
+            parity=_MMDET_PARITY,
+            timed="`exportable.assigners.dynamic_soft_label.DynamicSoftLabelAssigner()(points, strides, "
+                  "sigmoid(logits), pred_boxes, gt_boxes, gt_labels, gt_mask)` on the batch"
+                  + (" (eager)" if b == "eager" else ", exported, onnxruntime CPU"))
         for b in ("eager", "onnxruntime")
     },
     "task_aligned": {

@@ -371,6 +371,18 @@ SUITES: dict[str, Suite] = {
         "over (B, M, N) with a float64 ranking key (the memory column). Run beside `task_aligned` "
         "(`python benchmarks/run.py --suite task_aligned --suite task_aligned_ultralytics --suite o2f`).",
     ),
+    "dynamic_soft_label": Suite(
+        name="dynamic_soft_label",
+        title="DynamicSoftLabel (RTMDet, mmdetection 3.3: soft centre radius 3, top-13 dynamic k, IoU weight 3)",
+        workloads=("yolox-m20", "yolox-m100", "yolox-m1000", "yolox-m5000"),
+        build=_lessons_case("dynamic_soft_label_assigner", "lessons.dynamic_soft_label"),
+        note="`lessons.dynamic_soft_label.benchmark_case`: the yolox points and seeded predictions of "
+        "`make_workload_predictions`; `yolox-m1000` / `yolox-m5000` are docs/workloads.md's many-object cases "
+        "(B = 2, gts from `random_batch((640, 640, 2, M, 80), 0)`), named without `@2` so that the harness also "
+        "runs the graph on them. Eager works on blocks of gt rows (about 2^20 "
+        "pairs each), so its peak stays near one block; the graph is one block over (B, M, N), so its peak grows "
+        "with B x M x N. mmdetection side by side: `python benchmarks/peers.py --suite dynamic_soft_label`.",
+    ),
     "roi_head_targets": Suite(
         name="roi_head_targets",
         title="RoI-head sampling (ProposalTargetCreator): 2,000 proposals + gts -> 128 samples, 25 % positives",

@@ -34,6 +34,7 @@ from exportable import examples
 from exportable import onnx as xonnx
 from exportable.anchors import AnchorGenerator, AnchorGrid, PointGenerator, PointGrid
 from exportable.assigners.atss import ATSSAssigner
+from exportable.assigners.dynamic_soft_label import DynamicSoftLabelAssigner
 from exportable.assigners.max_iou import MaxIoUAssigner
 from exportable.assigners.o2f import O2FAssigner
 from exportable.assigners.simota import SimOTAAssigner
@@ -1057,6 +1058,27 @@ _ENTRIES += (
         rtol=1e-6,
         notes="C = 80 is baked in the channel dim; max_per_img (100) is the static output dim. Scores are ranked "
         "in float64 (onnxruntime's float32 Sigmoid differs from torch's by up to 1.8e-7).",
+    ),
+)
+
+
+# -- DynamicSoftLabel, RTMDet (exportable/assigners/dynamic_soft_label.py) --
+
+_ENTRIES += (
+    Entry(
+        name="dynamic_soft_label_assigner",
+        summary="RTMDet's DynamicSoftLabelAssigner as mmdetection 3.3: candidates inside any gt, cost = soft-label "
+        "BCE + 3 x -log IoU + 10^(distance / stride - 3), dynamic k from the top-13 IoUs, conflicts to the "
+        "cheapest gt; soft targets = IoU.",
+        source="exportable/assigners/dynamic_soft_label.py",
+        factory=DynamicSoftLabelAssigner,
+        params={},
+        inputs=point_assigner_specs("class probabilities sigmoid(cls) (mmdetection passes the logits)"),
+        outputs=_point_outputs("IoU", "the IoU (RTMDet's quality focal loss target)"),
+        make_inputs=examples.dynamic_soft_label_inputs,
+        notes="No (N, M, C) tensor: the other classes' cost is one table per (image, class, prior). Logs, the power "
+        "of 10 and the class sum run in float64, rounded once: the same float32 cost in eager and onnxruntime.",
+        **_POINT_SIZES,
     ),
 )
 

@@ -263,6 +263,12 @@ def task_aligned_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
     return point_assigner_inputs(s, g, far_gts=True)
 
 
+def dynamic_soft_label_inputs(s, g: torch.Generator) -> tuple[Tensor, ...]:
+    """Seeded inputs at sizes ``s`` (keys B, N, M, C): :func:`point_assigner_inputs` with gts far from every
+    point (no candidate of their own: they take another gt's candidate, at a centre prior that can overflow)."""
+    return point_assigner_inputs(s, g, far_gts=True)
+
+
 def _example_points(g: torch.Generator, n: int, extent: float = 128.0) -> tuple[Tensor, Tensor]:
     """``n`` cell-centre points of random levels (strides 8 / 16 / 32) in an ``extent`` square; repeats allowed."""
     level_strides = torch.tensor([8.0, 16.0, 32.0])

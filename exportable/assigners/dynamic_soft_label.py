@@ -1,0 +1,198 @@
+"""DynamicSoftLabelAssigner (RTMDet's label assignment, Lyu et al. 2022), batched and exportable.
+
+Shape shorthand: ``B`` images, ``N`` points (priors, shared by the batch), ``M`` gts per image (padded),
+``C`` classes, ``K`` = ``topk`` (13), the static bound on every gt's dynamic k.
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, ``x1 <= x2``; points are ``(x, y)`` with one
+stride per point (RTMDet's own priors sit at cell corners, ``i * stride``: pass those to reproduce it).
+Returns :class:`~exportable.assigners.result.AssignResult` (``gt_index`` 0-based, -1 negative; nothing is
+ignored; ``labels`` = C for every non-positive).
+
+The steps, numbered as in ``docs/algorithms.md`` §12.1 and ``lessons/dynamic_soft_label.py`` (mmdetection
+3.3's ``DynamicSoftLabelAssigner``), on the padded batch at once, gt-major ``(B, M, N)``:
+
+1. no gts or no priors: every prior negative. Padded gt rows take part in no step below.
+2. candidates: points strictly inside ANY real gt of their image (no centre region). A candidate
+   competes for every gt of its image, also for gts it lies outside of.
+3. cost of every (gt, candidate) pair, float32, added in mmdetection's order:
+   ``soft_cls + iou_weight * -log(IoU + 1e-7) + 10^(distance / stride - soft_center_radius)``, where
+   ``soft_cls = sum_c BCE(p_c, t_c) * (t_c - p_c)^2`` with the soft target ``t = onehot(y) * IoU`` and
+   ``distance`` is from the point to the gt's centre. ``+inf`` where the prior is not a candidate or the
+   row is padding; a candidate's cost that overflows (the centre prior passes float32's maximum beyond
+   about 41.5 strides) stays selectable, as in mmdetection: it is held at float32's maximum.
+4. dynamic k: ``k_g = max(1, int(sum of gt g's top-K IoUs over the candidates))``.
+5. each gt marks its ``k_g`` cheapest candidates (ties: lower prior index first, the package's rule).
+6. a prior marked by several gts goes to the cheapest gt over ALL gt rows (ties: lower gt index); no
+   second round, so a gt can end with fewer than k positives, possibly none.
+7. the result: ``gt_index``, ``labels`` = the gt's class, ``boxes`` = its box, ``overlaps`` =
+   ``target_scores`` = the IoU with it (RTMDet's soft classification target), 0 elsewhere; ``weights`` 1.
+
+Defaults are mmdetection 3.3's (RTMDet's configs): ``soft_center_radius=3.0, topk=13, iou_weight=3.0``.
+``pred_scores`` are class probabilities ``sigmoid(cls)``; mmdetection passes the logits and uses
+``binary_cross_entropy_with_logits``, the same cost up to float32 rounding while ``sigmoid`` is not 0 or 1.
+
+How it stays small, and the same in eager and in onnxruntime:
+
+- step 3 never builds the peer's ``(N, M, C)`` tensor. For a gt of class y every class but y has target 0,
+  whose term is ``L0_c * p_c^2`` (``L0 = -max(log(1 - p), -100)``, torch's BCE clamp), so
+  ``soft_cls = R_y + (u - p_y)^2 * (L0_y + u * (L1_y - L0_y))`` with ``R_c = sum_c' L0_c' p_c'^2 -
+  L0_c p_c^2`` (the other classes) and ``L1 = -max(log p, -100)``: tables over ``(B, C, N)`` once, then four
+  row gathers at the gt's class per pair.
+- logs, the power of 10 and the sum over classes are computed in float64 and rounded to float32 once:
+  onnxruntime's float32 ``Log`` / ``Exp`` / ``Pow`` and its reduction order differ from torch's by an ulp,
+  the float64 results rounded to float32 do not (and ``torch.pow`` in float32 even differs between its
+  vectorised and scalar loops). Every other operation is IEEE-exact, so eager and the graph compute the
+  same float32 cost, bit for bit, and pick the same priors.
+- eager works on blocks of gt rows (about ``CHUNK_PAIRS`` (gt, prior) pairs each) and folds the column
+  minimum of step 6 block by block; the exported graph is one block. Same result (tested); memory stays
+  near one block's pairs, which is what lets M = 5,000 gts run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from exportable._checks import check_scalar, checks_enabled, exporting
+from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
+from exportable.assigners._points import check_point_assigner_inputs
+from exportable.assigners.result import AssignResult
+from exportable.batching import ensure_gt_rows
+from exportable.boxes import _box_iou, _points_in_boxes
+
+__all__ = ["DynamicSoftLabelAssigner", "soft_cls_tables"]
+
+CHUNK_PAIRS = 2**20  # eager works on about this many (gt, prior) pairs at a time
+IOU_EPS = 1e-7  # mmdetection's EPS in -log(IoU + EPS)
+LOG_CLAMP = -100.0  # torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100
+LN10 = math.log(10.0)
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+class DynamicSoftLabelAssigner(nn.Module):
+    """RTMDet's assignment: soft-label BCE + 3 * IoU cost + a soft centre prior; dynamic k per gt.
+
+    Args:
+        soft_center_radius: the centre prior is ``10^(distance / stride - soft_center_radius)`` (3.0): 1 at
+            three strides from the gt's centre, 10x more per stride beyond.
+        topk: how many top IoUs make a gt's dynamic k (13); also the static top-k width K.
+        iou_weight: weight of ``-log(IoU + 1e-7)`` (3.0).
+
+    ``forward(points (N, 2), strides (N,), pred_scores (B, N, C), pred_boxes (B, N, 4), gt_boxes (B, M, 4),
+    gt_labels (B, M), gt_mask (B, M)) -> AssignResult``. ``pred_scores`` are class probabilities
+    ``sigmoid(cls)``; ``pred_boxes`` the decoded boxes.
+    """
+
+    def __init__(self, soft_center_radius: float = 3.0, topk: int = 13, iou_weight: float = 3.0) -> None:
+        super().__init__()
+        self.soft_center_radius = check_scalar("soft_center_radius", soft_center_radius)
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk: expected an int >= 1, got {topk!r}")
+        self.topk = topk
+        self.iou_weight = check_scalar("iou_weight", iou_weight, low=0.0)
+
+    def extra_repr(self) -> str:
+        return f"soft_center_radius={self.soft_center_radius}, topk={self.topk}, iou_weight={self.iou_weight}"
+
+    def forward(
+        self,
+        points: Float[Tensor, "N 2"],
+        strides: Float[Tensor, " N"],
+        pred_scores: Float[Tensor, "B N C"],
+        pred_boxes: Float[Tensor, "B N 4"],
+        gt_boxes: Float[Tensor, "B M 4"],
+        gt_labels: Int[Tensor, "B M"],
+        gt_mask: Bool[Tensor, "B M"],
+    ) -> AssignResult:
+        if checks_enabled():
+            check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+        b, n, c = pred_scores.shape
+        # 1. padded rows (and the one ensure_gt_rows adds when M = 0) take part in nothing below
+        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M)
+        labels = torch.where(mask, labels, 0)  # (B, M) padding reads class 0, never used
+        blocks = _row_blocks(boxes.shape[1], b * n)  # eager: blocks of gt rows; exported: one block
+        # 2. candidates: points strictly inside any real gt of their image
+        candidate = None
+        for rows in blocks:
+            inside = _points_in_boxes(points, boxes[:, rows].unsqueeze(2), aligned=True)  # (B, m, N)
+            inside = (inside & mask[:, rows].unsqueeze(2)).any(dim=1)  # (B, N)
+            candidate = inside if candidate is None else candidate | inside
+        blocked = torch.where(candidate, 0.0, float("inf")).unsqueeze(1)  # (B, 1, N) +inf: not a candidate
+        in_play = candidate.to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, N) 1: a candidate
+        tables = soft_cls_tables(pred_scores)  # 4 x (B * C, N)
+        marks, least, cheapest_gt = [], None, None
+        for rows in blocks:
+            # 3. the cost of every (gt, prior) pair of the block; +inf off the candidates and on padding
+            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes[:, rows], labels[:, rows])
+            cost.add_(blocked).add_(torch.where(mask[:, rows], 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
+            # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
+            k = dynamic_k(iou.mul_(in_play), self.topk)  # (B, m)
+            # 5. each gt marks its k cheapest candidates
+            marks.append(mark_cheapest(cost, k, self.topk))  # (B, m, K') x 2
+            # 6. (first half) the cheapest gt of every prior, folded block by block (first on ties)
+            value, arg = cost.min(dim=1)  # (B, N), (B, N)
+            if least is None:
+                least, cheapest_gt = value, arg
+            else:
+                better = value < least  # (B, N) strictly: an earlier block keeps its ties
+                least = torch.where(better, value, least)
+                cheapest_gt = torch.where(better, arg + rows.start, cheapest_gt)
+        # 6. conflicts: the marking gt, or the cheapest gt over all rows where several gts marked a prior
+        idx = torch.cat([i for i, _ in marks], dim=1)  # (B, M, K')
+        marked = torch.cat([m for _, m in marks], dim=1)  # (B, M, K')
+        gt_index = resolve_conflicts(idx, marked, cheapest_gt)  # (B, N)
+        # 7. the result: the matched gt's class, box and IoU (the pairwise IoU's arithmetic, same bits)
+        matched = torch.gather(boxes, 1, gt_index.clamp(min=0).unsqueeze(2).expand(b, n, 4))  # (B, N, 4)
+        matched_iou = _box_iou(matched, pred_boxes, aligned=True)  # (B, N)
+        overlaps = torch.where(gt_index >= 0, matched_iou, 0.0)  # (B, N)
+        return AssignResult.from_gt_index(gt_index, boxes, labels, c, overlaps=overlaps, target_scores=overlaps)
+
+    def _cost(self, points, strides, pred_boxes, tables, boxes, labels) -> tuple[Tensor, Tensor]:
+        """3. ``(cost, iou)``, each ``(B, m, N)`` float32, for a block of gt rows ``boxes (B, m, 4)``."""
+        b, m = labels.shape
+        n = points.shape[0]
+        iou = _box_iou(boxes, pred_boxes)  # (B, m, N)
+        # 3a. soft classification cost: the gt's class rows of the tables, then (u - p)^2 * BCE(p, u) + R
+        c = tables[0].shape[0] // b
+        rows = (labels + c * torch.arange(b, device=labels.device).unsqueeze(1)).reshape(b * m)  # (B * m,)
+        p, l0, diff, rest = (t.index_select(0, rows).reshape(b, m, n) for t in tables)  # 4 x (B, m, N)
+        gap = iou - p  # (B, m, N) t - p at the gt's class
+        cost = gap.mul_(gap).mul_(diff.mul_(iou).add_(l0)).add_(rest)  # (B, m, N) x * x, not Pow
+        # 3b. IoU cost -log(IoU + eps) * iou_weight, the log in float64 rounded once
+        cost.add_(torch.log((iou + IOU_EPS).double()).to(iou.dtype).mul_(-self.iou_weight))  # (B, m, N)
+        # 3c. soft centre prior 10^(distance / stride - radius), the power in float64 rounded once
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0  # (B, m, 2)
+        dx = points[:, 0] - centre[..., 0:1]  # (B, m, N)
+        dy = points[:, 1] - centre[..., 1:2]  # (B, m, N)
+        distance = dx.mul_(dx).add_(dy.mul_(dy)).sqrt_().div_(strides)  # (B, m, N) in strides
+        power = torch.exp(distance.sub_(self.soft_center_radius).double().mul_(LN10)).to(iou.dtype)  # (B, m, N)
+        # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum
+        return cost.add_(power).clamp_(max=FLOAT32_MAX), iou
+
+
+def soft_cls_tables(pred_scores: Float[Tensor, "B N C"]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The per-(image, class, prior) tables of the soft classification cost, each ``(B * C, N)`` float32:
+    ``p``, ``L0 = -max(log(1 - p), -100)``, ``L1 - L0`` (``L1 = -max(log p, -100)``) and
+    ``R = sum_c L0_c p_c^2 - L0 p^2``, the cost of every other class (target 0). One row per (image, class),
+    so a gt's row is one gather. Logs and the class sum in float64, rounded once.
+    """
+    b, n, c = pred_scores.shape
+    p = pred_scores.transpose(1, 2).reshape(b * c, n)  # (B * C, N) one row per (image, class)
+    p64 = p.double()  # (B * C, N)
+    l0 = torch.log(1.0 - p64).clamp_(min=LOG_CLAMP).neg_()  # (B * C, N) BCE(p, 0)
+    l1 = torch.log(p64).clamp_(min=LOG_CLAMP).neg_()  # (B * C, N) BCE(p, 1)
+    zero = l0 * p64 * p64  # (B * C, N) the soft cost of a class with target 0: BCE(p, 0) * p^2
+    total = zero.reshape(b, c, n).sum(dim=1, keepdim=True)  # (B, 1, N) every class at target 0
+    rest = (total - zero.reshape(b, c, n)).reshape(b * c, n)  # (B * C, N) every class but this one
+    dtype = pred_scores.dtype
+    return p.contiguous(), l0.to(dtype), l1.sub_(l0).to(dtype), rest.to(dtype)
+
+
+def _row_blocks(m: int, pairs_per_row: int) -> list[slice]:
+    """Eager: slices of about ``CHUNK_PAIRS // pairs_per_row`` gt rows; exported: one slice over all rows."""
+    if exporting():
+        return [slice(None)]
+    step = max(1, CHUNK_PAIRS // max(1, pairs_per_row))
+    return [slice(i, min(i + step, m)) for i in range(0, m, step)] or [slice(0, m)]
