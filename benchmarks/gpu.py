@@ -248,6 +248,7 @@ WORKLOAD_INPUTS: dict[str, Callable] = {
     "simota_assigner_yolox": _lessons_case("lessons.simota", "yolox-m20"),
     "task_aligned_assigner": _lessons_case("lessons.task_aligned", "yolox-m100"),
     "task_aligned_assigner_ultralytics": _lessons_case("lessons.task_aligned", "yolox-m100", variant="ultralytics"),
+    "task_aligned_dual": _lessons_case("lessons.task_aligned", "yolox-m100", variant="ultralytics"),
     "o2f_assigner": _lessons_case("lessons.o2f", "yolox-m100"),
 }
 

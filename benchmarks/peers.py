@@ -407,11 +407,11 @@ def _prepare_task_aligned(workload: str) -> tuple[dict, dict]:
     return {k: v.numpy() for k, v in arrays.items()}, meta
 
 
-def _peer_ultralytics_tal(arrays: dict, meta: dict):
+def _peer_ultralytics_tal(arrays: dict, meta: dict, **cfg):
     import torch
     from ultralytics.utils.tal import TaskAlignedAssigner
 
-    assigner = TaskAlignedAssigner(num_classes=meta["num_classes"], **TAL_ULTRALYTICS_CFG)
+    assigner = TaskAlignedAssigner(num_classes=meta["num_classes"], **{**TAL_ULTRALYTICS_CFG, **cfg})
     # As v8DetectionLoss passes them: probabilities, boxes and points in pixels, float labels and mask (B, M, 1).
     args = (
         torch.from_numpy(arrays["pred_scores"]),
@@ -437,6 +437,7 @@ def _peer_ultralytics_tal(arrays: dict, meta: dict):
 ATSS_TOPK = 9
 TOOD_CFG = dict(topk=13, alpha=1, beta=6)
 SIMOTA_CFG = dict(center_radius=2.5, candidate_topk=10, iou_weight=3.0, cls_weight=1.0)
+DSL_CFG = dict(soft_center_radius=3.0, topk=13, iou_weight=3.0)
 
 
 def _prepare_atss(workload: str) -> tuple[dict, dict]:
@@ -515,6 +516,35 @@ def _peer_mmdet_simota(arrays: dict, meta: dict):
     return step, _mmdet_outputs(meta["num_classes"])
 
 
+def _prepare_dsl(workload: str) -> tuple[dict, dict]:
+    """The yolox inputs, with the scores also as logits (mmdetection's DynamicSoftLabelAssigner reads logits): ours
+    get ``sigmoid(logits)``, the very probabilities mmdetection computes inside, so both see the same scores."""
+    import torch
+
+    arrays, meta = _prepare_task_aligned(workload)
+    logits = torch.logit(torch.from_numpy(arrays["pred_scores"]).double()).float()  # (B, N, C)
+    arrays["pred_logits"] = logits.numpy()
+    arrays["pred_scores"] = torch.sigmoid(logits).numpy()
+    return arrays, meta
+
+
+def _peer_mmdet_dsl(arrays: dict, meta: dict):
+    import torch
+    from mmengine.structures import InstanceData
+
+    assigner = _import_mmdet().build(dict(type="DynamicSoftLabelAssigner", **DSL_CFG))
+    pts, st = torch.from_numpy(arrays["points"]), torch.from_numpy(arrays["strides"])
+    priors = torch.cat([pts, st[:, None], st[:, None]], dim=1)  # (N, 4) points + strides, as RTMDetHead passes
+    logits, pboxes = torch.from_numpy(arrays["pred_logits"]), torch.from_numpy(arrays["pred_boxes"])
+    boxes, labels = _mmdet_gts(arrays)
+
+    def step():  # image by image, as RTMDetHead._get_targets_single (scores are the class logits)
+        return [assigner.assign(InstanceData(priors=priors, bboxes=pb, scores=sc), InstanceData(bboxes=b, labels=lab))
+                for pb, sc, b, lab in zip(pboxes, logits, boxes, labels)]
+
+    return step, _mmdet_outputs(meta["num_classes"])
+
+
 def _peer_mmdet_tood(arrays: dict, meta: dict):
     import torch
     from mmengine.structures import InstanceData
@@ -533,9 +563,9 @@ def _peer_mmdet_tood(arrays: dict, meta: dict):
     return step, _mmdet_outputs(meta["num_classes"])
 
 
-def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict):
+def _peer_ultralytics_tal_ours_encoding(arrays: dict, meta: dict, **cfg):
     """ultralytics' assigner, with its outputs also in our encoding (gt_index, labels, target_scores)."""
-    step, raw = _peer_ultralytics_tal(arrays, meta)
+    step, raw = _peer_ultralytics_tal(arrays, meta, **cfg)
 
     def outputs_of(res) -> dict:
         import numpy as np
@@ -594,6 +624,21 @@ def _peer_mmdet_hungarian(arrays: dict, meta: dict):
                 "labels": torch.where(pos, labels_, meta["num_classes"]).numpy()}
 
     return step, outputs_of
+
+
+def _ultralytics_tal_with(**cfg):
+    """:func:`_peer_ultralytics_tal_ours_encoding` with ``cfg`` (``topk``, ``topk2``) over TAL_ULTRALYTICS_CFG."""
+    return lambda arrays, meta: _peer_ultralytics_tal_ours_encoding(arrays, meta, **cfg)
+
+
+def _dual_flat():
+    from exportable.assigners.task_aligned_dual import DualTaskAlignedAssigner
+
+    class Flat(DualTaskAlignedAssigner):  # the catalog graph's 12 outputs: one-to-many, then one-to-one
+        def forward(self, *args):
+            return tuple(t for part in super().forward(*args) for t in part)
+
+    return Flat(num_classes=80)
 
 
 def _ours(module_path: str, cls: str, **kwargs):
@@ -677,6 +722,25 @@ SUITES: dict[str, Suite] = {
         notes=("Scores are passed as they are (mmdetection's YOLOXHead passes sqrt(cls * obj)); inputs from "
                "`make_workload_predictions` and `make_workload_batch`, seed 0.",),
     ),
+    "dynamic_soft_label": Suite(
+        name="dynamic_soft_label",
+        title="DynamicSoftLabel (RTMDet: soft centre radius 3, top-13 dynamic k, IoU weight 3) against mmdetection",
+        workloads=("yolox-m20", "yolox-m100"),
+        prepare=_prepare_dsl,
+        peers={"mmdetection": PeerRun(
+            env="mmdet", run=_peer_mmdet_dsl,
+            timed="`TASK_UTILS.build(dict(type='DynamicSoftLabelAssigner', soft_center_radius=3.0, topk=13, "
+                  "iou_weight=3.0))` `.assign(InstanceData(priors=(x, y, stride, stride), bboxes, scores=logits), "
+                  "InstanceData(bboxes, labels))`, image by image")},
+        notes=("mmdetection reads the class logits and ours the probabilities: the inputs hold logits (float32 "
+               "`logit` of `make_workload_predictions`' scores, seed 0) and ours get `sigmoid(logits)`, the "
+               "probabilities mmdetection computes inside. Its `binary_cross_entropy_with_logits` and our BCE on "
+               "probabilities round differently (an ulp of the cost), so parity is claimed on tie-free inputs "
+               "(continuous random scores and boxes).",
+               "The many-object cases (M = 1,000 and 5,000, B = 2) are in `benchmarks/results/dynamic_soft_label.md` "
+               "(ours only): mmdetection's `(n, M, C)` float32 tensors there are 2.7 GB (M = 1,000) and 13 GB "
+               "(M = 5,000) each, several alive at once, beyond what the shared 24 GB machine can give it.",),
+    ),
     "task_aligned": Suite(
         name="task_aligned",
         title="TaskAligned: TOOD (topk 13, alpha 1, beta 6) against mmdetection; ultralytics' variant "
@@ -716,6 +780,37 @@ SUITES: dict[str, Suite] = {
                "gt_index and labels.",),
     ),
 }
+
+SUITES["one_to_one"] = Suite(
+    name="one_to_one",
+    title="One-to-one task alignment: ultralytics' topk2 (YOLO26's one-to-one branch, topk 7, topk2 1) and "
+          "YOLOv10's dual assignment (one-to-many topk 10, one-to-one topk 1) against ultralytics",
+    workloads=("yolox-m20", "yolox-m100"),
+    prepare=_prepare_task_aligned,
+    peers={f"ultralytics {what}": PeerRun(
+        env="ultralytics", run=_ultralytics_tal_with(**cfg),
+        timed=f"`TaskAlignedAssigner({', '.join(f'{k}={v}' for k, v in cfg.items())}, num_classes=80, alpha=0.5, "
+              "beta=6.0, stride=[8, 16, 32])(...)` as in the `task_aligned` suite, one call on the batch of 16")
+        for what, cfg in (("topk 7 topk2 1", {"topk": 7, "topk2": 1}), ("topk 10", {"topk": 10}),
+                          ("topk 1", {"topk": 1}))},
+    notes=(
+        "`ours topk2` is compared with `ultralytics topk 7 topk2 1` (ultralytics' `E2ELoss` one-to-one branch); "
+        "`ours dual` returns both assignments from one call: its `o2m_*` outputs are compared with "
+        "`ultralytics topk 10`, its `o2o_*` with `ultralytics topk 1` (ultralytics' `E2EDetectLoss`, YOLOv10), "
+        "and its time with each of the two calls it replaces.",
+        "Inputs: the `task_aligned` suite's (`make_workload_predictions`: scores uniform in (0, 1), boxes jittered "
+        "by +-1 stride; `make_workload_batch`, seed 0): continuous random values, so the metrics have no ties.",
+    ),
+)
+
+_TOPK2_PARITY = (("gt_index", "ultralytics topk 7 topk2 1", "gt_index", None),
+                 ("labels", "ultralytics topk 7 topk2 1", "labels", None),
+                 ("target_scores", "ultralytics topk 7 topk2 1", "target_scores_at_label", None))
+_DUAL_OUT = tuple(f"{branch}_{name}" for branch in ("o2m", "o2o") for name in _RESULT)
+_DUAL_PARITY = tuple((f"{branch}_{mine}", peer, theirs, None)
+                     for branch, peer in (("o2m", "ultralytics topk 10"), ("o2o", "ultralytics topk 1"))
+                     for mine, theirs in (("gt_index", "gt_index"), ("labels", "labels"),
+                                          ("target_scores", "target_scores_at_label")))
 
 OURS: dict[str, dict[str, Ours]] = {
     "maxiou": {
@@ -760,6 +855,15 @@ OURS: dict[str, dict[str, Ours]] = {
                                                            ", exported (the Loop solver), onnxruntime CPU"))
         for b in ("eager", "onnxruntime")
     },
+    "dynamic_soft_label": {
+        f"ours DynamicSoftLabelAssigner {b}": Ours(
+            b, _ours("exportable.assigners.dynamic_soft_label", "DynamicSoftLabelAssigner"), **_POINT_IO,
+            parity=_MMDET_PARITY,
+            timed="`exportable.assigners.dynamic_soft_label.DynamicSoftLabelAssigner()(points, strides, "
+                  "sigmoid(logits), pred_boxes, gt_boxes, gt_labels, gt_mask)` on the batch"
+                  + (" (eager)" if b == "eager" else ", exported, onnxruntime CPU"))
+        for b in ("eager", "onnxruntime")
+    },
     "task_aligned": {
         **{f"ours tood {b}": Ours(
             b, _ours("exportable.assigners.task_aligned", "TaskAlignedAssigner", num_classes=80), **_POINT_IO,
@@ -773,6 +877,19 @@ OURS: dict[str, dict[str, Ours]] = {
                     ("target_scores", "ultralytics", "target_scores_at_label", None)),
             timed="`TaskAlignedAssigner(variant='ultralytics')` on the batch" + ("" if b == "eager" else
                                                                                    ", onnxruntime CPU"))
+           for b in ("eager", "onnxruntime")},
+    },
+    "one_to_one": {
+        **{f"ours topk2 {b}": Ours(
+            b, _ours("exportable.assigners.task_aligned_ultralytics", "UltralyticsTaskAlignedAssigner", topk=7,
+                     topk2=1, num_classes=80), **_POINT_IO, parity=_TOPK2_PARITY,
+            timed="`UltralyticsTaskAlignedAssigner(topk=7, topk2=1)` on the batch" + ("" if b == "eager" else
+                                                                                    ", onnxruntime CPU"))
+           for b in ("eager", "onnxruntime")},
+        **{f"ours dual {b}": Ours(
+            b, _dual_flat, **{**_POINT_IO, "outputs": _DUAL_OUT}, parity=_DUAL_PARITY,
+            timed="`DualTaskAlignedAssigner()` on the batch, both assignments" + ("" if b == "eager" else
+                                                                                ", onnxruntime CPU"))
            for b in ("eager", "onnxruntime")},
     },
 }

@@ -151,6 +151,28 @@ def _retina_workload(workload: str):
     return anchors, random_batch((wl.h, wl.w, 2, 1000, wl.num_classes), seed=0)
 
 
+def _task_aligned_case(entry_name: str, **params):
+    """TaskAligned cases: the named yolox workloads through ``lessons.task_aligned.benchmark_case``, and
+    ``yolox-m5000`` (docs/workloads.md §5: the yolox points, N = 8,400, with M = 5,000 gts per image, B = 2,
+    ``random_batch`` + ``random_predictions``, seed 0)."""
+    lessons_build = _lessons_case(entry_name, "lessons.task_aligned", **params)
+
+    def build(workload: str) -> Case:
+        if workload != "yolox-m5000":
+            return lessons_build(workload)
+        from exportable.assigners.task_aligned import TaskAlignedAssigner
+        from lessons.scenes import grid_points, random_batch, random_predictions
+
+        points, strides, _ = grid_points(640, 640, (8, 16, 32))  # (8400, 2), (8400,)
+        scores, boxes = random_predictions(points, strides, 2, 80, seed=0)  # (2, N, 80), (2, N, 4)
+        gts = random_batch((640, 640, 2, 5000, 80), seed=0)
+        module = TaskAlignedAssigner(num_classes=80, **params).eval()
+        return _catalog_case(entry_name, module, (points, strides, scores, boxes, gts.gt_boxes, gts.gt_labels,
+                                                  gts.gt_mask))
+
+    return build
+
+
 def _build_iou_max(workload: str) -> Case:
     from exportable.assigners.max_iou import AnchorGtMaxIoU
 
@@ -429,17 +451,18 @@ SUITES: dict[str, Suite] = {
     "task_aligned": Suite(
         name="task_aligned",
         title="TaskAligned, TOOD / mmdetection 3.3 (topk 13, alpha 1, beta 6), B = 16",
-        workloads=("yolox-m20", "yolox-m100"),
-        build=_lessons_case("task_aligned_assigner", "lessons.task_aligned"),
+        workloads=("yolox-m20", "yolox-m100", "yolox-m5000"),
+        build=_task_aligned_case("task_aligned_assigner"),
         note="`lessons.task_aligned.benchmark_case`: the points and seeded predictions of "
-        "`make_workload_predictions`. Eager works a few images at a time on candidate pairs; the graph is dense. "
+        "`make_workload_predictions`. One path: eager runs `eager_rows // M` images per step, the graph one image "
+        "per `Scan` iteration. "
         "Peers side by side: `python benchmarks/peers.py --suite task_aligned`.",
     ),
     "task_aligned_ultralytics": Suite(
         name="task_aligned_ultralytics",
         title="TaskAligned, ultralytics 8.4 variant (topk 10, alpha 0.5, beta 6, CIoU, STAL 16 px), B = 16",
-        workloads=("yolox-m20", "yolox-m100"),
-        build=_lessons_case("task_aligned_assigner_ultralytics", "lessons.task_aligned", variant="ultralytics"),
+        workloads=("yolox-m20", "yolox-m100", "yolox-m5000"),
+        build=_task_aligned_case("task_aligned_assigner_ultralytics", variant="ultralytics"),
         note="Same inputs as `task_aligned`. Peers side by side: `python benchmarks/peers.py --suite task_aligned`.",
     ),
     "o2f": Suite(
@@ -478,6 +501,18 @@ SUITES: dict[str, Suite] = {
         "`exportable.lsa.linear_sum_assignment` = `scipy.optimize.linear_sum_assignment` image by image (float64; the "
         "input checks off, as for every eager row); onnxruntime: the exported batched shortest-augmenting-path "
         "`Loop`. Both return the same `gt_index` on these tie-free costs (`tests/test_hungarian.py`).",
+    ),
+    "dynamic_soft_label": Suite(
+        name="dynamic_soft_label",
+        title="DynamicSoftLabel (RTMDet, mmdetection 3.3: soft centre radius 3, top-13 dynamic k, IoU weight 3)",
+        workloads=("yolox-m20", "yolox-m100", "yolox-m1000", "yolox-m5000"),
+        build=_lessons_case("dynamic_soft_label_assigner", "lessons.dynamic_soft_label"),
+        note="`lessons.dynamic_soft_label.benchmark_case`: the yolox points and seeded predictions of "
+        "`make_workload_predictions`; `yolox-m1000` / `yolox-m5000` are docs/workloads.md's many-object cases "
+        "(B = 2, gts from `random_batch((640, 640, 2, M, 80), 0)`), named without `@2` so that the harness also "
+        "runs the graph on them. Eager works on blocks of gt rows (about 2^20 "
+        "pairs each), so its peak stays near one block; the graph is one block over (B, M, N), so its peak grows "
+        "with B x M x N. mmdetection side by side: `python benchmarks/peers.py --suite dynamic_soft_label`.",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",

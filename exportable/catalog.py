@@ -41,6 +41,8 @@ from exportable.assigners.o2f import O2FAssigner
 from exportable.assigners.ota import OTAAssigner
 from exportable.assigners.simota import SimOTAAssigner
 from exportable.assigners.task_aligned import TaskAlignedAssigner
+from exportable.assigners.task_aligned_dual import DualTaskAlignedAssigner
+from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
 from exportable.boxes import BoxOverlaps
 from exportable.coders import (
     DeltaXYWHCoder,
@@ -859,7 +861,7 @@ _ENTRIES += (
 )
 
 
-# -- Point assigners: SimOTA, TaskAligned (exportable/assigners/simota.py, task_aligned.py) --
+# -- Point assigners: SimOTA, TaskAligned (exportable/assigners/simota.py, task_aligned*.py) --
 
 
 def _point_outputs(overlap: str, target: str, weights: str = "classification loss weight: 1 everywhere",
@@ -881,6 +883,24 @@ _POINT_SIZES: dict[str, Any] = {
                    {"B": 2, "N": 400, "M": 30, "C": 80}),
     "atol": 1e-6,
 }
+
+
+def _dual_task_aligned(**params: Any) -> nn.Module:
+    """The dual assigner with its two results flattened into the graph's 12 outputs (one-to-many first)."""
+    return _Flattened(DualTaskAlignedAssigner(**params))
+
+
+class _Flattened(nn.Module):
+    """``module``'s tuple of tuples as one flat tuple of tensors."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t for part in self.module(*args) for t in part)
+
+
 _SIMOTA_INPUTS = point_assigner_specs("class probabilities sqrt(sigmoid(cls) * sigmoid(obj))")
 _TAL_INPUTS = point_assigner_specs("class probabilities (sigmoid outputs, not logits)",
                                    "stride of each point's level (not read: the common signature)")
@@ -927,14 +947,31 @@ _ENTRIES += (
         name="task_aligned_assigner_ultralytics",
         summary="ultralytics 8.4's TAL (YOLOv8-YOLO12): CIoU, in-gt (STAL 16 px) before the top-10 of "
         "sqrt(s) * CIoU^6, no t > 0 test, conflicts by argmax over all gts, eps 1e-9.",
-        source="exportable/assigners/task_aligned.py",
-        factory=TaskAlignedAssigner,
-        params={"variant": "ultralytics"},
+        source="exportable/assigners/task_aligned_ultralytics.py",
+        factory=UltralyticsTaskAlignedAssigner,
+        params={},
         inputs=_TAL_INPUTS,
         outputs=_point_outputs("CIoU (clamped at 0)", "t_hat = normalised s^alpha u^beta"),
         make_inputs=examples.task_aligned_inputs,
         notes="Zero-metric positives follow the tie rule (lower point index first); ultralytics' own order "
         "for them is its backend's top-k order.",
+        **_POINT_SIZES,
+    ),
+    Entry(
+        name="task_aligned_dual",
+        summary="YOLOv10's consistent dual assignment: ultralytics' TAL one-to-many (top-10) and one-to-one "
+        "(top-1) on the same metric and predictions, steps 1-3 shared, both assignments from one graph.",
+        source="exportable/assigners/task_aligned_dual.py",
+        factory=_dual_task_aligned,
+        signature_of=DualTaskAlignedAssigner,
+        params={},
+        inputs=_TAL_INPUTS,
+        outputs=tuple(TensorSpec(f"{branch}_{s.name}", s.dtype, s.dims, f"{what}: {s.doc}")
+                      for branch, what in (("o2m", "one-to-many"), ("o2o", "one-to-one"))
+                      for s in _point_outputs("CIoU (clamped at 0)", "t_hat = normalised s^alpha u^beta")),
+        make_inputs=examples.task_aligned_inputs,
+        notes="Each branch equals UltralyticsTaskAlignedAssigner alone with its topk / topk2. One-to-one: at most "
+        "one positive per gt (possibly none).",
         **_POINT_SIZES,
     ),
 )

@@ -11,8 +11,9 @@ and must do it without a full stable sort, which costs about 30x a top-k at (16,
 1. ``torch.topk`` finds the k-th value ``v_k`` of each row (O(N)); its set is already right
    unless more than k values are ``>= v_k`` (a tie straddles the k-th place).
 2. Only those rows are repaired: every element strictly better than ``v_k`` plus the
-   ``k - count(better)`` equal elements of lowest index, chosen by one top-k over unique
-   integer keys (O(N)).
+   ``k - count(better)`` equal elements of lowest index: taken from the row's first k entries
+   when enough of them equal ``v_k`` (O(k); e.g. the zero ties of a sparse non-negative
+   metric), else chosen by one top-k over unique integer keys (O(N)).
 3. The k results are ordered by (value, index): two sorts of k elements, cheap.
 
 Under export the plain ``torch.topk`` is emitted, which becomes an ONNX ``TopK`` with the same
@@ -95,12 +96,8 @@ def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool, sorted: bool 
         straddle = vals[..., k] == vals[..., k - 1]  # (R,)
         if bool(straddle.any()):
             # 2. Repair those rows: all values better than the k-th, then the equal ones by index.
-            #    Unique integer keys make the choice exact: better -> [-N, 0), equal -> [0, N).
             rows = straddle.nonzero(as_tuple=True)
-            sub, sub_kth = xt[rows], kth[rows]  # (R', N), (R', 1)
-            ar = torch.arange(n, device=x.device, dtype=torch.int32)  # (N,)
-            key = torch.where(sub > sub_kth, ar - n, torch.where(sub == sub_kth, ar, n))  # (R', N)
-            index[rows] = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices  # (R', K)
+            index[rows] = _repair(xt[rows], vals[rows][..., :k], index[rows], kth[rows])  # (R', K)
     # 3. Order the k results by (value, index): index-sort, then a stable sort by value.
     if sorted:
         index = index.sort(dim=-1).values  # (R, K)
@@ -110,6 +107,32 @@ def _stable_topk_eager(x: Tensor, k: int, dim: int, largest: bool, sorted: bool 
     index = index.reshape(*lead, k)  # (R..., K)
     values = values.reshape(*lead, k)  # (R..., K)
     return values.movedim(-1, dim), index.movedim(-1, dim)
+
+
+def _repair(x: Tensor, vals: Tensor, index: Tensor, kth: Tensor) -> Tensor:
+    """The tie rule's k indices of rows ``x (R, N)`` whose k-th value ``kth (R, 1)`` ties past the k-th place,
+    from torch's ``vals, index (R, K)`` sorted best first: the values better than ``kth``, then the equal ones
+    of lowest index.
+
+    Fast path, O(K) per row: when the first K entries of a row hold enough values equal to ``kth``, those
+    are the lowest-index ones (typical: a non-negative metric with fewer than k non-zero values, whose zero
+    ties are filled from the first points). Other rows: one top-k over unique integer keys, O(N)."""
+    r, n = x.shape
+    k = vals.shape[-1]
+    ar = torch.arange(k, device=x.device)  # (K,)
+    better = (vals > kth).sum(dim=-1, keepdim=True)  # (R, 1) the first `better` slots are kept
+    head_eq = x[:, :k] == kth  # (R, K)
+    first_eq = torch.where(head_eq, ar, ar + k).sort(dim=-1).values  # (R, K) equal positions first, by index
+    slot = (ar - better).clamp_(min=0)  # (R, K) rank among the equal slots
+    out = torch.where(ar < better, index, first_eq.gather(-1, slot))  # (R, K)
+    slow = head_eq.sum(dim=-1) < k - better.squeeze(-1)  # (R,) too few equal values among the first K
+    if bool(slow.any()):
+        # Unique integer keys make the choice exact: better -> [-N, 0), equal -> [0, N).
+        sub, sub_kth = x[slow], kth[slow]  # (R', N), (R', 1)
+        arn = torch.arange(n, device=x.device, dtype=torch.int32)  # (N,)
+        key = torch.where(sub > sub_kth, arn - n, torch.where(sub == sub_kth, arn, n))  # (R', N)
+        out[slow] = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices  # (R', K)
+    return out
 
 
 def argsort_topk(x: Tensor, dim: int = -1, *, descending: bool = True) -> Tensor:

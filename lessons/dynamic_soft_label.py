@@ -44,12 +44,15 @@ __all__ = [
     "benchmark_reference",
     "center_prior",
     "center_prior_cases",
+    "check_center_prior",
+    "check_soft_cls_cost",
     "dsl_assign",
     "in_any_gt",
     "photo_inputs",
     "soft_cls_cost",
     "soft_cls_cost_cases",
     "to_mmdet",
+    "workload_inputs",
 ]
 
 MMDET_INF = 100000000.0  # mmdetection's INF in dynamic_soft_label_assigner.py: max_overlaps of non-positives is -INF
@@ -210,20 +213,34 @@ def photo_inputs(quality: str = "strong") -> tuple[Tensor, ...]:
     return points, strides, scores, boxes, scene.boxes, scene.labels
 
 
-def benchmark_case(workload: str, seed: int = 0, **params: Any):
-    """``(DynamicSoftLabelAssigner(**params), inputs)`` for ``yolox-m20`` / ``yolox-m100`` (or ``name@B``): 640 x 640,
-    8,400 points, C = 80, docs/workloads.md's seeded predictions. Inputs in ``forward`` order."""
-    from exportable.assigners.dynamic_soft_label import DynamicSoftLabelAssigner
-    from lessons.scenes import make_point_workload_inputs
+def workload_inputs(workload: str, seed: int = 0) -> tuple[Tensor, ...]:
+    """Inputs in ``forward`` order for ``yolox-m20`` / ``yolox-m100`` (or ``name@B``) and for the many-object cases
+    ``yolox-m1000`` / ``yolox-m5000`` (B = 2 unless ``@B`` says otherwise; docs/workloads.md §5: the yolox points and
+    seeded predictions, the gts of ``random_batch((640, 640, B, M, 80), seed)``)."""
+    from lessons.scenes import WORKLOADS, make_point_workload_inputs, make_workload_predictions, random_batch
 
-    return DynamicSoftLabelAssigner(**params).eval(), make_point_workload_inputs(workload, seed)
+    name, _, batch = workload.partition("@")
+    if name in WORKLOADS:
+        return make_point_workload_inputs(workload, seed)
+    if not name.startswith("yolox-m") or not name[len("yolox-m"):].isdigit():
+        raise ValueError(f"workload: expected yolox-m20 / yolox-m100 / yolox-m<M>@B, got {workload!r}")
+    b, m = int(batch) if batch else 2, int(name[len("yolox-m"):])
+    points, strides, scores, boxes = make_workload_predictions("yolox-m20", seed=seed, batch=b)
+    gts = random_batch((640, 640, b, m, 80), seed)
+    return points, strides, scores, boxes, gts.gt_boxes, gts.gt_labels, gts.gt_mask
+
+
+def benchmark_case(workload: str, seed: int = 0, **params: Any):
+    """``(DynamicSoftLabelAssigner(**params), inputs)`` for :func:`workload_inputs`' workloads: 640 x 640, 8,400
+    points, C = 80. Inputs in ``forward`` order."""
+    from exportable.assigners.dynamic_soft_label import DynamicSoftLabelAssigner
+
+    return DynamicSoftLabelAssigner(**params).eval(), workload_inputs(workload, seed)
 
 
 def benchmark_reference(workload: str, seed: int = 0, **params: Any) -> Callable[[], list[DSLReference]]:
     """A zero-argument callable running :func:`dsl_assign` (the naive ``(n, M, C)`` soft BCE) on every image."""
-    from lessons.scenes import make_point_workload_inputs
-
-    points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask = make_point_workload_inputs(workload, seed)
+    points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask = workload_inputs(workload, seed)
     images = [(scores[i], boxes[i], gt_boxes[i][gt_mask[i]], gt_labels[i][gt_mask[i]]) for i in range(len(scores))]
     return lambda: [dsl_assign(points, strides, s, b, g, lab, **params) for s, b, g, lab in images]
 
@@ -290,3 +307,18 @@ def center_prior_cases() -> list:
         Case("the photo's candidates x 6 gts", (points[ref.candidates], strides[ref.candidates], gt_boxes, 3.0),
              ref.center_cost, rtol=1e-5),
     ]
+
+
+def check_soft_cls_cost(fn) -> None:
+    """Exercise 1 of notebook 11: ``fn(scores (n, C), gt_labels (M,), ious (n, M)) -> (n, M)``; raises
+    ``AssertionError`` naming the first rule a wrong answer breaks."""
+    from lessons.check import check_cases
+
+    check_cases("soft cls cost", fn, soft_cls_cost_cases(), atol=1e-5)
+
+
+def check_center_prior(fn) -> None:
+    """Exercise 2 of notebook 11: ``fn(points (n, 2), strides (n,), gt_boxes (M, 4), soft_center_radius) -> (n, M)``."""
+    from lessons.check import check_cases
+
+    check_cases("centre prior", fn, center_prior_cases(), atol=1e-6, rtol=1e-5)

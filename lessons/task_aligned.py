@@ -504,7 +504,8 @@ def _photo_inputs(ctx: Any) -> tuple[Tensor, ...]:
 
 def demo_scene_inputs() -> dict[str, Callable[[Any], tuple[Tensor, ...]]]:
     """Photo inputs of this module's catalog entries, for ``python -m lessons demo``."""
-    return {"task_aligned_assigner": _photo_inputs, "task_aligned_assigner_ultralytics": _photo_inputs}
+    return {"task_aligned_assigner": _photo_inputs, "task_aligned_assigner_ultralytics": _photo_inputs,
+            "task_aligned_dual": _photo_inputs}
 
 
 # --------------------------------------------------------------------------------------------

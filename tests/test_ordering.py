@@ -67,3 +67,26 @@ def test_bad_input():
         topk(torch.tensor([1.0]), -1)
     with pytest.raises(TypeError, match="x"):
         topk([1.0, 2.0], 1)
+
+
+@pytest.mark.parametrize("sorted_", [True, False])
+def test_zero_ties_of_a_sparse_metric_take_the_first_entries(sorted_):
+    # A non-negative metric with fewer than k non-zero values in many rows: the k-th value is 0 and ties past
+    # the k-th place. The rule's zeros (lowest index) are refilled from the first k entries when enough of
+    # them are 0, else found by the full repair; either way the set is the stable sort's.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 4, (3, 20, 60), generator=g).float() / 3  # many ties
+    x = torch.where(torch.rand(3, 20, 60, generator=g) < 0.8, 0.0, x)  # mostly zeros
+    x[0, :5] = 0.0  # rows without a non-zero value
+    x[1, :5, 40:] = 0.0
+    x[2, :5, :13] = 1.0  # the first entries are not zeros: the full repair
+    for k in (1, 5, 10, 13, 60, 80):
+        v, i = topk(x, k, sorted=sorted_)
+        rv, ri = stable_reference(x, k, -1, True)
+        if sorted_:
+            assert torch.equal(i, ri) and torch.equal(v, rv), k
+        else:
+            got = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, i, True)
+            want = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, ri, True)
+            assert torch.equal(got, want), k
+            assert torch.equal(x.gather(-1, i), v)

@@ -1,8 +1,10 @@
-"""TaskAlignedAssigner: TOOD's rules by hand, ultralytics' documented behaviour by hand, the reference, the
-sparse (eager) and dense (exported) paths, onnxruntime on degenerate inputs, and bad input."""
+"""TaskAlignedAssigner (TOOD) and UltralyticsTaskAlignedAssigner: TOOD's rules by hand, ultralytics' documented
+behaviour by hand, the reference, the one path in image chunks and at once, onnxruntime (degenerate inputs,
+identical gts bit for bit), the variant alias, and bad input."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -14,16 +16,14 @@ from exportable import catalog
 from exportable import onnx as xonnx
 from exportable.assigners.task_aligned import (
     TaskAlignedAssigner,
-    _pow,
     alignment_metric,
-    box_ciou,
-    gather_gt_scores,
     stal_boxes,
-    topk_candidates,
 )
+from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner, mask_pairs, pair_scores
 from exportable.batching import pad_gts
+from exportable.boxes import box_ciou
 from exportable.examples import task_aligned_inputs
-from exportable.ordering import topk as stable_topk
+from exportable.numerics import power
 from lessons import task_aligned as ref
 
 
@@ -242,7 +242,7 @@ def test_ultralytics_conflicts_take_the_argmax_over_all_gts_even_one_that_did_no
     assert res.gt_index.tolist() == [[2, 2]]
     # c's t_hat runs over both its final positives, point 0 included although it is outside c's top-1
     u = box_ciou(T([c]), T(preds))[0].clamp(min=0)
-    t = torch.sqrt(T([0.2, 0.9])) * _pow(u, 6.0)
+    t = torch.sqrt(T([0.2, 0.9])) * power(u, 6.0)
     want = t * u.max() / (t.max() + 1e-9)
     torch.testing.assert_close(res.target_scores[0], want, atol=1e-6, rtol=0)
     # TOOD: positive for a and b only; the higher IoU of the two (a: 420 / 1600 > b: 420 / 1760) wins
@@ -268,7 +268,7 @@ def test_ultralytics_all_zero_overlaps_quirk_goes_to_gt_0():
 def test_power_by_squaring_is_within_4_ulp_of_pow_and_the_reference_gives_the_same_bits():
     u = torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 0.95 + 0.05  # no underflow
     for e in (0.0, 1.0, 2.0, 3.0, 6.0, 0.5, 1.5):
-        mine = _pow(u, e)
+        mine = power(u, e)
         assert torch.equal(mine, ref.power(u, e))
         assert torch.allclose(mine.double(), torch.pow(u.double(), e), rtol=3e-7, atol=0)  # u^6: <= 3.5 ulp
     s = torch.rand(1000)
@@ -276,12 +276,20 @@ def test_power_by_squaring_is_within_4_ulp_of_pow_and_the_reference_gives_the_sa
     assert torch.equal(alignment_metric(s, u[:1000], 0.5, 6.0), ref.metric_of(s, u[:1000], 0.5, 6.0))
 
 
-def test_gathered_scores_match_indexing_both_ways():
+def test_pair_scores_match_indexing():
     g = torch.Generator().manual_seed(1)
     scores = torch.rand(3, 50, 7, generator=g)
     labels = torch.randint(0, 7, (3, 4), generator=g)
     want = torch.stack([scores[b][:, labels[b]].T for b in range(3)])  # (B, M, N)
-    assert torch.equal(gather_gt_scores(scores, labels), want)
+    mask = torch.rand(3, 4, 50, generator=g) < 0.3
+    pairs = mask_pairs(mask)
+    assert torch.equal(pair_scores(scores, labels, pairs), want[mask])  # row-major order, as NonZero
+    everything = mask_pairs(torch.ones(3, 4, 50, dtype=torch.bool))
+    assert torch.equal(pair_scores(scores, labels, everything).view(3, 4, 50), want)
+    assert torch.equal(everything.gt.view(3, 4, 50), torch.arange(4).view(1, 4, 1).expand(3, 4, 50))
+    rows = torch.arange(3).view(3, 1, 1) * 50 + torch.arange(50)  # (3, 1, 50) the point rows in B*N
+    assert torch.equal(everything.pred.view(3, 4, 50), rows.expand(3, 4, 50))
+    assert torch.equal(everything.point.view(3, 4, 50), torch.arange(50).expand(3, 4, 50))
 
 
 def test_pairwise_and_aligned_ciou_agree():
@@ -296,25 +304,8 @@ def test_pairwise_and_aligned_ciou_agree():
     assert torch.allclose(box_ciou(a, a, aligned=True), torch.ones(2, 5), atol=1e-5)
 
 
-@pytest.mark.parametrize("zeros_matter", [True, False])
-def test_topk_candidates_selects_the_tie_rule_set(zeros_matter):
-    g = torch.Generator().manual_seed(4)
-    x = torch.randint(0, 4, (3, 20, 60), generator=g).float() / 3  # many ties, many zero rows entries
-    x[0, :5] = 0.0  # rows without a non-zero value
-    x[1, :5, 40:] = 0.0
-    for k in (1, 5, 13, 60, 80):
-        _, got = topk_candidates(x, k, zeros_matter=zeros_matter)
-        _, want = stable_topk(x, k)
-        got_set = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, got, True)
-        want_set = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, want, True)
-        if zeros_matter:
-            assert torch.equal(got_set, want_set), k
-        else:
-            assert torch.equal(got_set & (x > 0), want_set & (x > 0)), k
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Reference <-> eager (sparse) <-> dense (the exported formulation)
+# Reference <-> eager (the one path, image by image and all at once)
 
 SIZES = ({"B": 3, "N": 700, "M": 13, "C": 5}, {"B": 2, "N": 400, "M": 30, "C": 80}, {"B": 4, "N": 5, "M": 3, "C": 2})
 
@@ -334,27 +325,17 @@ def test_eager_matches_the_per_image_reference(variant):
 
 
 @pytest.mark.parametrize("variant", ["tood", "ultralytics"])
-def test_sparse_eager_steps_equal_the_dense_exported_formulation(variant):
-    a = TaskAlignedAssigner(variant=variant)
+def test_image_by_image_equals_all_at_once_bit_for_bit(variant):
+    # eager_rows decides how many images one step of the (one) path takes; export takes all at once
     for seed in range(3):
         for sizes in SIZES:
-            pts, _, sc, pb, gb, gl, gm = task_aligned_inputs(sizes, torch.Generator().manual_seed(seed))
-            sparse = a._assign(pts, sc, pb, gb, gl, gm, dense=False)
-            dense = a._assign(pts, sc, pb, gb, gl, gm, dense=True)
-            assert torch.equal(sparse.gt_index, dense.gt_index) and torch.equal(sparse.labels, dense.labels)
-            for x, y in zip(sparse[2:], dense[2:]):
-                torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
-
-
-def test_eager_chunking_never_changes_a_result():
-    pts, st, sc, pb, gb, gl, gm = task_aligned_inputs({"B": 5, "N": 300, "M": 9, "C": 4},
-        torch.Generator().manual_seed(5))
-    for variant in ("tood", "ultralytics"):
-        a = TaskAlignedAssigner(variant=variant)
-        whole = a(pts, st, sc, pb, gb, gl, gm)
-        a.eager_rows = 1  # one image per step
-        for x, y in zip(whole, a(pts, st, sc, pb, gb, gl, gm)):
-            assert torch.equal(x, y)
+            args = task_aligned_inputs(sizes, torch.Generator().manual_seed(seed))
+            a = TaskAlignedAssigner(variant=variant)
+            a.eager_rows = 1  # one image per step
+            by_image = a(*args)
+            a.eager_rows = 10**9  # the whole batch in one step, as the graph does
+            for x, y in zip(by_image, a(*args)):
+                assert torch.equal(x, y), (seed, sizes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -397,14 +378,19 @@ def test_onnxruntime_on_degenerate_inputs_gives_zero_not_nan(name, exported):
 def test_the_normalisation_eps_survives_export(name, eps, exported):
     model = exported(name)
     consts = []
-    for node in model.graph.node:
-        if node.op_type == "Constant":
+
+    def collect(graph):  # the graph and its subgraphs (the per-image Scan body)
+        consts.extend(onnx.numpy_helper.to_array(t).ravel() for t in graph.initializer)
+        for node in graph.node:
             for attr in node.attribute:
-                if attr.name == "value":
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    collect(attr.g)
+                elif node.op_type == "Constant" and attr.name == "value":
                     consts.append(onnx.numpy_helper.to_array(attr.t).ravel())
-                elif attr.name == "value_float":
+                elif node.op_type == "Constant" and attr.name == "value_float":
                     consts.append(np.array([attr.f]))
-    consts += [onnx.numpy_helper.to_array(t).ravel() for t in model.graph.initializer]
+
+    collect(model.graph)
     values = np.concatenate([c.astype(np.float64) for c in consts if c.dtype.kind == "f"])
     assert np.isclose(values, np.float32(eps), rtol=1e-6, atol=0).any()
     # and it acts: ultralytics' zero-metric positives (target 0 / (0 + eps)) come out 0 in onnxruntime
@@ -414,6 +400,50 @@ def test_the_normalisation_eps_survives_export(name, eps, exported):
                 T([[[0, 0, 30, 30], [0, 0, 0, 0]]]), torch.tensor([[0, 0]]), torch.tensor([[True, False]]))
         got = _ort(name, exported, args)
         assert got[0].tolist() == [[0, 0, 0]] and got[4].tolist() == [[0.0, 0.0, 0.0]]
+
+
+def _duplicate_gt_scene(seed):
+    """issue 12's scene: B = 2, N = 336 points on a 128 x 128 image, image 1's gts 4 and 5 the same small box
+    (STAL-widened by ultralytics; no point centre inside it for TOOD); image 0's gts 0 and 1 the same larger box."""
+    pts, st, sc, pb, gb, gl, gm = task_aligned_inputs({"B": 2, "N": 336, "M": 6, "C": 3},
+                                                      torch.Generator().manual_seed(seed))
+    gb[1, 4] = gb[1, 5] = T([76, 31, 86, 35.5])
+    gl[1, 5] = gl[1, 4]
+    gm[1] = True
+    gb[0, 0] = gb[0, 1] = T([20, 20, 60, 50])
+    gl[0, 1] = gl[0, 0]
+    gm[0, :2] = True
+    return pts, st, sc, pb, gb, gl, gm
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", ["task_aligned_assigner", "task_aligned_assigner_ultralytics"])
+def test_identical_gts_give_the_same_bits_in_eager_and_onnxruntime(name, exported):
+    # Two identical gts get identical overlaps in both (IEEE-exact CIoU, powers by squaring), so the conflict
+    # step's tie goes to the lower gt index in both, and every output is bit-identical.
+    entry = catalog.get(name)
+    module = entry.build()
+    session = xonnx.session(exported(name))
+    variant = "ultralytics" if "ultralytics" in name else "tood"
+    contested = {0: 0, 1: 0}
+    for seed in range(8):
+        args = _duplicate_gt_scene(seed)
+        eager = entry.run_eager(module, args)
+        got = xonnx.run(session, args)
+        for spec, e, o in zip(entry.outputs, eager, got):
+            assert np.array_equal(e.numpy(), o), (seed, spec.name)
+        gt_index = eager[0]
+        assert not (gt_index[0] == 1).any() and not (gt_index[1] == 5).any()  # the higher twin never wins
+        contested[0] += int((gt_index[0] == 0).sum())
+        contested[1] += int((gt_index[1] == 4).sum())
+        # the per-image reference (torch.atan, within 2 ulp of ours) agrees
+        pts, _, sc, pb, gb, gl, gm = args
+        for i in range(2):
+            r = ref.task_aligned_assign(pts, sc[i], pb[i], gb[i][gm[i]], gl[i][gm[i]], variant=variant)
+            assert torch.equal(gt_index[i], r.gt_index), (seed, i)
+            torch.testing.assert_close(eager[4][i], r.target_scores, atol=1e-6, rtol=0)
+    assert contested[0] > 0  # the large twins win points in both variants
+    assert contested[1] > 0 or variant == "tood"  # issue 12's small twins: only ultralytics (STAL) has candidates
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,6 +470,8 @@ def test_bad_input_names_the_argument():
         TaskAlignedAssigner(variant="paddle")
     with pytest.raises(ValueError, match="topk"):
         TaskAlignedAssigner(topk=0)
+    with pytest.raises(ValueError, match="topk"):
+        UltralyticsTaskAlignedAssigner(topk=0)
 
 
 def test_variant_defaults_and_overrides():
@@ -447,6 +479,26 @@ def test_variant_defaults_and_overrides():
     assert (u.topk, u.alpha, u.beta, u.eps, u.center_margin, u.stal_side) == (10, 0.5, 6.0, 1e-9, 1e-9, 16.0)
     t = TaskAlignedAssigner.tood(topk=9)
     assert (t.topk, t.alpha, t.beta, t.eps, t.center_margin, t.stal_side) == (9, 1.0, 6.0, 1e-7, 0.01, 0.0)
+
+
+def test_variant_alias_builds_the_ultralytics_class():
+    # existing callers: TaskAlignedAssigner(variant="ultralytics") and .ultralytics() give the ultralytics class,
+    # with its own defaults for the arguments not given
+    for a in (TaskAlignedAssigner(variant="ultralytics"), TaskAlignedAssigner.ultralytics(),
+              TaskAlignedAssigner(10, 0.5, 6.0, "ultralytics")):
+        assert type(a) is UltralyticsTaskAlignedAssigner and a.variant == "ultralytics"
+        assert (a.topk, a.alpha, a.beta, a.eps) == (10, 0.5, 6.0, 1e-9)
+    a = TaskAlignedAssigner(variant="ultralytics", topk=13, alpha=1.0, num_classes=80)
+    assert (a.topk, a.alpha, a.beta, a.num_classes, a.stal_side) == (13, 1.0, 6.0, 80, 16.0)
+    t = TaskAlignedAssigner(variant="tood")
+    assert type(t) is TaskAlignedAssigner and t.variant == "tood" and t.topk == 13
+    assert type(copy.deepcopy(t)) is TaskAlignedAssigner and copy.deepcopy(a).topk == 13
+    # the alias is the class: same result
+    args = task_aligned_inputs({"B": 2, "N": 200, "M": 7, "C": 4}, torch.Generator().manual_seed(9))
+    for x, y in zip(TaskAlignedAssigner(variant="ultralytics")(*args), UltralyticsTaskAlignedAssigner()(*args)):
+        assert torch.equal(x, y)
+    with pytest.raises(TypeError):
+        TaskAlignedAssigner(variant="ultralytics", radius=2.5)
 
 
 def test_benchmark_case_builds_the_workload():
