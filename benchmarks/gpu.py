@@ -46,6 +46,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lessons import workload_cases as lesson_cases  # explicit: one function per topic
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "gpu.md"
 MIB = 1024.0 * 1024.0
@@ -191,13 +193,11 @@ def _nms(entry):
     return tuple(given[s.name] for s in entry.inputs), "proposals@1 (12,000 candidates)", 1
 
 
-def _lessons_case(module: str, workload: str, **params):
+def _lessons_case(lesson_case, workload: str, **params):
     def make(entry):
-        import importlib
-
         import torch
 
-        _, inputs = importlib.import_module(module).benchmark_case(workload, seed=0, **params)
+        _, inputs = lesson_case(workload, **params)
         named = dict(zip([s.name for s in entry.inputs], inputs))
         b = next(int(x.shape[s.dims.index("B")]) for x, s in zip(inputs, entry.inputs) if "B" in s.dims)
         n = int(inputs[0].shape[0]) if entry.inputs[0].dims[:1] == ("N",) else 0
@@ -239,17 +239,18 @@ WORKLOAD_INPUTS: dict[str, Callable] = {
     "rpn_proposals_mmdet": _proposals,
     "nms": _nms,
     "batched_nms": _nms,
-    "roi_head_targets": _lessons_case("lessons.roi_head_sampling", "rpn-m20"),
-    "roi_head_targets_mmdet": _lessons_case("lessons.roi_head_sampling", "rpn-m20",
+    "roi_head_targets": _lessons_case(lesson_cases.roi_head_sampling_case, "rpn-m20"),
+    "roi_head_targets_mmdet": _lessons_case(lesson_cases.roi_head_sampling_case, "rpn-m20",
                                             component="roi_head_targets_mmdet"),
-    "atss_assigner": _lessons_case("lessons.atss", "atss-m100"),
-    "atss_assigner_paddle": _lessons_case("lessons.atss", "atss-m100"),
-    "simota_assigner": _lessons_case("lessons.simota", "yolox-m20"),
-    "simota_assigner_yolox": _lessons_case("lessons.simota", "yolox-m20"),
-    "task_aligned_assigner": _lessons_case("lessons.task_aligned", "yolox-m100"),
-    "task_aligned_assigner_ultralytics": _lessons_case("lessons.task_aligned", "yolox-m100", variant="ultralytics"),
-    "task_aligned_dual": _lessons_case("lessons.task_aligned", "yolox-m100", variant="ultralytics"),
-    "o2f_assigner": _lessons_case("lessons.o2f", "yolox-m100"),
+    "atss_assigner": _lessons_case(lesson_cases.atss_case, "atss-m100"),
+    "atss_assigner_paddle": _lessons_case(lesson_cases.atss_case, "atss-m100"),
+    "simota_assigner": _lessons_case(lesson_cases.simota_case, "yolox-m20"),
+    "simota_assigner_yolox": _lessons_case(lesson_cases.simota_case, "yolox-m20"),
+    "task_aligned_assigner": _lessons_case(lesson_cases.task_aligned_case, "yolox-m100"),
+    "task_aligned_assigner_ultralytics": _lessons_case(lesson_cases.task_aligned_case, "yolox-m100",
+                                                       variant="ultralytics"),
+    "task_aligned_dual": _lessons_case(lesson_cases.task_aligned_case, "yolox-m100", variant="ultralytics"),
+    "o2f_assigner": _lessons_case(lesson_cases.o2f_case, "yolox-m100"),
 }
 
 

@@ -28,6 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from lessons import workload_cases as lesson_cases  # explicit: one function per topic
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -91,13 +94,12 @@ def _catalog_case(entry_name: str, module, inputs: tuple) -> Case:
                 [s.name for s in entry.outputs], batch)
 
 
-def _lessons_case(entry_name: str, lessons_module: str, **params):
-    """Build from ``lessons.<x>.benchmark_case(workload)``; the contract comes from the catalog entry."""
+def _lessons_case(entry_name: str, lesson_case: Callable[..., tuple], **params):
+    """Build from a lesson's ``benchmark_case(workload)`` (``lesson_cases.<topic>_case``); the contract comes
+    from the catalog entry."""
 
     def build(workload: str) -> Case:
-        import importlib
-
-        module, inputs = importlib.import_module(lessons_module).benchmark_case(workload, seed=0, **params)
+        module, inputs = lesson_case(workload, **params)
         return _catalog_case(entry_name, module, inputs)
 
     return build
@@ -107,7 +109,7 @@ def _build_simota(workload: str) -> Case:
     """``lessons.simota.benchmark_case``, plus ``yolox-m5000``: the many-object case of docs/workloads.md §5
     (the yolox points with M = 5,000 gts per image, B = 2, seeded as the named workloads)."""
     if workload != "yolox-m5000":
-        return _lessons_case("simota_assigner", "lessons.simota")(workload)
+        return _lessons_case("simota_assigner", lesson_cases.simota_case)(workload)
     from exportable.assigners.simota import SimOTAAssigner
     from lessons.scenes import grid_points, random_batch, random_predictions
 
@@ -155,7 +157,7 @@ def _task_aligned_case(entry_name: str, **params):
     """TaskAligned cases: the named yolox workloads through ``lessons.task_aligned.benchmark_case``, and
     ``yolox-m5000`` (docs/workloads.md §5: the yolox points, N = 8,400, with M = 5,000 gts per image, B = 2,
     ``random_batch`` + ``random_predictions``, seed 0)."""
-    lessons_build = _lessons_case(entry_name, "lessons.task_aligned", **params)
+    lessons_build = _lessons_case(entry_name, lesson_cases.task_aligned_case, **params)
 
     def build(workload: str) -> Case:
         if workload != "yolox-m5000":
@@ -360,11 +362,9 @@ def _reference_hungarian(workload: str):
     return step
 
 
-def _lessons_reference(lessons_module: str, **params):
+def _lessons_reference(lesson_reference: Callable[..., Any], **params):
     def reference(workload: str):
-        import importlib
-
-        return importlib.import_module(lessons_module).benchmark_reference(workload, seed=0, **params)
+        return lesson_reference(workload, **params)
 
     return reference
 
@@ -431,8 +431,8 @@ SUITES: dict[str, Suite] = {
         name="atss",
         title="ATSS (topk 9, mmdetection 3.3 / official rules), B = 8",
         workloads=("atss-m20", "atss-m100"),
-        build=_lessons_case("atss_assigner", "lessons.atss"),
-        reference=_lessons_reference("lessons.atss"),
+        build=_lessons_case("atss_assigner", lesson_cases.atss_case),
+        reference=_lessons_reference(lesson_cases.atss_reference),
         note="`lessons.atss.benchmark_case`: 20,267 anchors (one square of side 8 stride per location, strides "
         "8-128 at 800 x 1216) and the workload's gts. The reference column is `lessons.atss.mmdet_atss_assign`, "
         "mmdetection's per-image steps transcribed (the mmdetection package itself: `make bench-peers`).",
@@ -506,7 +506,7 @@ SUITES: dict[str, Suite] = {
         name="dynamic_soft_label",
         title="DynamicSoftLabel (RTMDet, mmdetection 3.3: soft centre radius 3, top-13 dynamic k, IoU weight 3)",
         workloads=("yolox-m20", "yolox-m100", "yolox-m1000", "yolox-m5000"),
-        build=_lessons_case("dynamic_soft_label_assigner", "lessons.dynamic_soft_label"),
+        build=_lessons_case("dynamic_soft_label_assigner", lesson_cases.dynamic_soft_label_case),
         note="`lessons.dynamic_soft_label.benchmark_case`: the yolox points and seeded predictions of "
         "`make_workload_predictions`; `yolox-m1000` / `yolox-m5000` are docs/workloads.md's many-object cases "
         "(B = 2, gts from `random_batch((640, 640, 2, M, 80), 0)`), named without `@2` so that the harness also "
@@ -518,8 +518,8 @@ SUITES: dict[str, Suite] = {
         name="roi_head_targets",
         title="RoI-head sampling (ProposalTargetCreator): 2,000 proposals + gts -> 128 samples, 25 % positives",
         workloads=("rpn-m20",),
-        build=_lessons_case("roi_head_targets", "lessons.roi_head_sampling"),
-        reference=_lessons_reference("lessons.roi_head_sampling"),
+        build=_lessons_case("roi_head_targets", lesson_cases.roi_head_sampling_case),
+        reference=_lessons_reference(lesson_cases.roi_head_sampling_reference),
         note="`lessons.roi_head_sampling.benchmark_case`: the `rpn-m20` gts (B = 8, M = 20) with 2,000 synthetic "
         "proposals per image (a quarter jittered gts). Reference: `lessons.roi_head_sampling.ProposalTargetCreator` "
         "once per image, as simple-faster-rcnn calls it.",
@@ -528,7 +528,7 @@ SUITES: dict[str, Suite] = {
         name="roi_align",
         title="RoIAlign: 2,000 RoIs (2 images x 1,000), 7 x 7 bins, 256 channels, sampling_ratio 2, aligned",
         workloads=("proposals",),
-        build=_lessons_case("roi_align", "lessons.roi_head_sampling", component="roi_align"),
+        build=_lessons_case("roi_align", lesson_cases.roi_head_sampling_case, component="roi_align"),
         note="Features `(2, 256, 38, 63)` (a 600 x 1000 image at stride 16), RoIs from the `roi_head_targets` case. "
         "Eager: one batched bilinear gather (`embedding_bag`); onnxruntime: one `RoiAlign` node (opset 16, "
         "half_pixel, avg). Times per image (1,000 RoIs).",

@@ -107,7 +107,7 @@ def check_second_selection(fn) -> None:
     """Exercise 3: ``fn(metric (M, N), gt_index (N,), topk2) -> (N,)`` step 5b. Cases: a gt whose best point went
     to another gt in the conflicts, tied metrics, fewer positives than topk2, a zero-metric positive behind a
     lower-index zero (dropped) and at index 0 (kept), the photo (YOLO26's topk 7 / topk2 1, and topk2 3)."""
-    from lessons.cases import Case, run_cases
+    from lessons.check import Case, check_cases
     from lessons.scenes import default_scene
 
     lost = (torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.0, 0.5, 0.8, 0.0]]), torch.tensor([0, 1, 1, -1]))
@@ -131,4 +131,4 @@ def check_second_selection(fn) -> None:
         ref = ultralytics_assign(points, scores, boxes, gt_boxes, gt_labels, topk=topk)
         cases.append(Case(f"the photo ({len(names)} gts): topk {topk}, then topk2 {topk2}",
                           (ref.metric, ref.gt_index, topk2), second_selection(ref.metric, ref.gt_index, topk2)))
-    run_cases("topk2", fn, cases)
+    check_cases("topk2", fn, cases)
