@@ -1,5 +1,5 @@
-"""Steps 4-6 that SimOTA and the DynamicSoftLabel assigner share: dynamic k, each gt's k cheapest priors,
-and conflicts decided by the cheapest gt.
+"""Steps 4-6 of the DynamicSoftLabel assigner, the same steps as SimOTA's (which keeps its own copy for now):
+dynamic k, each gt's k cheapest priors, and conflicts decided by the cheapest gt.
 
 Shape shorthand: ``B`` images, ``M`` gts per image (padded), ``N`` priors, ``K`` the static top-k width
 (the bound on every dynamic k: 10 for SimOTA, 13 for RTMDet), ``K' = min(K, N)``. Costs and IoUs are
