@@ -227,6 +227,8 @@ EXAMPLE_SIZES: dict[str, dict[str, int]] = {
     "roi_align": {"B": 2, "C": 256, "H": 38, "W": 63, "K": 1_000},
     "o2f_loss": {"B": 16, "N": 8_400, "C": 80},
     "o2f_postprocess": {"B": 16, "H": 640, "W": 640},
+    "hungarian_cost": {"B": 8, "Q": 300, "M": 100, "C": 80},
+    "hungarian_assigner": {"B": 8, "Q": 300, "M": 100, "C": 80},
 }
 
 WORKLOAD_INPUTS: dict[str, Callable] = {
@@ -246,6 +248,8 @@ WORKLOAD_INPUTS: dict[str, Callable] = {
     "atss_assigner_paddle": _lessons_case(lesson_cases.atss_case, "atss-m100"),
     "simota_assigner": _lessons_case(lesson_cases.simota_case, "yolox-m20"),
     "simota_assigner_yolox": _lessons_case(lesson_cases.simota_case, "yolox-m20"),
+    "ota_assigner": _lessons_case(lesson_cases.simota_case, "yolox-m20"),
+    "dynamic_soft_label_assigner": _lessons_case(lesson_cases.dynamic_soft_label_case, "yolox-m100"),
     "task_aligned_assigner": _lessons_case(lesson_cases.task_aligned_case, "yolox-m100"),
     "task_aligned_assigner_ultralytics": _lessons_case(lesson_cases.task_aligned_case, "yolox-m100",
                                                        variant="ultralytics"),

@@ -230,9 +230,9 @@ SCENE_INPUTS: dict[str, Callable[[Context], tuple[Tensor, ...]]] = {
 def _topic_scene_inputs() -> None:
     """The later topics keep their photo inputs beside their lesson code (``demo_scene_inputs()`` in each
     module, which imports this module's helpers lazily); they are listed here by import, explicitly."""
-    from lessons import atss, o2f, roi_head_sampling, simota, task_aligned
+    from lessons import atss, dynamic_soft_label, matching, o2f, roi_head_sampling, simota, task_aligned
 
-    for topic in (roi_head_sampling, atss, simota, o2f, task_aligned):
+    for topic in (roi_head_sampling, atss, simota, o2f, task_aligned, dynamic_soft_label, matching):
         SCENE_INPUTS.update(topic.demo_scene_inputs())
 
 

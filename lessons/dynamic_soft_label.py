@@ -46,6 +46,7 @@ __all__ = [
     "center_prior_cases",
     "check_center_prior",
     "check_soft_cls_cost",
+    "demo_scene_inputs",
     "dsl_assign",
     "in_any_gt",
     "photo_inputs",
@@ -211,6 +212,14 @@ def photo_inputs(quality: str = "strong") -> tuple[Tensor, ...]:
     points, strides, _ = photo_points(scene.hw)
     scores, boxes = synthetic_predictions(points, strides, scene.boxes, scene.labels, scene.num_classes, quality)
     return points, strides, scores, boxes, scene.boxes, scene.labels
+
+
+def demo_scene_inputs() -> dict[str, Any]:
+    """Photo inputs of this module's catalog entry, for ``python -m lessons demo``: SimOTA's (the same points and
+    seeded predictions, so the demo's two assignments can be compared)."""
+    from lessons.simota import demo_scene_inputs as simota_inputs
+
+    return {"dynamic_soft_label_assigner": simota_inputs()["simota_assigner"]}
 
 
 def workload_inputs(workload: str, seed: int = 0) -> tuple[Tensor, ...]:

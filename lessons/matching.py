@@ -18,7 +18,7 @@ from lessons.simota import cls_cost_naive, dynamic_k, geometric_prior, iou_matri
 
 __all__ = [
     "brute_force_matching", "check_matching", "hungarian_assign", "hungarian_cost", "matching_total",
-    "ota_assign", "sinkhorn", "OTAReference",
+    "ota_assign", "sinkhorn", "OTAReference", "demo_scene_inputs",
 ]
 
 
@@ -244,3 +244,35 @@ def ota_assign(
     labels[positive] = gt_labels[winner[positive]]
     overlaps[positive] = ious[positive, winner[positive]]
     return OTAReference(gt_index, labels, overlaps, plan, cost, supply, candidates)
+
+
+# ------------------------------------------------------------------------------------------------
+# The photo for ``python -m lessons demo``
+# ------------------------------------------------------------------------------------------------
+
+
+def _photo_queries(ctx, num_queries: int = 100) -> tuple[Tensor, ...]:
+    """DETR-like queries on the photo: one near each gt (its box jittered by up to 10 % of its size, its class
+    likely), the rest spread over the image with low scores; seeded. ``(pred_scores (1, Q, C), pred_boxes (1, Q, 4),
+    gt_boxes, gt_labels, gt_mask, image_sizes)``."""
+    g = torch.Generator().manual_seed(0)
+    h, w = ctx.scene.hw
+    gts, labels = ctx.gt_boxes[0], ctx.gt_labels[0]  # (M, 4), (M,)
+    m, c = gts.shape[0], ctx.scene.num_classes
+    size = (gts[:, 2:] - gts[:, :2]).repeat(1, 2)  # (M, 4)
+    near = gts + (torch.rand(m, 4, generator=g) - 0.5) * 0.2 * size  # (M, 4)
+    centre = torch.rand(num_queries - m, 2, generator=g) * torch.tensor([w, h])  # (Q - M, 2)
+    half = torch.rand(num_queries - m, 2, generator=g) * 60 + 4  # (Q - M, 2)
+    spread = torch.cat([centre - half, centre + half], dim=1)  # (Q - M, 4)
+    boxes = torch.cat([near, spread])  # (Q, 4)
+    scores = torch.rand(num_queries, c, generator=g) * 0.2  # (Q, C) low everywhere
+    scores[torch.arange(m), labels] = 0.6 + 0.3 * torch.rand(m, generator=g)  # (M,) the gt's class likely
+    return scores[None], boxes[None], ctx.gt_boxes, ctx.gt_labels, ctx.gt_mask, ctx.image_sizes
+
+
+def demo_scene_inputs() -> dict:
+    """Photo inputs of the matching entries: queries for Hungarian, SimOTA's points and predictions for OTA."""
+    from lessons.simota import demo_scene_inputs as simota_inputs
+
+    return {"hungarian_cost": _photo_queries, "hungarian_assigner": _photo_queries,
+            "ota_assigner": simota_inputs()["simota_assigner"]}

@@ -233,7 +233,8 @@ def _stable_top(row, k):
 
 def test_exercise_checker_accepts_the_solution(capsys):
     ref.check_second_selection(_selection(lambda row, mine, k: _stable_top(torch.where(mine, row, 0.0), k)))
-    assert capsys.readouterr().out.count("| ok") == 7
+    out = capsys.readouterr().out
+    assert out.count("  ✓ ") == 7 and "✗" not in out, out
 
 
 @pytest.mark.parametrize(("wrong", "fails_at"), [
