@@ -50,7 +50,9 @@ def test_notebook_is_committed_without_outputs():
     cells = json.loads(NOTEBOOK.read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
-    assert cells[-1]["cell_type"] == "markdown" and "Open questions" in "".join(cells[-1]["source"])
+    headings = [line for c in cells if c["cell_type"] == "markdown" for line in "".join(c["source"]).splitlines()
+                if line.startswith("## ")]
+    assert headings[-2:] == ["## Questions", "## Appendix: the arena against the papers' claims"]
 
 
 # -- exercise 1: positives per gt, gts without a positive ----------------------------------------------------
