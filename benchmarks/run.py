@@ -445,7 +445,8 @@ SUITES: dict[str, Suite] = {
         note="`lessons.simota.benchmark_case`: the points and seeded predictions of `make_workload_predictions`; "
         "`yolox-m5000` is the many-object case of docs/workloads.md §5 (M = 5,000, B = 2). One path: eager runs "
         "the exported function, a few images at a time (about 2^18 gt-prior pairs per chunk, at least one image); "
-        "the graph runs the whole batch. mmdetection 3.3 for orientation (docs/workloads.md): 170-190 ms/img at "
+        "the graph runs the same function on one image per iteration of an ONNX `Scan` (`in_image_chunks`). "
+        "mmdetection 3.3 for orientation (docs/workloads.md): 170-190 ms/img at "
         "M = 20, 750-1,030 at M = 100; `make bench-peers` measures it side by side.",
     ),
     "task_aligned": Suite(
@@ -511,8 +512,9 @@ SUITES: dict[str, Suite] = {
         "`make_workload_predictions`; `yolox-m1000` / `yolox-m5000` are docs/workloads.md's many-object cases "
         "(B = 2, gts from `random_batch((640, 640, 2, M, 80), 0)`), named without `@2` so that the harness also "
         "runs the graph on them. Eager works on blocks of gt rows (about 2^20 "
-        "pairs each), so its peak stays near one block; the graph is one block over (B, M, N), so its peak grows "
-        "with B x M x N. mmdetection side by side: `python benchmarks/peers.py --suite dynamic_soft_label`.",
+        "pairs each), so its peak stays near one block; the graph runs the same function on one image per "
+        "iteration of an ONNX `Scan` (`in_image_chunks`), one block over (M, N) each, so its peak grows with "
+        "M x N, not B x M x N. mmdetection side by side: `python benchmarks/peers.py --suite dynamic_soft_label`.",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",

@@ -10,16 +10,17 @@ M = 0: :func:`ensure_gt_rows` appends one masked row when M is 0 (eager) and is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from torch._higher_order_ops.scan import scan
 
 from exportable._checks import check_bool, check_boxes, check_integer, check_labels, check_shape, exporting
 
-__all__ = ["GtBatch", "pad_gts", "unpad_gts", "ensure_gt_rows", "check_gt_batch"]
+__all__ = ["GtBatch", "pad_gts", "unpad_gts", "ensure_gt_rows", "check_gt_batch", "in_image_chunks"]
 
 
 class GtBatch(NamedTuple):
@@ -113,3 +114,20 @@ def check_gt_batch(
     if gt_boxes.numel():
         real = gt_boxes.masked_fill(~gt_mask.unsqueeze(-1), 0.0)  # (B, M, 4) padding cannot trip the check
         check_boxes("gt_boxes", real, ndim=3)
+
+
+def in_image_chunks(fn: Callable[..., tuple[Tensor, ...]], images: int, *batched: Tensor) -> tuple[Tensor, ...]:
+    """``fn(*batched)`` for a batch, image by image: eager calls it on ``images`` images at a time, the exported
+    graph on one image per iteration of an ONNX ``Scan``; results are concatenated along B. Images never
+    interact, so the split never changes a result; it keeps each step's ``(M, N)`` work small (in cache)."""
+    if exporting():
+        def body(carry: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+            out = fn(*(x.unsqueeze(0) for x in xs))  # one image
+            return carry.clone(), tuple(y.squeeze(0).clone() for y in out)
+
+        return scan(body, batched[0].new_zeros(()), batched)[1]  # (B, ...) each
+    b = batched[0].shape[0]
+    if images >= b:
+        return fn(*batched)
+    parts = [fn(*(x[i : i + images] for x in batched)) for i in range(0, b, images)]
+    return tuple(torch.cat(field) for field in zip(*parts))

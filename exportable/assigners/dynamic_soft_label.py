@@ -44,7 +44,9 @@ How it stays small, and the same in eager and in onnxruntime:
   same float32 cost, bit for bit, and pick the same priors.
 - eager works on blocks of gt rows (about ``CHUNK_PAIRS`` (gt, prior) pairs each) and folds the column
   minimum of step 6 block by block; the exported graph is one block. Same result (tested); memory stays
-  near one block's pairs, which is what lets M = 5,000 gts run.
+  near one block's pairs, which is what lets M = 5,000 gts run. The graph runs the same function on one
+  image per iteration of an ONNX ``Scan`` (:func:`~exportable.batching.in_image_chunks`; images never
+  interact), so its peak is one image's ``(M, N)`` block rather than the batch's.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
 from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import AssignResult
-from exportable.batching import ensure_gt_rows
+from exportable.batching import ensure_gt_rows, in_image_chunks
 from exportable.boxes import _box_iou, _points_in_boxes
 
 __all__ = ["DynamicSoftLabelAssigner", "soft_cls_tables"]
@@ -108,6 +110,13 @@ class DynamicSoftLabelAssigner(nn.Module):
     ) -> AssignResult:
         if checks_enabled():
             check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+        # eager: the whole batch, in blocks of gt rows; the graph: one image per ONNX Scan iteration (one
+        # block of (M, N) pairs each), so its peak memory is one image's pairs, not the batch's
+        out = in_image_chunks(lambda *image: self._assign(points, strides, *image), pred_scores.shape[0],
+                              pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+        return AssignResult(*out)
+
+    def _assign(self, points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask) -> AssignResult:
         b, n, c = pred_scores.shape
         # 1. padded rows (and the one ensure_gt_rows adds when M = 0) take part in nothing below
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M)

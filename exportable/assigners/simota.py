@@ -58,7 +58,7 @@ from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
 from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import AssignResult
-from exportable.batching import ensure_gt_rows
+from exportable.batching import ensure_gt_rows, in_image_chunks
 from exportable.boxes import _box_iou, _points_in_boxes, _points_near_centers
 
 __all__ = ["SimOTAAssigner", "YOLOX_PRESET", "simota_cls_cost"]
@@ -143,17 +143,14 @@ class SimOTAAssigner(nn.Module):
     ) -> AssignResult:
         if checks_enabled():
             check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
-        if exporting():
-            return self._assign(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
-        # eager: the same function a few images at a time (images never interact), so no (B, M, N)
-        # temporary holds more than about CHUNK_PAIRS pairs (memory, and cache-sized passes)
+        # the same function a few images at a time in eager (so no (B, M, N) temporary holds more than about
+        # CHUNK_PAIRS pairs: memory, and cache-sized passes), one image per ONNX Scan iteration in the graph
+        # (peak memory of one image's (M, N) pairs); images never interact, so the split changes no result
         b, n = pred_scores.shape[:2]
-        step = max(1, CHUNK_PAIRS // max(1, gt_boxes.shape[1] * n))  # images per chunk
-        if b <= step:
-            return self._assign(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
-        per_image = (pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
-        parts = [self._assign(points, strides, *(x[i : i + step] for x in per_image)) for i in range(0, b, step)]
-        return AssignResult(*(torch.cat(field, dim=0) for field in zip(*parts)))
+        step = max(1, CHUNK_PAIRS // max(1, gt_boxes.shape[1] * n))  # images per eager chunk
+        out = in_image_chunks(lambda *image: self._assign(points, strides, *image), step,
+                              pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+        return AssignResult(*out)
 
     def _assign(self, points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask) -> AssignResult:
         b, n, c = pred_scores.shape

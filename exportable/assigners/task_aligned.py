@@ -23,8 +23,9 @@ TOOD's steps (``docs/algorithms.md`` §10.1; topk 13, alpha 1, beta 6):
 7. ``t_hat = t / (max t + 1e-7) * max u`` (TOODHead's ``10e-8``), maxima per gt over its final positives.
 
 One path: eager runs exactly the code that exports. Steps 1-3, the ``(M, N)`` work, run image by image
-(:func:`in_image_chunks`: a few images per step in eager, one ``Scan`` iteration per image in the graph;
-images never interact, so the split never changes a result, and each step's tensors stay in cache); steps
+(:func:`~exportable.batching.in_image_chunks`: a few images per step in eager, one ``Scan`` iteration per
+image in the graph; images never interact, so the split never changes a result, and each step's tensors stay
+in cache); steps
 4-7 work on the ``(B, M, K)`` lists with scatter-reductions (``ScatterElements`` max / min in ONNX). The
 eps of ``t_hat`` survives export (``optimize=False``): an all-zero metric gives ``t_hat = 0``, never NaN.
 ``strides`` is part of the common point-assigner signature and is not read.
@@ -33,17 +34,15 @@ eps of ``t_hat`` survives export (``optimize=False``): an all-zero metric gives 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from torch._higher_order_ops.scan import scan
 
 from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
-from exportable.batching import ensure_gt_rows
+from exportable.batching import ensure_gt_rows, in_image_chunks
 from exportable.boxes import _box_iou, _points_in_boxes
 from exportable.numerics import power
 from exportable.ordering import _topk
@@ -120,23 +119,6 @@ def gt_maxima(gt_index: Int[Tensor, "B N"], values: Float[Tensor, "B N"], m: int
     rows = (gt_index.clamp(min=0) + offsets).reshape(-1)  # (B*N,) in B*M
     per_gt = scatter_into(rows, torch.where(gt_index >= 0, values, 0.0).reshape(-1), b * m, 0.0, "amax")  # (B*M,)
     return per_gt.index_select(0, rows).view_as(values)  # (B, N)
-
-
-def in_image_chunks(fn: Callable[..., tuple[Tensor, ...]], images: int, *batched: Tensor) -> tuple[Tensor, ...]:
-    """``fn(*batched)`` for a batch, image by image: eager calls it on ``images`` images at a time, the exported
-    graph on one image per iteration of an ONNX ``Scan``; results are concatenated along B. Images never
-    interact, so the split never changes a result; it keeps each step's ``(M, N)`` work small (in cache)."""
-    if exporting():
-        def body(carry: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-            out = fn(*(x.unsqueeze(0) for x in xs))  # one image
-            return carry.clone(), tuple(y.squeeze(0).clone() for y in out)
-
-        return scan(body, batched[0].new_zeros(()), batched)[1]  # (B, ...) each
-    b = batched[0].shape[0]
-    if images >= b:
-        return fn(*batched)
-    parts = [fn(*(x[i : i + images] for x in batched)) for i in range(0, b, images)]
-    return tuple(torch.cat(field) for field in zip(*parts))
 
 
 def check_hyper_parameters(module: nn.Module, topk: int, num_classes: int | None, **scalars: float) -> None:

@@ -39,9 +39,8 @@ from torch import Tensor, nn
 from exportable._checks import checks_enabled, exporting
 from exportable.assigners._points import check_point_assigner_inputs
 from exportable.assigners.result import AssignResult, empty_result
-from exportable.assigners.task_aligned import in_image_chunks
 from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
-from exportable.batching import ensure_gt_rows
+from exportable.batching import ensure_gt_rows, in_image_chunks
 
 __all__ = ["DualAssignResult", "DualTaskAlignedAssigner"]
 

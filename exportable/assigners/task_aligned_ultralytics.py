@@ -34,7 +34,7 @@ ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the m
 (step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``). ``box_ciou``'s arithmetic (its arctangent
 included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's
 argmax cannot flip. The batch runs image by image
-(:func:`~exportable.assigners.task_aligned.in_image_chunks`: ``eager_rows // M`` images per eager step, one
+(:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step, one
 ``Scan`` iteration per image in the graph), which never changes a result.
 
 :class:`~exportable.assigners.task_aligned_dual.DualTaskAlignedAssigner` builds YOLOv10's one-to-many and
@@ -58,12 +58,11 @@ from exportable.assigners.task_aligned import (
     alignment_metric,
     check_hyper_parameters,
     gt_maxima,
-    in_image_chunks,
     list_entries,
     scatter_into,
     stal_boxes,
 )
-from exportable.batching import ensure_gt_rows
+from exportable.batching import ensure_gt_rows, in_image_chunks
 from exportable.boxes import CIOU_EPS, _box_ciou, _points_in_boxes
 from exportable.ordering import _topk
 
