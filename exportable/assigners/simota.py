@@ -7,7 +7,8 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, float32, ``x1 <= x2``; points
 (``gt_index`` 0-based, -1 negative; SimOTA never ignores; ``labels`` = C for every non-positive).
 
 The steps, numbered as in ``docs/algorithms.md`` §9.1 and ``lessons/simota.py`` (mmdetection 3.3's
-``SimOTAAssigner``), all on the padded batch at once, gt-major ``(B, M, N)``:
+``SimOTAAssigner``), gt-major ``(B, M, N)`` over a few images at a time (eager) or one image per ``Scan``
+iteration (the graph); images never interact:
 
 1. no gts or no priors: every prior negative. Padded gt rows take part in no step below, so an image
    whose rows are all padding comes out all negative with no branch.
