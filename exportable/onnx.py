@@ -37,7 +37,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from exportable.nms import TRANSLATIONS
+from exportable.nms import TRANSLATIONS as _NMS_TRANSLATIONS
+from exportable.scatter import TRANSLATIONS as _SCATTER_TRANSLATIONS
 
 __all__ = [
     "ExportError",
@@ -56,6 +57,8 @@ __all__ = [
     "placement",
     "placement_report",
 ]
+TRANSLATIONS = {**_NMS_TRANSLATIONS, **_SCATTER_TRANSLATIONS}
+"""The exporter's translation table for the package's custom operators (NMS, row-wise scatter-max)."""
 
 # Shape-only operators that onnxruntime deliberately places on CPU; never a performance concern.
 SHAPE_OPS = frozenset({

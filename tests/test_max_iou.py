@@ -12,6 +12,7 @@ from exportable.assigners.max_iou import AnchorGtMaxIoU, MaxIoUAssigner
 from exportable.batching import pad_gts
 from exportable.box_pairs import anchor_blocks, overlapping_pairs
 from exportable.boxes import box_iou
+from exportable.onnx import TRANSLATIONS
 from lessons.retinanet_targets import max_iou_assign, to_mmdet_gt_inds
 
 
@@ -246,8 +247,9 @@ def test_anchor_gt_max_iou_onnx_with_no_gts():
     module = AnchorGtMaxIoU().eval()
     n, b, m = Dim("N"), Dim("B"), Dim("M")
     example = (_boxes(g, 12), _boxes(g, 2, 3), torch.tensor([[True, False, True], [True] * 3]))
-    program = torch.onnx.export(
-        module, example, dynamo=True, optimize=False, dynamic_shapes=({0: n}, {0: b, 1: m}, {0: b, 1: m})
+    program = torch.onnx.export(  # plain torch export: the package's custom operators need their table
+        module, example, dynamo=True, optimize=False, dynamic_shapes=({0: n}, {0: b, 1: m}, {0: b, 1: m}),
+        custom_translation_table=TRANSLATIONS,
     )
     model = program.model_proto
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -32,7 +32,8 @@ nearly all of them. ``guard_zero_iou=True`` also requires ``gt_max > 0``.
 How it runs: one function does steps 3-9 for one image; eager calls it image by image in a Python loop,
 the exported graph runs it in one ONNX ``Scan`` over the images, so both hold one image's pairs at a
 time (about a tenth of its ``(M, N)`` IoUs at RetinaNet's sizes). Steps 6 and 9 are scatter-reductions
-over the pairs.
+over the pairs; the big ones reduce whole ``(S,)`` rows (:func:`exportable.scatter.rows_amax`, one ONNX
+``ScatterND`` with reduction ``max``, not an element-by-element ``ScatterElements``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from exportable.assigners.result import IGNORED, AssignResult, empty_result
 from exportable.batching import check_gt_batch, ensure_gt_rows
 from exportable.box_pairs import BLOCK, AnchorBlocks, Pairs, anchor_blocks, overlapping_pairs
 from exportable.boxes import _box_iof
+from exportable.scatter import rows_amax
 
 __all__ = ["AnchorGtMaxIoU", "MaxIoUAssigner"]
 
@@ -213,11 +215,10 @@ def best_per_anchor(pairs: Pairs, blocks: AnchorBlocks, mask: Tensor) -> tuple[T
     """Step 6, anchor side: each anchor's best IoU and the first gt reaching it (the largest ``M - gt``),
     the first real gt when every IoU is 0; ``(N,)`` each."""
     m, (nb, s), iou = mask.shape[0], blocks.index.shape, pairs.iou
-    rows = pairs.block.unsqueeze(1).expand(-1, s)  # (P, S)
-    best = iou.new_zeros((nb, s)).scatter_reduce_(0, rows, iou, "amax")  # (NB, S)
+    best = rows_amax(iou.new_zeros((nb, s)), pairs.block, iou)  # (NB, S)
     at_best = iou == best.index_select(0, pairs.block)  # (P, S)
     lower = torch.zeros((nb, s), dtype=torch.int64, device=iou.device)  # (NB, S) 0: no pair
-    lower = lower.scatter_reduce_(0, rows, at_best * (m - pairs.gt).unsqueeze(1), "amax")  # (NB, S)
+    lower = rows_amax(lower, pairs.block, at_best * (m - pairs.gt).unsqueeze(1))  # (NB, S)
     best, first = best.flatten().index_select(0, blocks.keep), m - lower.flatten().index_select(0, blocks.keep)
     return best, _pick(best > 0, first, mask.to(best.dtype).max(dim=0).indices)  # (N,) each
 
@@ -232,10 +233,11 @@ def _claims(pairs: Pairs, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor, go
     hit = pairs.iou >= target.unsqueeze(1)  # (P, S)
     ids = torch.arange(1, m + 1, device=dev)  # (M,) 1-based
     zero = ((gate & (gt_max == 0)) * ids).amax(dim=0)  # () the last gated gt at gt_max 0; 0: none
+    if assign_all:  # every tie; a later gt wins: the largest id (pair p's slots are block p's row)
+        claim = torch.zeros((nb, s), dtype=torch.int64, device=dev)  # (NB, S) 0: none
+        claim = rows_amax(claim, pairs.block, hit * (pairs.gt + 1).unsqueeze(1))  # (NB, S)
+        return torch.maximum(claim.flatten().index_select(0, blocks.keep), zero)  # (N,)
     claim = torch.zeros(nb * s + 1, dtype=torch.int64, device=dev)  # (NB * S + 1,) the last: a bin for "none"
-    if assign_all:  # every tie; a later gt wins: the largest id
-        claim = claim.scatter_reduce_(0, pairs.slot.flatten(), (hit * (pairs.gt + 1).unsqueeze(1)).flatten(), "amax")
-        return torch.maximum(claim.index_select(0, blocks.keep), zero)  # (N,)
     # Only each gated gt's first anchor at gt_max (at gt_max 0: the first anchor taking part).
     first = (nb * s + hit * (pairs.slot - nb * s)).amin(dim=1)  # (P,) the pair's first hit; NB * S: none
     first = torch.full_like(ids, nb * s).scatter_reduce_(0, pairs.gt, first, "amin")  # (M,)
