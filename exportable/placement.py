@@ -31,13 +31,16 @@ one. A ``host`` node with the ``data`` role is reported (:attr:`Prediction.host_
 run it, but onnxruntime's heuristic reads a graph input on the host for it.
 
 Limits: the table is a documentation table read at one onnxruntime commit (a later release may add
-kernels); subgraphs of ``Loop`` / ``If`` are not descended into (the package's graphs have none);
+kernels); the bodies of ``Scan`` / ``Loop`` / ``If`` are predicted like graphs of their own (their nodes are
+named ``<control node>/<body node>``), with the body's formal inputs on the device (the control node hands its
+iteration values over in device memory) and values read from the enclosing graph treated as graph inputs;
 the host-memory slots below cover the ops these graphs use and were read from onnxruntime's CUDA
 kernel registrations (``InputMemoryType`` / ``OutputMemoryType``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import json
@@ -360,6 +363,29 @@ def _initializer_sizes(model: onnx.ModelProto) -> dict[str, int]:
     return sizes
 
 
+def _body_models(model: onnx.ModelProto, types: dict[str, int]) -> list[tuple[str, onnx.ModelProto, set[str]]]:
+    """``(control node name, body as a model, the body's formal inputs)`` for every graph attribute of the
+    main graph's nodes. Values the body reads from the enclosing scope become extra graph inputs, typed from
+    ``types``."""
+    out = []
+    for i, node in enumerate(model.graph.node):
+        for a in node.attribute:
+            if a.type != onnx.AttributeProto.GRAPH:
+                continue
+            body = onnx.GraphProto()
+            body.CopyFrom(a.g)
+            own = {x.name for x in body.input} | {t.name for t in body.initializer}
+            own |= {o for n in body.node for o in n.output}
+            outer = sorted({x for n in body.node for x in n.input if x and x not in own})
+            formal = {x.name for x in body.input}
+            for name in outer:
+                body.input.append(onnx.helper.make_tensor_value_info(name, types.get(name, 0), None))
+            sub = onnx.helper.make_model(body, opset_imports=list(model.opset_import))
+            sub.ir_version = model.ir_version
+            out.append((f"{node.name or f'#{i}'}/{a.name}", sub, formal))
+    return out
+
+
 def predict(model: onnx.ModelProto, *, optimize: bool = True) -> Prediction:
     """Predict the provider of every node of ``model`` under ``[CUDA, CPU]`` (see the module doc).
 
@@ -383,13 +409,20 @@ def predict(model: onnx.ModelProto, *, optimize: bool = True) -> Prediction:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             notes.append(f"onnxruntime could not load the graph on its CPU provider ({first}): predicted on "
                          "the graph as exported")
+    return _predict(graph_model, exported, optimize, notes, set())
+
+
+def _predict(graph_model: onnx.ModelProto, exported: int, optimize: bool, notes: list[str],
+             device_inputs: set[str]) -> Prediction:
+    """Steps 2-4 on ``graph_model`` (already optimized if ``optimize``); ``device_inputs``: graph inputs that
+    live in device memory (a control-flow body's formal inputs). Bodies are predicted recursively."""
     graph_model = castlike_to_cast(graph_model)
     types = _elem_types(graph_model)
     opsets = _opsets(graph_model)
     g = graph_model.graph
     nodes = [n for n in g.node if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx"))]
     init_sizes = _initializer_sizes(graph_model)
-    graph_inputs = {i.name for i in g.input} - set(init_sizes)
+    graph_inputs = {i.name for i in g.input} - set(init_sizes) - device_inputs
     graph_outputs = {o.name for o in g.output}
     uses: dict[str, list[tuple[int, int]]] = {}
     for j, n in enumerate(nodes):
@@ -475,6 +508,9 @@ def predict(model: onnx.ModelProto, *, optimize: bool = True) -> Prediction:
             output_types=tuple(_type_name(types.get(x)) for x in node.output if x),
             kind=kind, role="shape" if shape_only[i] else "shape-math" if shape_math[i] else "data",
             reason=reason))
+    for prefix, body, formal in _body_models(graph_model, types):
+        for n in _predict(body, 0, optimize, [], formal).nodes:
+            out.append(dataclasses.replace(n, name=f"{prefix}/{n.name}"))
     return Prediction(out, exported, optimize, opsets.get("ai.onnx", 0), notes)
 
 

@@ -58,6 +58,27 @@ def test_atan_is_a_compute_fallback(optimize):
 
 
 @BOTH
+def test_a_gap_inside_a_scan_body_is_found(optimize):
+    # a Scan over rows whose body takes atan of each row times an outer-scope scale: the body's Atan falls
+    # back, its Mul (a formal input and an outer value) stays on CUDA; both are named through the Scan
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["row", "scale"], ["scaled"], name="body_mul"),
+         helper.make_node("Atan", ["scaled"], ["out"], name="body_atan")],
+        "body", [_vi("row", F, ["N"])], [_vi("out", F, ["N"])])
+    scan = helper.make_node("Scan", ["x"], ["y"], name="the_scan", body=body, num_scan_inputs=1)
+    model = _model([scan], [_vi("x", F, ["R", "N"]), _vi("scale", F, [])], [_vi("y", F, ["R", "N"])])
+    pred = placement.predict(model, optimize=optimize)
+    (atan,) = _by_op(pred, "Atan")
+    assert atan.name == "the_scan/body/body_atan" and atan.compute_fallback
+    (mul,) = _by_op(pred, "Mul")
+    assert mul.kind == "cuda", mul.reason
+    (outer,) = _by_op(pred, "Scan")
+    assert outer.kind == "cuda"
+    with pytest.raises(placement.PlacementError, match="body_atan"):
+        placement.check(model, optimize=optimize)
+
+
+@BOTH
 def test_where_on_bool_values_falls_back_where_on_float_does_not(optimize):
     nodes = [helper.make_node("Where", ["c", "a", "b"], ["y"], name="bool_where"),
              helper.make_node("Where", ["c", "u", "v"], ["z"], name="float_where")]
