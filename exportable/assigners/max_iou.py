@@ -43,12 +43,11 @@ from collections.abc import Callable, Sequence
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from torch._higher_order_ops.scan import scan
 
 from exportable._checks import check_bool, check_boxes, check_masked_boxes, check_scalar, check_shape, checks_enabled
 from exportable._checks import exporting as _exporting
 from exportable.assigners.result import IGNORED, AssignResult, empty_result
-from exportable.batching import check_gt_batch, ensure_gt_rows
+from exportable.batching import check_gt_batch, ensure_gt_rows, in_image_chunks
 from exportable.box_pairs import BLOCK, AnchorBlocks, Pairs, anchor_blocks, overlapping_pairs
 from exportable.boxes import _box_iof
 from exportable.scatter import rows_amax
@@ -247,13 +246,15 @@ def _claims(pairs: Pairs, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor, go
     return claim.index_select(0, blocks.keep)  # (N,)
 
 
-def per_image(fn: Callable[..., tuple[Tensor, ...]], xs: Sequence[Tensor]) -> list[Tensor]:
-    """``fn`` on each image's slice of ``xs`` (each ``(B, ...)``), outputs stacked to ``(B, ...)``: a Python
-    loop in eager, one ONNX ``Scan`` when exporting. The same function either way."""
-    if _exporting():
-        _, out = scan(lambda i, x: (i + 1, list(fn(*x))), torch.zeros((), dtype=torch.int64), list(xs))
-        return out
-    return [torch.stack(t) for t in zip(*(fn(*x) for x in zip(*xs)))]
+def per_image(fn: Callable[..., tuple[Tensor, ...]], xs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``fn`` on each image's unbatched slice of ``xs`` (each ``(B, ...)``), outputs stacked to ``(B, ...)``:
+    :func:`~exportable.batching.in_image_chunks` one image at a time (a Python loop in eager, one ONNX ``Scan``
+    when exporting)."""
+
+    def one(*batched: Tensor) -> tuple[Tensor, ...]:  # (1, ...) slices -> (1, ...) outputs
+        return tuple(y.unsqueeze(0) for y in fn(*(x.squeeze(0) for x in batched)))
+
+    return in_image_chunks(one, 1, *xs)
 
 
 def _pick(cond: Tensor, a: Tensor | int, b: Tensor | int) -> Tensor:
