@@ -1,4 +1,4 @@
-"""Row-wise scatter-max that exports to ONNX ``ScatterND`` (reduction ``max``) over whole rows, in rounds.
+"""Row-wise scatter-max that exports to ONNX ``ScatterND`` (reduction ``max``) over whole rows, checked.
 
 Shape shorthand: ``R`` rows of the target, ``S`` columns, ``P`` source rows.
 
@@ -17,10 +17,13 @@ providers both have the kernel).
 One ``ScatterND`` is not enough: onnxruntime's CPU kernel (1.32) splits the source rows over its threads
 and applies them without guarding repeated rows, so two threads updating one row race and a few maxima come
 out wrong, differently from run to run (onnxruntime issue 18048; MaxIoU's pairs repeat every block). The
-translation therefore scatters in rounds: the source rows are ordered stably by target row, and round ``k``
-scatters each target row's ``k``-th source row, so no round repeats a row. The rounds are an ONNX ``Loop``
-whose trip count is the largest number of source rows sharing a target row (the most gts overlapping one
-anchor block in MaxIoU), each round one ``ScatterND``.
+translation therefore checks and repairs: after the ``ScatterND``, every source row is compared with its
+target row; the sources still above it (the lost maxima, usually none or a handful) are applied again, one
+per target row per round, so no repair repeats a row, and each round settles at least one lost source of
+every row it touches. Rounds continue while any source is above its row, so the result is exact on every
+provider and thread count. The check costs about one more pass over the
+sources (a ``Gather`` of the target rows and a compare); rows with distinct targets never loop. Rows and
+sources must be finite (NaN never compares above).
 """
 
 from __future__ import annotations
@@ -61,23 +64,28 @@ _T = TypeVar("_T", bound=TensorType)
 
 @script()
 def _rows_amax_translation(base: _T, rows: INT64, src: _T) -> _T:
-    """onnxscript translation of ``assignlab::rows_amax``: ``ScatterND(reduction="max")`` in rounds that never
-    repeat a target row (see the module docstring)."""
-    zero = op.Constant(value_ints=[0])
+    """onnxscript translation of ``assignlab::rows_amax``: ``ScatterND(reduction="max")``, then rounds that
+    re-apply the maxima it lost, one source per target row each (see the module docstring). The loop's
+    names are long on purpose: the exporter's inliner clashes with graph outputs of the same name."""
     one = op.Constant(value_ints=[1])
+    zero = op.Constant(value_ints=[0])
     p = op.Shape(rows)  # (1,) P
     r = op.Shape(base, start=0, end=1)  # (1,) R
-    ar = op.Range(op.Constant(value_int=0), op.Squeeze(p), op.Constant(value_int=1))  # (P,)
-    _, order = op.TopK(rows * p + ar, p, largest=0, sorted=1)  # (P,) source rows by target row, stable
-    counts = op.ScatterElements(op.Expand(zero, r), rows, op.Expand(one, p), reduction="add")  # (R,)
-    start = op.CumSum(counts, zero, exclusive=1)  # (R,) each target row's first place in ``order``
-    rounds = op.ReduceMax(op.Concat(counts, zero, axis=0), keepdims=0)  # () the most sources of one row
-    out = base
-    for k in range(rounds):
-        live = op.Squeeze(op.NonZero(counts > k), zero)  # (R_k,) target rows with a k-th source
-        pick = op.Gather(order, op.Gather(start, live) + k)  # (R_k,) their k-th sources: distinct rows
-        out = op.ScatterND(out, op.Unsqueeze(op.Gather(rows, pick), one), op.Gather(src, pick), reduction="max")
-    return out
+    rows_amax_acc = op.ScatterND(base, op.Unsqueeze(rows, one), src, reduction="max")  # (R, S) maybe short
+    lost = op.ReduceMax(op.Cast(op.Greater(src, op.Gather(rows_amax_acc, rows)), to=6), one, keepdims=0)  # (P,)
+    rows_amax_lost = op.Squeeze(op.NonZero(lost), zero)  # (Q,) sources above their row somewhere
+    rows_amax_left = op.Size(rows_amax_lost) > op.Constant(value_int=0)
+    while rows_amax_left:
+        target = op.Gather(rows, rows_amax_lost)  # (Q,)
+        first = op.ScatterElements(op.Expand(p, r), target, rows_amax_lost, reduction="min")  # (R,) P: none
+        fix = op.Squeeze(op.NonZero(op.Less(first, p)), zero)  # (F,) distinct target rows
+        rows_amax_acc = op.ScatterND(rows_amax_acc, op.Unsqueeze(fix, one), op.Gather(src, op.Gather(first, fix)),
+                                     reduction="max")  # (R, S)
+        still = op.ReduceMax(op.Cast(op.Greater(op.Gather(src, rows_amax_lost), op.Gather(rows_amax_acc, target)),
+                                     to=6), one, keepdims=0)  # (Q,)
+        rows_amax_lost = op.Gather(rows_amax_lost, op.Squeeze(op.NonZero(still), zero))  # (Q',)
+        rows_amax_left = op.Size(rows_amax_lost) > op.Constant(value_int=0)
+    return rows_amax_acc
 
 
 TRANSLATIONS = {torch.ops.assignlab.rows_amax.default: _rows_amax_translation}

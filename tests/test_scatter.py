@@ -1,6 +1,7 @@
 """Row-wise scatter-max (``exportable.scatter.rows_amax``): a hand case, torch's ``index_reduce`` on random
-rows with duplicates, and eager vs onnxruntime (``ScatterND`` max in rounds that never repeat a row) with
-empty sources and with many sources per row on several threads (onnxruntime's racy repeated rows)."""
+rows with duplicates, and eager vs onnxruntime (``ScatterND`` max, checked and repaired in rounds that never
+repeat a row) with empty sources and with many sources per row on several threads (onnxruntime's racy
+repeated rows)."""
 
 from __future__ import annotations
 
@@ -65,10 +66,10 @@ def _export_rows_amax() -> onnx.ModelProto:
     )
 
 
-def test_onnx_scatters_rows_with_scatternd_max_in_a_loop_and_matches_eager_at_other_sizes():
+def test_onnx_scatters_rows_with_scatternd_max_then_repairs_in_a_loop_and_matches_eager_at_other_sizes():
     model = _export_rows_amax()
     scatters = [n for n in _all_nodes(model.graph) if n.op_type == "ScatterND"]
-    assert len(scatters) == 2  # one per call, inside its Loop of rounds
+    assert len(scatters) == 4  # per call: the scatter, and the repair inside its Loop
     assert all(onnx.helper.get_attribute_value(n.attribute[0]) == b"max" for n in scatters)
     assert [n.op_type for n in model.graph.node].count("Loop") == 2
     g = torch.Generator().manual_seed(5)
@@ -88,7 +89,7 @@ def test_onnx_scatters_rows_with_scatternd_max_in_a_loop_and_matches_eager_at_ot
 def test_onnx_is_exact_with_many_sources_per_row_on_two_threads():
     # One ScatterND of 20,000 source rows into 8 lets onnxruntime's threads race on a row: with that graph
     # about a quarter of these runs had wrong maxima (onnxruntime 1.32, 2 threads; 30 runs take 0.5 s), so
-    # the chance that 30 runs miss a regression is about 2e-4. The rounds never repeat a row in a scatter.
+    # the chance that 30 runs miss a regression is about 2e-4. The repair rounds restore every lost maximum.
     sess = xonnx.session(_export_rows_amax(), ["CPUExecutionProvider"], threads=2)
     g = torch.Generator().manual_seed(6)
     for _ in range(30):
@@ -111,8 +112,9 @@ def test_max_iou_graph_reduces_rows_with_scatternd():
         input_dims=[["N", 4], ["B", "M", 4], ["B", "M"]],
     )
     nodes = list(_all_nodes(model.graph))
-    assert [n.op_type for n in nodes].count("ScatterND") == 2  # step 6's best IoU and first gt, over whole rows
+    # step 6's best IoU and first gt, over whole rows: per call one scatter and one in its repair loop
+    assert [n.op_type for n in nodes].count("ScatterND") == 4
     elementwise = [n for n in nodes if n.op_type == "ScatterElements"]
-    # only the rounds' row counts (P,); no element-by-element max over (P, S)
+    # only the repairs' one lost source per row (R,); no element-by-element max over (P, S)
     assert [onnx.helper.get_attribute_value(a) for n in elementwise for a in n.attribute if a.name == "reduction"] \
-        == [b"add", b"add"]
+        == [b"min", b"min"]
