@@ -398,8 +398,8 @@ def test_grid_windows_with_no_gts_and_tied_keys():
                   torch.zeros(2, 0, dtype=torch.bool), torch.tensor(0.6))  # M = 0
     assert (none.gt_index == -1).all() and (none.weights == 1).all()
     gts = torch.tensor([[0.0, 0.0, 64.0, 64.0]]).repeat(2, 1, 1)
-    args = (points, strides, scores, boxes, gts, torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1, dtype=torch.bool),
-            torch.tensor(0.6))
+    args = (points, strides, scores, boxes, gts, torch.zeros(2, 1, dtype=torch.int64),
+            torch.ones(2, 1, dtype=torch.bool), torch.tensor(0.6))
     res = module(*args)
     region = center_region(points, strides * 1.5, gts[:1])[0, 0]
     assert res.positive[0].nonzero().squeeze(1).tolist() == region.nonzero().squeeze(1)[:7].tolist()
