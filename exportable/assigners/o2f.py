@@ -36,9 +36,10 @@ How it stays exact and static:
   work on those ``M * K`` slots only: conflicts by two scatter-reductions per point (the largest key,
   then the lowest gt holding it), the certain positive is a gt's first surviving slot (its list is
   sorted by ``q``), the ambiguous maximum of ``p`` a masked max over its slots.
-- The graph does steps 1-4 dense over ``(B, M, N)``. Eager on the CPU finds the same slots from the
-  centre-region pairs alone (:meth:`O2FAssigner._slots_by_range_search`, about 27 per gt instead of
-  N; tested equal), then runs the same steps 5-6.
+- On an FPN grid of points (``grid_strides``, or found by eager on the CPU) steps 1-4 look only at a
+  ``w x w`` window of cells per gt and level (``w = ceil(2 * center_radius) + 2``, 5: ``(B, M, 75)`` on 3
+  levels), which holds the whole centre region; the same tests on the same values give the same slots
+  (:meth:`O2FAssigner._slots_in_windows`, tested equal). Other points: dense over ``(B, M, N)`` (:meth:`_slots`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from exportable._checks import check_float, check_scalar, check_shape, checks_enabled, exporting
-from exportable.assigners._points import check_point_assigner_inputs
+from exportable.assigners._points import check_point_assigner_inputs, grid_geometry, grid_levels, on_grid
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou, _points_in_boxes, _points_near_centers
@@ -233,21 +234,14 @@ class O2FAssigner(nn.Module):
         return self._top_slots(prob, iou * region)
 
     def _grid_levels(self, points, strides) -> tuple[float, ...] | None:
-        """The FPN levels when steps 1-4 may look at windows of cells, None for the dense path.
-
-        ``grid_strides`` given: those levels (in eager the points are checked to be that grid). Otherwise eager
-        on the CPU takes the levels from the points when they form an FPN grid, the graph stays dense.
-        """
+        """The FPN levels when steps 1-4 may use windows of cells: ``grid_strides`` (eager checks the points
+        are that grid); without it, eager on the CPU finds them when the points form a grid, the graph None."""
         if self.grid_strides is not None:
-            if checks_enabled() and not _on_grid(points, strides, self.grid_strides):
+            if checks_enabled() and not on_grid(points, strides, self.grid_strides):
                 raise ValueError(f"points: grid_strides={self.grid_strides} expects the FPN grid of those levels, in "
                                  "that order, each row-major with spacing = stride (exportable.anchors' points)")
             return self.grid_strides
-        if exporting() or points.device.type != "cpu":
-            return None
-        starts = torch.cat([strides.new_zeros(1, dtype=torch.int64), (strides[1:] != strides[:-1]).nonzero()[:, 0] + 1])
-        levels = tuple(strides[starts].tolist())  # (L,) one stride per run of equal strides
-        return levels if len(set(levels)) == len(levels) and _on_grid(points, strides, levels) else None
+        return None if exporting() or points.device.type != "cpu" else grid_levels(points, strides)
 
     def _slots_in_windows(self, levels, points, strides, pred_scores, pred_boxes, boxes, labels, mask) -> Slots:
         """Steps 1-4 on an FPN grid: the same slots as :meth:`_slots` from a window of cells per gt and level.
@@ -260,30 +254,32 @@ class O2FAssigner(nn.Module):
         """
         b, n, c = pred_scores.shape
         m, w = boxes.shape[1], math.ceil(2 * self.center_radius) + 2
-        cx, cy = (boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2  # (B, M) gt centres
+        start, width, height, x0, y0 = (torch.stack(t) for t in zip(*grid_geometry(points, strides, levels)))  # (L,)
+        s = torch.tensor(levels, dtype=boxes.dtype, device=boxes.device)  # (L,)
+        r = s * self.center_radius  # (L,)
+        cx = ((boxes[..., 0] + boxes[..., 2]) / 2).unsqueeze(-1)  # (B, M, 1) gt centres
+        cy = ((boxes[..., 1] + boxes[..., 3]) / 2).unsqueeze(-1)  # (B, M, 1)
         steps = torch.arange(w, device=boxes.device)  # (w,)
-        cells, inside = [], []
-        for s, (start, width, height, x0, y0) in zip(levels, _grid_geometry(points, strides, levels)):
-            r = self.center_radius * s
-            col = ((cx - r - x0) / s).floor().clamp(min=-w).minimum(width.to(cx.dtype))  # (B, M) before the 1st
-            row = ((cy - r - y0) / s).floor().clamp(min=-w).minimum(height.to(cy.dtype))  # (B, M)
-            col = col.to(torch.int64).unsqueeze(-1) + steps  # (B, M, w)
-            row = row.to(torch.int64).unsqueeze(-1) + steps  # (B, M, w)
-            ok = ((row >= 0) & (row < height)).unsqueeze(-1) & ((col >= 0) & (col < width)).unsqueeze(-2)  # (B,M,w,w)
-            cell = start + row.unsqueeze(-1) * width + col.unsqueeze(-2)  # (B, M, w, w) row-major point index
-            cells.append(torch.where(ok, cell, 0).reshape(b, m, w * w))
-            inside.append(ok.reshape(b, m, w * w))
-        index, ok = torch.cat(cells, dim=2), torch.cat(inside, dim=2)  # (B, M, J) each
+        col = ((cx - r - x0) / s).floor().clamp(min=-w).minimum(width.to(s.dtype))  # (B, M, L) before the first
+        row = ((cy - r - y0) / s).floor().clamp(min=-w).minimum(height.to(s.dtype))  # (B, M, L)
+        col = col.to(torch.int64).unsqueeze(-1) + steps  # (B, M, L, w)
+        row = row.to(torch.int64).unsqueeze(-1) + steps  # (B, M, L, w)
+        ok = ((row >= 0) & (row < height.unsqueeze(-1))).unsqueeze(-1)  # (B, M, L, w, 1)
+        ok = ok & ((col >= 0) & (col < width.unsqueeze(-1))).unsqueeze(-2)  # (B, M, L, w, w)
+        cell = (start.view(-1, 1, 1) + row.unsqueeze(-1) * width.view(-1, 1, 1) + col.unsqueeze(-2))  # (B,M,L,w,w)
+        index = torch.where(ok, cell, 0).reshape(b, m, -1)  # (B, M, J) in point order: levels, rows, columns
+        ok = ok.reshape(b, m, -1)  # (B, M, J)
         j = index.shape[2]
-        # 1. p at the gt's class and IoU, for the window's cells only
-        prob = torch.gather(pred_scores.reshape(b, n * c), 1, (index * c + labels.unsqueeze(2)).reshape(b, m * j))
-        prob = prob.reshape(b, m, j)  # (B, M, J)
-        pred = torch.gather(pred_boxes, 1, index.reshape(b, m * j, 1).expand(b, m * j, 4)).reshape(b, m, j, 4)
+        # 1. p at the gt's class and IoU, for the window's cells only (flat row gathers)
+        rows = (torch.arange(b, device=index.device).view(b, 1, 1) * n + index).reshape(-1)  # (B * M * J,)
+        prob = pred_scores.reshape(b * n * c).index_select(0, (rows.view(b, m, j) * c + labels.unsqueeze(2))
+                                                           .reshape(-1)).reshape(b, m, j)  # (B, M, J)
+        pred = pred_boxes.reshape(b * n, 4).index_select(0, rows).reshape(b, m, j, 4)  # (B, M, J, 4)
         gts = boxes.unsqueeze(2)  # (B, M, 1, 4)
-        iou = _box_iou(gts.expand(b, m, j, 4), pred, aligned=True)  # (B, M, J) the pairwise IoU's floats
+        iou = _box_iou(gts, pred, aligned=True)  # (B, M, J) the pairwise IoU's floats
         # 2. + 3. the key on the centre region (the same test on the cells' points and radii)
         pts = points.index_select(0, index.reshape(-1)).reshape(b, m, j, 2)  # (B, M, J, 2)
-        radius = strides.index_select(0, index.reshape(-1)).reshape(b, m, j) * self.center_radius  # (B, M, J)
+        radius = r.unsqueeze(-1).expand(-1, w * w).reshape(j)  # (J,) = strides * center_radius of the cells' level
         region = ok & mask.unsqueeze(2) & _points_in_boxes(pts, gts, aligned=True)  # (B, M, J)
         region &= _points_near_centers(pts, gts, radius, aligned=True)
         return self._top_slots(prob, iou * region, index)
@@ -298,38 +294,6 @@ class O2FAssigner(nn.Module):
         keep = rank_mask(count, pos.shape[2]) & (key > 0)  # (B, M, K)
         point = pos if index is None else torch.gather(index, 2, pos)  # (B, M, K)
         return Slots(key, point, keep, torch.gather(prob, 2, pos), torch.gather(iou, 2, pos))
-
-
-def _grid_geometry(points, strides, levels) -> list[tuple[Tensor, ...]]:
-    """Per level: ``(start, width, height, x0, y0)`` as 0-d tensors, read off the points (O(N), no sync).
-
-    The level's points are the run ``strides == s`` that starts after the previous levels; its width is the
-    number of them on the first point's row, ``(x0, y0)`` that first point."""
-    n, start, out = points.shape[0], torch.zeros((), dtype=torch.int64, device=points.device), []
-    for s in levels:
-        on = strides == s  # (N,)
-        count = on.sum()  # ()
-        first = points.index_select(0, start.clamp(max=n - 1).reshape(1)).reshape(2)  # (2,)
-        width = (on & (points[:, 1] == first[1])).sum().clamp(min=1)  # ()
-        out.append((start, width, count // width, first[0], first[1]))
-        start = start + count
-    return out
-
-
-def _on_grid(points, strides, levels) -> bool:
-    """Eager: are the points the FPN grid :func:`_grid_geometry` reads (each within s / 4 of its cell)?"""
-    n, end = points.shape[0], 0
-    for s, (start, width, height, x0, y0) in zip(levels, _grid_geometry(points, strides, levels)):
-        count = int(width * height)
-        if int(start) != end or count != int((strides == s).sum()) or end + count > n:
-            return False
-        i = torch.arange(count, device=points.device)  # (count,)
-        ideal = torch.stack([x0 + (i % width) * s, y0 + torch.div(i, width, rounding_mode="floor") * s], 1)
-        level = slice(end, end + count)
-        if not ((strides[level] == s).all() and ((points[level] - ideal).abs() <= s / 4).all()):
-            return False
-        end += count
-    return end == n
 
 
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, ceiling) -> None:
