@@ -265,15 +265,16 @@ class O2FAssigner(nn.Module):
         col = col.to(torch.int64).unsqueeze(-1) + steps  # (B, M, L, w)
         row = row.to(torch.int64).unsqueeze(-1) + steps  # (B, M, L, w)
         ok = ((row >= 0) & (row < height.unsqueeze(-1))).unsqueeze(-1)  # (B, M, L, w, 1)
-        ok = ok & ((col >= 0) & (col < width.unsqueeze(-1))).unsqueeze(-2)  # (B, M, L, w, w)
-        cell = (start.view(-1, 1, 1) + row.unsqueeze(-1) * width.view(-1, 1, 1) + col.unsqueeze(-2))  # (B,M,L,w,w)
-        index = torch.where(ok, cell, 0).reshape(b, m, -1)  # (B, M, J) in point order: levels, rows, columns
-        ok = ok.reshape(b, m, -1)  # (B, M, J)
-        j = index.shape[2]
-        # 1. p at the gt's class and IoU, for the window's cells only (flat row gathers)
+        ok = (ok & ((col >= 0) & (col < width.unsqueeze(-1))).unsqueeze(-2)).reshape(b, m, -1)  # (B, M, J)
+        row = torch.minimum(row.clamp(min=0), (height - 1).clamp(min=0).unsqueeze(-1))  # (B, M, L, w) on the grid
+        col = torch.minimum(col.clamp(min=0), (width - 1).unsqueeze(-1))  # (B, M, L, w)
+        first = start.clamp(max=n - 1).view(-1, 1, 1)  # (L, 1, 1) an empty last level: the last point
+        index = (first + row.unsqueeze(-1) * width.view(-1, 1, 1) + col.unsqueeze(-2)).reshape(b, m, -1)  # (B,M,J)
+        j = index.shape[2]  # J = L * w * w cells in point order (levels, rows, columns); outside the grid: masked
+        # 1. p at the gt's class (one gather per image) and IoU (one row gather), for the window's cells only
+        prob = torch.gather(pred_scores.reshape(b, n * c), 1, (index * c + labels.unsqueeze(2)).reshape(b, m * j))
+        prob = prob.reshape(b, m, j)  # (B, M, J)
         rows = (torch.arange(b, device=index.device).view(b, 1, 1) * n + index).reshape(-1)  # (B * M * J,)
-        prob = pred_scores.reshape(b * n * c).index_select(0, (rows.view(b, m, j) * c + labels.unsqueeze(2))
-                                                           .reshape(-1)).reshape(b, m, j)  # (B, M, J)
         pred = pred_boxes.reshape(b * n, 4).index_select(0, rows).reshape(b, m, j, 4)  # (B, M, J, 4)
         gts = boxes.unsqueeze(2)  # (B, M, 1, 4)
         iou = _box_iou(gts, pred, aligned=True)  # (B, M, J) the pairwise IoU's floats
