@@ -286,13 +286,13 @@ class O2FAssigner(nn.Module):
         return self._top_slots(prob, iou * region, index)
 
     def _top_slots(self, prob, iou, index=None) -> Slots:
-        """Steps 2 (key) and 4 on ``(B, M, J)`` pairs (``index``: their points, None: J = N). Slots with key 0
-        do nothing in steps 5-6 and are never kept."""
+        """Steps 2 (key) and 4 on ``(B, M, J)`` pairs (``index``: their points, None: J = N, the points)."""
         key = quality_key(prob, iou, self.alpha)  # (B, M, J) float64
         # 4. k = min(#{u > 0}, topk): the K best keys per gt, kept where rank < k
         count = (iou > 0).to(iou.dtype).sum(dim=2).to(torch.int64)  # (B, M) exact below 2^24 points
         key, pos = _topk(key, self.topk, dim=2)  # (B, M, K) best first, ties by position = by point index
-        keep = rank_mask(count, pos.shape[2]) & (key > 0)  # (B, M, K)
+        keep = rank_mask(count, pos.shape[2])  # (B, M, K) dense: a kept key-0 slot never survives (unique points)
+        keep = keep if index is None else keep & (key > 0)  # windows: masked cells repeat a point, keep none
         point = pos if index is None else torch.gather(index, 2, pos)  # (B, M, K)
         return Slots(key, point, keep, torch.gather(prob, 2, pos), torch.gather(iou, 2, pos))
 
