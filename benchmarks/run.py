@@ -121,23 +121,23 @@ def _build_simota(workload: str) -> Case:
 
 
 def _build_o2f(workload: str) -> Case:
-    """``lessons.o2f.benchmark_case``; ``<workload>/shared`` runs eager on the shared path (steps 1-4 dense, as
-    the graph does) instead of the CPU range-search shortcut, to show what the shortcut gains."""
+    """``lessons.o2f.benchmark_case`` (steps 1-4 on windows of grid cells); ``<workload>/shared`` runs both
+    eager and the graph on the general path (steps 1-4 dense over (B, M, N)), to show what the windows gain."""
     from exportable.assigners.o2f import O2FAssigner
     from lessons.o2f import benchmark_case
 
-    class SharedPathO2F(O2FAssigner):
-        """O2F with the eager shortcut switched off: eager runs the shared steps 1-4 (what the graph runs)."""
+    class DensePathO2F(O2FAssigner):
+        """O2F on the general path: steps 1-4 dense over (B, M, N), in eager and in the graph."""
 
-        def _slots_by_range_search(self, *args):
-            return self._slots(*args)
+        def _grid_levels(self, points, strides):
+            return None
 
     name, _, path = workload.partition("/")
     if path not in ("", "shared"):
         raise ValueError(f"workload: expected {name!r} or {name + '/shared'!r}, got {workload!r}")
     module, inputs = benchmark_case(name, seed=0)
     if path == "shared":
-        module = SharedPathO2F(num_classes=module.num_classes).eval()  # benchmark_case's defaults otherwise
+        module = DensePathO2F(num_classes=module.num_classes).eval()  # benchmark_case's defaults otherwise
     return _catalog_case("o2f_assigner", module, inputs)
 
 
@@ -472,11 +472,11 @@ SUITES: dict[str, Suite] = {
         workloads=("yolox-m20", "yolox-m20/shared", "yolox-m100", "yolox-m100/shared"),
         build=_build_o2f,
         note="`lessons.o2f.benchmark_case`: the points and seeded predictions of `make_workload_predictions`, "
-        "T = 0.6. Steps 1-4 (each gt's top-7 slots): the graph is dense over (B, M, N) with a float64 ranking key; "
-        "eager on the CPU takes the same slots from the centre-region pairs alone (the range-search shortcut, "
-        "tested equal), then both run the same steps 5-6 on the M x 7 slots. `<workload>/shared` rows run eager "
-        "on the shared path (steps 1-4 dense, what the graph runs): their eager column over the plain row's is "
-        "what the shortcut gains. Run beside `task_aligned` "
+        "T = 0.6, `O2FAssigner(grid_strides=(8, 16, 32))`: steps 1-4 (each gt's top-7 slots) look at a 5 x 5 "
+        "window of grid cells per gt and level (B, M, 75), in eager and in the graph alike, then steps 5-6 run on "
+        "the M x 7 slots. `<workload>/shared` rows run eager and the graph on the general path (steps 1-4 dense "
+        "over (B, M, N) with a float64 ranking key, for any points): their columns over the plain row's are what "
+        "the windows gain. Run beside `task_aligned` "
         "(`python benchmarks/run.py --suite task_aligned --suite task_aligned_ultralytics --suite o2f`).",
     ),
     "hungarian": Suite(

@@ -673,16 +673,18 @@ def demo_scene_inputs() -> dict[str, Callable]:
 
 
 def benchmark_case(workload: str, seed: int = 0) -> tuple[nn.Module, tuple[Tensor, ...]]:
-    """``(O2FAssigner(), inputs)`` for ``yolox-m20`` / ``yolox-m100`` (docs/workloads.md): B = 16, 8,400 points,
+    """``(O2FAssigner(grid_strides=...), inputs)`` for ``yolox-m20`` / ``yolox-m100`` (docs/workloads.md): B = 16,
+    8,400 points on the strides 8 / 16 / 32 grid (steps 1-4 on windows of cells, in eager and in the graph),
     seeded predictions (``make_workload_predictions``: scores uniform, boxes jittered squares), the first
     epoch's ``T = 0.6``. Call ``module(*inputs)``."""
-    from lessons.scenes import make_workload_batch, make_workload_predictions
+    from lessons.scenes import WORKLOADS, make_workload_batch, make_workload_predictions
 
     if workload not in ("yolox-m20", "yolox-m100"):
         raise ValueError(f"workload: O2F runs on the point workloads yolox-m20 / yolox-m100, got {workload!r}")
     points, strides, pred_scores, pred_boxes = make_workload_predictions(workload, seed)
     gts = make_workload_batch(workload, seed)
-    module = O2FAssigner(num_classes=pred_scores.shape[2]).eval()
+    grid = tuple(WORKLOADS[workload].priors["strides"])
+    module = O2FAssigner(num_classes=pred_scores.shape[2], grid_strides=grid).eval()
     return module, (points, strides, pred_scores, pred_boxes, gts.gt_boxes, gts.gt_labels, gts.gt_mask,
                     soft_ceiling(0, 12))
 

@@ -1,5 +1,5 @@
 """O2F: hand-computed assignments, the loss against its formula, NMS-free inference, reference <-> exportable
-(the shared path and the eager shortcut) <-> onnxruntime, degenerate inputs, bad input."""
+(the dense path and the grid windows) <-> onnxruntime, degenerate inputs, bad input."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def index_of(points, x, y):
 
 
 def dense(module, args):
-    """The shared (exported) path run in eager: steps 1-4 dense over (B, M, N) instead of the CPU shortcut."""
-    with mock.patch.object(O2FAssigner, "_slots_by_range_search", O2FAssigner._slots):
+    """The general path run in eager: steps 1-4 dense over (B, M, N) instead of windows of grid cells."""
+    with mock.patch.object(O2FAssigner, "_grid_levels", lambda *_: None):
         return module(*args)
 
 
@@ -314,24 +314,116 @@ def test_tie_heavy_inputs_reference_and_dense(sizes):
             assert torch.equal(got, want)
 
 
+def _tie_heavy_grid(seed, b=3, m=12, hw=(96, 136), strides=(8, 16, 32), offset=0.5, c=4):
+    """Grid points, scores on a 1/8 grid (some exact zeros), boxes on a 4 px grid: equal keys are common."""
+    points, point_strides, _ = grid_points(hw[0], hw[1], strides, offset)
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.randint(0, 8, (b, len(points), c), generator=g).float() + 0.5) / 8  # (B, N, C)
+    scores = torch.where(torch.rand(b, len(points), c, generator=g) < 0.05, 0.0, scores)
+    half = torch.randint(1, 4, (b, len(points), 4), generator=g) * point_strides[None, :, None] / 2  # (B, N, 4)
+    boxes = torch.cat([points, points], dim=1)[None] + half * torch.tensor([-1.0, -1.0, 1.0, 1.0])  # (B, N, 4)
+    gts = random_batch({"h": hw[0], "w": hw[1], "batch": b, "m": m, "num_classes": c}, seed)
+    return points, point_strides, scores, (boxes / 4).round() * 4, gts.gt_boxes, gts.gt_labels, gts.gt_mask
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_the_range_search_finds_the_slots_of_the_dense_top_k(seed):
-    # the eager shortcut lists only the centre-region pairs; every slot that can matter (kept, key > 0)
-    # is the dense path's, in the same order, with the same p and IoU bits; the others store nothing
-    entry = catalog.get("o2f_assigner")
-    module = entry.build()
+def test_the_grid_windows_find_the_slots_of_the_dense_top_k(seed):
+    # the windows hold every centre-region point; every slot that can matter (kept, key > 0) is the dense
+    # path's, in the same order, with the same p and IoU bits; the other slots store nothing
+    module = O2FAssigner(num_classes=80)
     if seed == 0:  # a workload-like batch
         points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask = _workload_like(seed, m=20)
-    else:  # tie-heavy: scores on a grid, repeated points
-        points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask, _ = entry.example(
-            {"B": 3, "N": 400, "M": 12, "C": 80}, seed)
+    else:  # tie-heavy
+        points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask = _tie_heavy_grid(seed, c=80)
     labels = torch.where(gt_mask, gt_labels, 0)  # (B, M) as forward passes them
     args = (points, strides, scores, boxes, gt_boxes, labels, gt_mask)
-    fast, full = module._slots_by_range_search(*args), module._slots(*args)
+    levels = module._grid_levels(points, strides)
+    assert levels == (8.0, 16.0, 32.0)
+    fast, full = module._slots_in_windows(levels, *args), module._slots(*args)
     live = full.keep & (full.key > 0)  # (B, M, K)
     assert live.sum() > 50 and torch.equal(fast.keep, live) and torch.equal(fast.key, torch.where(live, full.key, 0))
     for name in ("index", "prob", "iou"):
         assert torch.equal(getattr(fast, name)[live], getattr(full, name)[live]), name
+
+
+def _same(a, b):
+    for name, x, y in zip(a._fields, a, b):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("strides", "offset", "radius", "hw"), [
+    ((8, 16, 32), 0.5, 1.5, (96, 136)),  # yolox-like, an image that is no multiple of 32
+    ((8, 16, 32, 64, 128), 0.0, 1.5, (100, 90)),  # FCOS levels, mmdetection's offset 0
+    ((16, 8), 0.5, 2.5, (64, 72)),  # levels in another order, a wider region
+    ((8, 16, 32), 0.5, 0.4, (64, 64)),  # a region narrower than a cell
+])
+def test_grid_windows_equal_the_dense_path(seed, strides, offset, radius, hw):
+    points, point_strides, scores, boxes, gt_boxes, gt_labels, gt_mask = _tie_heavy_grid(
+        seed, hw=hw, strides=strides, offset=offset)
+    t = torch.tensor(0.5)
+    # degenerate gts: on the image border, past it, smaller than a stride, zero-area, one shared by two rows
+    h, w = hw
+    gt_boxes[0, :6] = torch.tensor([[0.0, 0.0, 20.0, 12.0], [w - 9.0, h - 30.0, w, h], [w - 4.0, 5.0, w + 40.0, 60.0],
+                                    [30.0, 30.0, 33.0, 34.5], [40.0, 40.0, 40.0, 52.0], [-50.0, -50.0, 3.0, 3.0]])
+    gt_boxes[1, 1], gt_mask[1, :2] = gt_boxes[1, 0], True  # two gts with equal keys everywhere
+    gt_labels[1, 1] = gt_labels[1, 0]
+    module = O2FAssigner(num_classes=4, center_radius=radius, grid_strides=strides)
+    args = (points, point_strides, scores, boxes, gt_boxes, gt_labels, gt_mask, t)
+    windows, auto = module(*args), O2FAssigner(num_classes=4, center_radius=radius)(*args)
+    assert windows.positive.sum() > 10
+    _same(windows, dense(module, args))
+    _same(auto, windows)
+    _check_against_reference_c(args, windows, 4, radius)
+
+
+def _check_against_reference_c(args, res, c, radius):
+    points, strides, scores, boxes, gt_boxes, gt_labels, gt_mask, t = args
+    for i in range(scores.shape[0]):
+        real = gt_mask[i].nonzero().squeeze(1)
+        ref = o2f_assign_single(points, strides, scores[i], boxes[i], gt_boxes[i][real], gt_labels[i][real], float(t),
+                                num_classes=c, center_radius=radius)
+        expect = torch.where(ref.gt_index >= 0, torch.cat([real, real.new_zeros(1)])[ref.gt_index.clamp(min=0)], -1)
+        assert torch.equal(res.gt_index[i], expect)
+        assert torch.allclose(res.target_scores[i], ref.target_scores, atol=1e-6, rtol=0)
+
+
+def test_grid_windows_with_no_gts_and_tied_keys():
+    points, strides, _ = grid_points(64, 96, (8, 16, 32))
+    module = O2FAssigner(num_classes=2, grid_strides=(8, 16, 32))
+    scores = torch.full((2, len(points), 2), 0.5)  # every key equal within a gt: lower point index first
+    boxes = torch.tensor([8.0, 8.0, 56.0, 56.0]).repeat(2, len(points), 1)  # (B, N, 4)
+    none = module(points, strides, scores, boxes, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64),
+                  torch.zeros(2, 0, dtype=torch.bool), torch.tensor(0.6))  # M = 0
+    assert (none.gt_index == -1).all() and (none.weights == 1).all()
+    gts = torch.tensor([[0.0, 0.0, 64.0, 64.0]]).repeat(2, 1, 1)
+    args = (points, strides, scores, boxes, gts, torch.zeros(2, 1, dtype=torch.int64),
+            torch.ones(2, 1, dtype=torch.bool), torch.tensor(0.6))
+    res = module(*args)
+    region = center_region(points, strides * 1.5, gts[:1])[0, 0]
+    assert res.positive[0].nonzero().squeeze(1).tolist() == region.nonzero().squeeze(1)[:7].tolist()
+    _same(res, dense(module, args))
+
+
+def test_grid_strides_are_checked():
+    points, strides, _ = grid_points(64, 64, (8, 16, 32))
+    scores, boxes = random_predictions(points, strides, 1, 3, seed=0)
+    args = (scores, boxes, torch.tensor([[[0.0, 0.0, 30.0, 30.0]]]), torch.zeros(1, 1, dtype=torch.int64),
+            torch.ones(1, 1, dtype=torch.bool), torch.tensor(0.6))
+    for levels in ((16, 8, 32), (8, 16), (8, 32, 16), (8, 12, 32)):  # not these points' levels
+        with pytest.raises(ValueError, match="points"):
+            O2FAssigner(num_classes=3, grid_strides=levels)(points, strides, *args)
+    extra = O2FAssigner(num_classes=3, grid_strides=(8, 16, 32, 64))(points, strides, *args)  # a level with no point
+    assert extra.positive.any()
+    _same(extra, O2FAssigner(num_classes=3)(points, strides, *args))
+    moved = points.clone()
+    moved[5, 0] += 3.0  # a point off its cell
+    with pytest.raises(ValueError, match="points"):
+        O2FAssigner(num_classes=3, grid_strides=(8, 16, 32))(moved, strides, *args)
+    assert O2FAssigner(num_classes=3)._grid_levels(moved, strides) is None  # eager: dense for these points
+    for bad in ((), (8, 8), (8, -16), 8, (8, float("nan"))):
+        with pytest.raises(ValueError, match="grid_strides"):
+            O2FAssigner(grid_strides=bad)
 
 
 @settings(max_examples=25, deadline=None)
@@ -376,6 +468,41 @@ def test_onnxruntime_matches_eager_and_reference(exported, t):
             else:
                 assert torch.allclose(o, e, atol=1e-6, rtol=0), name
         _check_against_reference(args, eager)
+
+
+@pytest.fixture(scope="module")
+def grid_graph():
+    """The graph of O2FAssigner(grid_strides=(8, 16, 32)): steps 1-4 on windows of cells (exported once)."""
+    return xonnx.session(catalog.get("o2f_assigner").export(grid_strides=(8, 16, 32)))
+
+
+@pytest.mark.onnx
+def test_onnxruntime_grid_windows_match_eager_and_the_dense_path(grid_graph):
+    def bordered(seed, hw):  # tie-heavy, gts on the border, past it, under a stride, zero-area, padding
+        args = list(_tie_heavy_grid(seed, b=2, m=9, hw=hw, c=80))
+        args[4][0, :4] = torch.tensor([[0.0, 0.0, 20.0, 12.0], [hw[1] - 9.0, hw[0] - 30.0, hw[1], hw[0]],
+                                       [30.0, 30.0, 33.0, 34.5], [40.0, 40.0, 40.0, 52.0]])
+        args[6][1, 5:] = False
+        return (*args, torch.tensor(0.2))
+
+    cases = [(*_workload_like(3, b=3, m=15), torch.tensor(0.6)), bordered(4, (96, 136)), bordered(5, (64, 40)),
+             (*_workload_like(6, b=1, m=1, hw=(32, 32)), torch.tensor(0.6))]
+    empty = list(_workload_like(7, b=2, m=3, hw=(64, 96)))
+    empty[4:7] = torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0, dtype=torch.bool)
+    cases.append((*empty, torch.tensor(0.6)))  # M = 0
+    module, positives = O2FAssigner(grid_strides=(8, 16, 32)), []
+    for args in cases:
+        eager = module(*args)
+        _same(eager, dense(module, args))
+        got = xonnx.run(grid_graph, args)
+        for name, e, o in zip(eager._fields, eager, got):
+            o = torch.as_tensor(np.asarray(o))
+            if e.dtype == torch.int64 or e.dtype == torch.bool:
+                assert torch.equal(o, e), name
+            else:
+                assert torch.allclose(o, e, atol=1e-6, rtol=0), name
+        positives.append(int(eager.positive.sum()))
+    assert min(positives[:3]) > 10 and positives[-1] == 0, positives
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -36,9 +36,10 @@ How it stays exact and static:
   work on those ``M * K`` slots only: conflicts by two scatter-reductions per point (the largest key,
   then the lowest gt holding it), the certain positive is a gt's first surviving slot (its list is
   sorted by ``q``), the ambiguous maximum of ``p`` a masked max over its slots.
-- The graph does steps 1-4 dense over ``(B, M, N)``. Eager on the CPU finds the same slots from the
-  centre-region pairs alone (:meth:`O2FAssigner._slots_by_range_search`, about 27 per gt instead of
-  N; tested equal), then runs the same steps 5-6.
+- On an FPN grid of points (``grid_strides``, or found by eager on the CPU) steps 1-4 look only at a
+  ``w x w`` window of cells per gt and level (``w = ceil(2 * center_radius) + 2``, 5: ``(B, M, 75)`` on 3
+  levels), which holds the whole centre region; the same tests on the same values give the same slots
+  (:meth:`O2FAssigner._slots_in_windows`, tested equal). Other points: dense over ``(B, M, N)`` (:meth:`_slots`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from exportable._checks import check_float, check_scalar, check_shape, checks_enabled, exporting
-from exportable.assigners._points import check_point_assigner_inputs
+from exportable.assigners._points import check_point_assigner_inputs, grid_geometry, grid_levels, on_grid
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou, _points_in_boxes, _points_near_centers
@@ -127,6 +128,11 @@ class O2FAssigner(nn.Module):
         certain_weight: classification weight of the certain positive (``max_soft_weight``, 1.0).
         ambiguous_weight: classification weight of ambiguous anchors (``soft_weight``, 0.4).
         num_classes: C, the ``labels`` value of every non-positive point.
+        grid_strides: the points are the FPN grid of these levels (e.g. ``(8, 16, 32)``: each level a
+            row-major grid of spacing = stride, levels in this order, as ``exportable.anchors`` makes them):
+            steps 1-4, eager and graph, then look at a window of cells per gt and level instead of all N
+            points. None (default): any points; the graph runs steps 1-4 dense, eager on the CPU uses the
+            windows when the points form an FPN grid.
 
     ``forward(points (N, 2), strides (N,), pred_scores (B, N, C), pred_boxes (B, N, 4), gt_boxes (B, M, 4),
     gt_labels (B, M), gt_mask (B, M), soft_ceiling ())`` returns :class:`AssignResult`. ``pred_scores``
@@ -142,6 +148,7 @@ class O2FAssigner(nn.Module):
         certain_weight: float = 1.0,
         ambiguous_weight: float = 0.4,
         num_classes: int = 80,
+        grid_strides: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
@@ -156,6 +163,13 @@ class O2FAssigner(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes: expected an int >= 1, got {num_classes!r}")
         self.num_classes = num_classes
+        if grid_strides is not None:
+            levels = tuple(check_scalar("grid_strides", s) for s in grid_strides) if isinstance(
+                grid_strides, (tuple, list)) else ()
+            if not levels or min(levels) <= 0 or len(set(levels)) != len(levels):
+                raise ValueError(f"grid_strides: expected distinct strides > 0 (one per level), got {grid_strides!r}")
+            grid_strides = levels
+        self.grid_strides = grid_strides
 
     def forward(
         self,
@@ -177,9 +191,9 @@ class O2FAssigner(nn.Module):
         m = boxes.shape[1]
         labels = torch.where(mask, labels, 0)  # (B, M) padding reads class 0, never used
         args = (points, strides, pred_scores, pred_boxes, boxes, labels, mask)
-        # 1.-4. each gt's top-K slots: dense in the graph, from the region's pairs alone in eager on the CPU
-        eager_cpu = not exporting() and pred_scores.device.type == "cpu"
-        slots = self._slots_by_range_search(*args) if eager_cpu else self._slots(*args)
+        # 1.-4. each gt's top-K slots: from a window of cells per level on an FPN grid, else dense over (B, M, N)
+        levels = self._grid_levels(points, strides)
+        slots = self._slots(*args) if levels is None else self._slots_in_windows(levels, *args)
         k = slots.index.shape[2]
         flat = slots.index.reshape(b, m * k)  # (B, M * K)
         gt_ids = torch.arange(m, device=flat.device).view(1, m, 1).expand(b, m, k)  # (B, M, K)
@@ -217,71 +231,70 @@ class O2FAssigner(nn.Module):
         iou = _box_iou(boxes, pred_boxes)  # (B, M, N)
         # 2. + 3. the ranking key on the centre region of each real gt: u is zeroed outside, and so is q
         region = center_region(points, strides * self.center_radius, boxes) & mask.unsqueeze(2)  # (B, M, N)
-        iou = iou * region  # (B, M, N)
-        key = quality_key(prob, iou, self.alpha)  # (B, M, N) float64
+        return self._top_slots(prob, iou * region)
+
+    def _grid_levels(self, points, strides) -> tuple[float, ...] | None:
+        """The FPN levels when steps 1-4 may use windows of cells: ``grid_strides`` (eager checks the points
+        are that grid); without it, eager on the CPU finds them when the points form a grid, the graph None."""
+        if self.grid_strides is not None:
+            if checks_enabled() and not on_grid(points, strides, self.grid_strides):
+                raise ValueError(f"points: grid_strides={self.grid_strides} expects the FPN grid of those levels, in "
+                                 "that order, each row-major with spacing = stride (exportable.anchors' points)")
+            return self.grid_strides
+        return None if exporting() or points.device.type != "cpu" else grid_levels(points, strides)
+
+    def _slots_in_windows(self, levels, points, strides, pred_scores, pred_boxes, boxes, labels, mask) -> Slots:
+        """Steps 1-4 on an FPN grid: the same slots as :meth:`_slots` from a window of cells per gt and level.
+
+        On a level of stride s the region's x-test ``cx - r < px < cx + r`` (r = ``center_radius * s``) holds
+        for at most ``ceil(2 r / s)`` columns from ``floor((cx - r - x0) / s) + 1`` on: a window of
+        ``w = ceil(2 * center_radius) + 2`` columns from ``floor(...)`` holds them with a cell to spare each
+        side (rounding, points up to s / 4 off the grid); rows alike. The ``J = L * w * w`` cells, in point
+        order (levels, rows, columns), then go through :meth:`_slots`' tests on the same values.
+        """
+        b, n, c = pred_scores.shape
+        m, w = boxes.shape[1], math.ceil(2 * self.center_radius) + 2
+        start, width, height, x0, y0 = (torch.stack(t) for t in zip(*grid_geometry(points, strides, levels)))  # (L,)
+        s = torch.tensor(levels, dtype=boxes.dtype, device=boxes.device)  # (L,)
+        r = s * self.center_radius  # (L,)
+        cx = ((boxes[..., 0] + boxes[..., 2]) / 2).unsqueeze(-1)  # (B, M, 1) gt centres
+        cy = ((boxes[..., 1] + boxes[..., 3]) / 2).unsqueeze(-1)  # (B, M, 1)
+        steps = torch.arange(w, device=boxes.device)  # (w,)
+        col = ((cx - r - x0) / s).floor().clamp(min=-w).minimum(width.to(s.dtype))  # (B, M, L) before the first
+        row = ((cy - r - y0) / s).floor().clamp(min=-w).minimum(height.to(s.dtype))  # (B, M, L)
+        col = col.to(torch.int64).unsqueeze(-1) + steps  # (B, M, L, w)
+        row = row.to(torch.int64).unsqueeze(-1) + steps  # (B, M, L, w)
+        ok = ((row >= 0) & (row < height.unsqueeze(-1))).unsqueeze(-1)  # (B, M, L, w, 1)
+        ok = (ok & ((col >= 0) & (col < width.unsqueeze(-1))).unsqueeze(-2)).reshape(b, m, -1)  # (B, M, J)
+        row = torch.minimum(row.clamp(min=0), (height - 1).clamp(min=0).unsqueeze(-1))  # (B, M, L, w) on the grid
+        col = torch.minimum(col.clamp(min=0), (width - 1).unsqueeze(-1))  # (B, M, L, w)
+        first = start.clamp(max=n - 1).view(-1, 1, 1)  # (L, 1, 1) an empty last level: the last point
+        index = (first + row.unsqueeze(-1) * width.view(-1, 1, 1) + col.unsqueeze(-2)).reshape(b, m, -1)  # (B,M,J)
+        j = index.shape[2]  # J = L * w * w cells in point order (levels, rows, columns); outside the grid: masked
+        # 1. p at the gt's class (one gather per image) and IoU (one row gather), for the window's cells only
+        prob = torch.gather(pred_scores.reshape(b, n * c), 1, (index * c + labels.unsqueeze(2)).reshape(b, m * j))
+        prob = prob.reshape(b, m, j)  # (B, M, J)
+        rows = (torch.arange(b, device=index.device).view(b, 1, 1) * n + index).reshape(-1)  # (B * M * J,)
+        pred = pred_boxes.reshape(b * n, 4).index_select(0, rows).reshape(b, m, j, 4)  # (B, M, J, 4)
+        gts = boxes.unsqueeze(2)  # (B, M, 1, 4)
+        iou = _box_iou(gts, pred, aligned=True)  # (B, M, J) the pairwise IoU's floats
+        # 2. + 3. the key on the centre region (the same test on the cells' points and radii)
+        pts = points.index_select(0, index.reshape(-1)).reshape(b, m, j, 2)  # (B, M, J, 2)
+        radius = r.unsqueeze(-1).expand(-1, w * w).reshape(j)  # (J,) = strides * center_radius of the cells' level
+        region = ok & mask.unsqueeze(2) & _points_in_boxes(pts, gts, aligned=True)  # (B, M, J)
+        region &= _points_near_centers(pts, gts, radius, aligned=True)
+        return self._top_slots(prob, iou * region, index)
+
+    def _top_slots(self, prob, iou, index=None) -> Slots:
+        """Steps 2 (key) and 4 on ``(B, M, J)`` pairs (``index``: their points, None: J = N, the points)."""
+        key = quality_key(prob, iou, self.alpha)  # (B, M, J) float64
         # 4. k = min(#{u > 0}, topk): the K best keys per gt, kept where rank < k
         count = (iou > 0).to(iou.dtype).sum(dim=2).to(torch.int64)  # (B, M) exact below 2^24 points
-        key, index = _topk(key, self.topk, dim=2)  # (B, M, K) best first, ties by point index
-        keep = rank_mask(count, index.shape[2])  # (B, M, K)
-        return Slots(key, index, keep, torch.gather(prob, 2, index), torch.gather(iou, 2, index))
-
-    def _slots_by_range_search(self, points, strides, pred_scores, pred_boxes, boxes, labels, mask) -> Slots:
-        """Eager-only shortcut for :meth:`_slots`: the same slots from the region's pairs alone.
-
-        Level by level (its points share the radius r), points sorted into columns of equal x, each sorted
-        by y: a gt's x-test ``max(cx - r, x1) < px < min(cx + r, x2)`` is a run of columns and, in each, the
-        y-test a run of points (``searchsorted`` on the exact values): only the region's pairs are listed,
-        for any points. On those P pairs (about 9 per gt and level on a grid) steps 1-4 are :meth:`_slots`'
-        elementwise operations on the same values, and a gt's list is sorted by (key desc, point index).
-        Slots with key 0 do nothing in steps 5-6 (nothing stored, never a survivor), so only those with
-        key > 0 are written; the rest keep key 0 and ``keep`` False.
-        """
-        b, n, _ = pred_scores.shape
-        m, g_all, dev = boxes.shape[1], boxes.shape[0] * boxes.shape[1], boxes.device
-        x1, y1, x2, y2 = boxes.reshape(g_all, 4).unbind(-1)  # 4 x (G,) G = B * M gts
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2  # (G,) as in the centre-square test
-        radius = strides * self.center_radius  # (N,)
-        valid = mask.reshape(-1)  # (G,) padding has no region
-        gids, pns = [torch.zeros(0, dtype=torch.int64, device=dev)], [torch.zeros(0, dtype=torch.int64, device=dev)]
-        for r in torch.unique(radius):  # 3. first: the region's pairs, level by level (columns of x, rows of y)
-            level = (radius == r).nonzero().squeeze(1)  # (N_l,)
-            ux, x_rank = torch.unique(points[level, 0], return_inverse=True)  # (X,) sorted, (N_l,)
-            uy, y_rank = torch.unique(points[level, 1], return_inverse=True)  # (Y,) sorted, (N_l,)
-            code, order = torch.sort(x_rank * (uy.numel() + 1) + y_rank)  # (N_l,) column-major code
-            c_lo = torch.searchsorted(ux, torch.maximum(cx - r, x1), right=True)  # (G,) first column x > left
-            n_col = (torch.searchsorted(ux, torch.minimum(cx + r, x2)) - c_lo).clamp(min=0) * valid  # (G,)
-            y_lo = torch.searchsorted(uy, torch.maximum(cy - r, y1), right=True)  # (G,) first row y > top
-            y_hi = torch.searchsorted(uy, torch.minimum(cy + r, y2))  # (G,) first row y >= bottom
-            col_gt = torch.repeat_interleave(torch.arange(g_all, device=dev), n_col)  # (Q,) one per (gt, column)
-            col = torch.arange(col_gt.numel(), device=dev) + (c_lo - n_col.cumsum(0) + n_col)[col_gt]  # (Q,)
-            first = torch.searchsorted(code, col * (uy.numel() + 1) + y_lo[col_gt])  # (Q,) the column's y-run
-            run = (torch.searchsorted(code, col * (uy.numel() + 1) + y_hi[col_gt]) - first).clamp(min=0)  # (Q,)
-            at = torch.repeat_interleave(torch.arange(col_gt.numel(), device=dev), run)  # (P_l,)
-            gids.append(col_gt[at])
-            pns.append(level[order[torch.arange(at.numel(), device=dev) + (first - run.cumsum(0) + run)[at]]])
-        gid, pn = torch.cat(gids), torch.cat(pns)  # (P,) gt and point of every region pair
-        bi = torch.div(gid, m, rounding_mode="floor")  # (P,) image
-        # 1. + 2. p, IoU and key of each pair (aligned: the same floats as the pairwise IoU)
-        prob = pred_scores[bi, pn, labels.reshape(-1)[gid]]  # (P,)
-        iou = _box_iou(boxes.reshape(g_all, 4)[gid], pred_boxes[bi, pn], aligned=True)  # (P,)
-        key = quality_key(prob, iou, self.alpha)  # (P,) float64
-        # 4. each gt's list by (key desc, point index): rank < min(#{u > 0}, K) with key > 0 fill its slots
-        count = torch.zeros(g_all, dtype=torch.int64, device=dev).index_add_(0, gid, (iou > 0).to(torch.int64))
-        order = torch.argsort(pn, stable=True)  # (P,)
-        order = order[torch.argsort(key[order], descending=True, stable=True)]
-        order = order[torch.argsort(gid[order], stable=True)]  # (P,) (gt, key desc, point)
-        gid, pn, prob, iou, key = (t[order] for t in (gid, pn, prob, iou, key))
-        sizes = torch.bincount(gid, minlength=g_all)  # (G,)
-        rank = torch.arange(gid.numel(), device=dev) - (sizes.cumsum(0) - sizes)[gid]  # (P,)
-        k = min(self.topk, n)
-        sel = ((rank < count[gid].clamp(max=k)) & (key > 0)).nonzero().squeeze(1)  # (S,)
-        slot = gid[sel] * k + rank[sel]  # (S,) flat (gt, slot)
-        out = Slots(key.new_zeros(g_all * k), torch.zeros(g_all * k, dtype=torch.int64, device=dev),
-                    torch.zeros(g_all * k, dtype=torch.bool, device=dev), prob.new_zeros(g_all * k),
-                    iou.new_zeros(g_all * k))
-        for field, value in zip(out, (key[sel], pn[sel], torch.ones_like(sel, dtype=torch.bool), prob[sel], iou[sel])):
-            field[slot] = value
-        return Slots(*(f.reshape(b, m, k) for f in out))
+        key, pos = _topk(key, self.topk, dim=2)  # (B, M, K) best first, ties by position = by point index
+        keep = rank_mask(count, pos.shape[2])  # (B, M, K) dense: a kept key-0 slot never survives (unique points)
+        keep = keep if index is None else keep & (key > 0)  # windows: masked cells repeat a point, keep none
+        point = pos if index is None else torch.gather(index, 2, pos)  # (B, M, K)
+        return Slots(key, point, keep, torch.gather(prob, 2, pos), torch.gather(iou, 2, pos))
 
 
 def _check_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, ceiling) -> None:
