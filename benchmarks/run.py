@@ -512,9 +512,10 @@ SUITES: dict[str, Suite] = {
         "`make_workload_predictions`; `yolox-m1000` / `yolox-m5000` are docs/workloads.md's many-object cases "
         "(B = 2, gts from `random_batch((640, 640, 2, M, 80), 0)`), named without `@2` so that the harness also "
         "runs the graph on them. Eager works on blocks of gt rows (about 2^20 "
-        "pairs each), so its peak stays near one block; the graph runs the same function on one image per "
-        "iteration of an ONNX `Scan` (`in_image_chunks`), one block over (M, N) each, so its peak grows with "
-        "M x N, not B x M x N. mmdetection side by side: `python benchmarks/peers.py --suite dynamic_soft_label`.",
+        "pairs each), so its peak stays near one block; the graph runs the same block function in an ONNX "
+        "`Scan` over blocks of at most 128 gt rows, nested in a `Scan` over images (`in_image_chunks`), so its "
+        "peak grows with neither M nor B. mmdetection side by side: "
+        "`python benchmarks/peers.py --suite dynamic_soft_label`.",
     ),
     "roi_head_targets": Suite(
         name="roi_head_targets",

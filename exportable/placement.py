@@ -363,10 +363,23 @@ def _initializer_sizes(model: onnx.ModelProto) -> dict[str, int]:
     return sizes
 
 
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """The values ``graph`` reads from its enclosing scopes: its nodes' inputs and, recursively, what its nested
+    bodies read from scopes above them, less what ``graph`` defines (inputs, initializers, node outputs)."""
+    own = {x.name for x in graph.input} | {t.name for t in graph.initializer}
+    own |= {o for n in graph.node for o in n.output}
+    reads = {x for n in graph.node for x in n.input if x}
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                reads |= _outer_reads(a.g)
+    return reads - own
+
+
 def _body_models(model: onnx.ModelProto, types: dict[str, int]) -> list[tuple[str, onnx.ModelProto, set[str]]]:
     """``(control node name, body as a model, the body's formal inputs)`` for every graph attribute of the
-    main graph's nodes. Values the body reads from the enclosing scope become extra graph inputs, typed from
-    ``types``."""
+    main graph's nodes. Values the body reads from the enclosing scope (also those only its own nested bodies
+    read) become extra graph inputs, typed from ``types``."""
     out = []
     for i, node in enumerate(model.graph.node):
         for a in node.attribute:
@@ -374,9 +387,7 @@ def _body_models(model: onnx.ModelProto, types: dict[str, int]) -> list[tuple[st
                 continue
             body = onnx.GraphProto()
             body.CopyFrom(a.g)
-            own = {x.name for x in body.input} | {t.name for t in body.initializer}
-            own |= {o for n in body.node for o in n.output}
-            outer = sorted({x for n in body.node for x in n.input if x and x not in own})
+            outer = sorted(_outer_reads(body))
             formal = {x.name for x in body.input}
             for name in outer:
                 body.input.append(onnx.helper.make_tensor_value_info(name, types.get(name, 0), None))

@@ -171,6 +171,73 @@ def test_eager_blocks_of_gt_rows_give_the_one_block_result(monkeypatch):
         assert torch.equal(x, y)
 
 
+def tied_scene(sizes, seed):
+    """Seeded inputs with gts repeated (same box and class: equal cost rows, step 6 decided by the lower gt
+    index) at rows that fall into different blocks, and one padded row in the middle."""
+    args = list(dynamic_soft_label_inputs(sizes, torch.Generator().manual_seed(seed)))
+    m = sizes["M"]
+    boxes, labels, mask = args[4].clone(), args[5].clone(), args[6].clone()
+    for src, dst in ((0, m - 1), (1, m // 2), (m // 2 + 1, 2)):
+        if 0 <= src < m and 0 <= dst < m and src != dst:
+            boxes[:, dst], labels[:, dst] = boxes[:, src], labels[:, src]
+    if m > 4:
+        mask[0, 3] = False
+    return (*args[:4], boxes, labels, mask)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_eager_row_blocks_of_any_size_give_the_one_block_result_with_tied_gts(monkeypatch, rows):
+    args = tied_scene(dict(B=2, N=300, M=11, C=4), rows)  # M = 11: no block size here divides it but 1
+    a = DynamicSoftLabelAssigner()
+    monkeypatch.setattr(dsl_module, "CHUNK_PAIRS", 2**40)  # one block
+    whole = a(*args)
+    monkeypatch.setattr(dsl_module, "CHUNK_PAIRS", rows * 2 * 300)  # `rows` gt rows per block (B * N pairs each)
+    blocks = a(*args)
+    for x, y in zip(whole, blocks):
+        assert torch.equal(x, y)
+    assert (whole.gt_index >= 0).any()
+    assert_same_as_reference(args, blocks)
+
+
+def test_in_row_blocks_folds_in_row_order_and_joins_the_outs(monkeypatch):
+    # a running column minimum with its first row (the step 6 fold) and a per-row output, vs the unblocked ops
+    x = torch.randint(0, 4, (2, 7, 5), generator=torch.Generator().manual_seed(0)).float()  # (B, M, N) ties
+
+    def fold(carry, start, block):
+        least, first = carry
+        value, arg = block.min(dim=1)
+        better = value < least
+        return (torch.where(better, value, least), torch.where(better, arg + start, first)), (block.sum(dim=2),)
+
+    init = (torch.full((2, 5), float("inf")), torch.zeros(2, 5, dtype=torch.int64))
+    for rows in (1, 2, 3, 7, 8):
+        monkeypatch.setattr(dsl_module, "CHUNK_PAIRS", rows)
+        (least, first), (sums,) = dsl_module._in_row_blocks(fold, init, 7, 1, x)
+        assert torch.equal(least, x.min(dim=1).values) and torch.equal(first, x.min(dim=1).indices), rows
+        assert torch.equal(sums, x.sum(dim=2)), rows
+
+
+@pytest.mark.onnx
+def test_onnxruntime_graph_row_blocks_match_eager_at_other_sizes_with_ties(monkeypatch):
+    """The graph's gt-row Scan with 3 rows per block (its padded last block: M + 1 rows, a multiple of 3 or not),
+    vs eager in its own blocks, on tied scenes and at M = 0 and 1."""
+    entry = catalog.get("dynamic_soft_label_assigner")
+    monkeypatch.setattr(dsl_module, "GRAPH_ROWS", 3)
+    model = entry.export()
+    monkeypatch.undo()
+    bodies = [a.g for node in model.graph.node if node.op_type == "Scan" for a in node.attribute if a.name == "body"]
+    assert any(node.op_type == "Scan" for body in bodies for node in body.node)  # the gt-row Scan is in the graph
+    sess = xonnx.session(model, ["CPUExecutionProvider"])
+    module = entry.build()
+    for i, m in enumerate((0, 1, 2, 3, 5, 8, 11, 14)):
+        sizes = dict(B=2 + i % 2, N=90 + 37 * i, M=m, C=3 + i % 3)
+        args = tied_scene(sizes, i) if m else dynamic_soft_label_inputs(sizes, torch.Generator().manual_seed(i))
+        eager = entry.run_eager(module, args)
+        got = xonnx.run(sess, args)
+        for c in xonnx.compare([o.name for o in entry.outputs], eager, got, atol=0.0):
+            assert c.exact, (m, str(c))
+
+
 @pytest.mark.onnx
 def test_onnxruntime_on_a_workload_batch_and_degenerate_images(exported):
     entry = catalog.get("dynamic_soft_label_assigner")
@@ -183,7 +250,8 @@ def test_onnxruntime_on_a_workload_batch_and_degenerate_images(exported):
     far = [400.0, 400.0, 420.0, 420.0]
     hand = batch_of(HAND["points"], [HAND["scores"]] * 3, [HAND["preds"]] * 3, [[G0, far], [], [far]],
                     [[0, 1], [], [1]])
-    for a in ((p, s, sc, pb, gb, gl, gm), hand):
+    several = tied_scene(dict(B=2, N=500, M=300, C=4), 7)  # M + 1 = 301 rows: 3 blocks of 101 in the graph
+    for a in ((p, s, sc, pb, gb, gl, gm), hand, several):
         eager = entry.run_eager(module, a)
         got = xonnx.run(sess, a)
         for c in xonnx.compare([o.name for o in entry.outputs], eager, got, atol=entry.atol):

@@ -79,6 +79,30 @@ def test_a_gap_inside_a_scan_body_is_found(optimize):
 
 
 @BOTH
+def test_a_scan_nested_in_a_scan_body_reads_a_main_graph_value_with_its_type(optimize):
+    # an outer Scan over images whose body runs an inner Scan over rows; only the inner body reads the main
+    # graph's `scale` (the outer body never does): its type must still reach the inner body's nodes
+    inner = helper.make_graph(
+        [helper.make_node("Mul", ["row", "scale"], ["scaled"], name="inner_mul"),
+         helper.make_node("Atan", ["scaled"], ["out"], name="inner_atan")],
+        "inner", [_vi("row", F, ["N"])], [_vi("out", F, ["N"])])
+    outer = helper.make_graph(
+        [helper.make_node("Scan", ["image"], ["rows_out"], name="inner_scan", body=inner, num_scan_inputs=1)],
+        "outer", [_vi("image", F, ["R", "N"])], [_vi("rows_out", F, ["R", "N"])])
+    scan = helper.make_node("Scan", ["x"], ["y"], name="outer_scan", body=outer, num_scan_inputs=1)
+    model = _model([scan], [_vi("x", F, ["B", "R", "N"]), _vi("scale", F, [])], [_vi("y", F, ["B", "R", "N"])])
+    pred = placement.predict(model, optimize=optimize)
+    assert not pred.of_kind("unknown"), pred.report()
+    (mul,) = _by_op(pred, "Mul")
+    assert mul.name == "outer_scan/body/inner_scan/body/inner_mul" and mul.kind == "cuda", mul.reason
+    assert mul.input_types == ("float", "float")
+    (atan,) = _by_op(pred, "Atan")
+    assert atan.compute_fallback
+    with pytest.raises(placement.PlacementError, match="inner_atan"):
+        placement.check(model, optimize=optimize)
+
+
+@BOTH
 def test_where_on_bool_values_falls_back_where_on_float_does_not(optimize):
     nodes = [helper.make_node("Where", ["c", "a", "b"], ["y"], name="bool_where"),
              helper.make_node("Where", ["c", "u", "v"], ["z"], name="float_where")]

@@ -42,20 +42,27 @@ How it stays small, and the same in eager and in onnxruntime:
   the float64 results rounded to float32 do not (and ``torch.pow`` in float32 even differs between its
   vectorised and scalar loops). Every other operation is IEEE-exact, so eager and the graph compute the
   same float32 cost, bit for bit, and pick the same priors.
-- eager works on blocks of gt rows (about ``CHUNK_PAIRS`` (gt, prior) pairs each) and folds the column
-  minimum of step 6 block by block; the exported graph is one block. Same result (tested); memory stays
-  near one block's pairs, which is what lets M = 5,000 gts run. The graph runs the same function on one
-  image per iteration of an ONNX ``Scan`` (:func:`~exportable.batching.in_image_chunks`; images never
-  interact), so its peak is one image's ``(M, N)`` block rather than the batch's.
+- steps 2-6 run on blocks of gt rows (:func:`_in_row_blocks`): a first pass over the blocks ORs their rows
+  into the candidates; a second computes each block's costs, marks its gts' k cheapest candidates and folds
+  its column minimum (step 6's cheapest gt, an earlier block keeping ties) into a running ``(B, N)``
+  minimum, so no ``(M, N)`` tensor ever exists whole. Eager loops over blocks of about ``CHUNK_PAIRS``
+  (gt, prior) pairs; the graph runs the same block function once per iteration of an ONNX ``Scan`` over
+  blocks of at most ``GRAPH_ROWS`` rows, inside the ``Scan`` over images of
+  :func:`~exportable.batching.in_image_chunks` (images never interact). Any blocking gives the same result
+  bit for bit (tested), and memory stays near one block's pairs in both, which is what lets M = 5,000 gts
+  run.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+from torch._higher_order_ops.scan import scan
 
 from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
@@ -67,6 +74,7 @@ from exportable.boxes import _box_iou, _points_in_boxes
 __all__ = ["DynamicSoftLabelAssigner", "soft_cls_tables"]
 
 CHUNK_PAIRS = 2**20  # eager works on about this many (gt, prior) pairs at a time
+GRAPH_ROWS = 128  # the exported graph works on at most this many gt rows at a time
 IOU_EPS = 1e-7  # mmdetection's EPS in -log(IoU + EPS)
 LOG_CLAMP = -100.0  # torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100
 LN10 = math.log(10.0)
@@ -110,8 +118,7 @@ class DynamicSoftLabelAssigner(nn.Module):
     ) -> AssignResult:
         if checks_enabled():
             check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
-        # eager: the whole batch, in blocks of gt rows; the graph: one image per ONNX Scan iteration (one
-        # block of (M, N) pairs each), so its peak memory is one image's pairs, not the batch's
+        # eager: the whole batch at once; the graph: one image per ONNX Scan iteration. Both in gt-row blocks
         out = in_image_chunks(lambda *image: self._assign(points, strides, *image), pred_scores.shape[0],
                               pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
         return AssignResult(*out)
@@ -121,36 +128,39 @@ class DynamicSoftLabelAssigner(nn.Module):
         # 1. padded rows (and the one ensure_gt_rows adds when M = 0) take part in nothing below
         boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M, 4), (B, M), (B, M)
         labels = torch.where(mask, labels, 0)  # (B, M) padding reads class 0, never used
-        blocks = _row_blocks(boxes.shape[1], b * n)  # eager: blocks of gt rows; exported: one block
-        # 2. candidates: points strictly inside any real gt of their image
-        candidate = None
-        for rows in blocks:
-            inside = _points_in_boxes(points, boxes[:, rows].unsqueeze(2), aligned=True)  # (B, m, N)
-            inside = (inside & mask[:, rows].unsqueeze(2)).any(dim=1)  # (B, N)
-            candidate = inside if candidate is None else candidate | inside
+        m = boxes.shape[1]
+
+        # 2. candidates: points strictly inside any real gt of their image, folded block by block
+        def inside_any(candidate, start, boxes, mask):
+            inside = _points_in_boxes(points, boxes.unsqueeze(2), aligned=True)  # (B, m, N)
+            return candidate | (inside & mask.unsqueeze(2)).any(dim=1), ()  # (B, N)
+
+        candidate = pred_boxes.new_zeros((b, n), dtype=torch.bool)  # (B, N)
+        candidate = _in_row_blocks(inside_any, candidate, m, b * n, boxes, mask)[0]  # (B, N)
         blocked = torch.where(candidate, 0.0, float("inf")).unsqueeze(1)  # (B, 1, N) +inf: not a candidate
         in_play = candidate.to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, N) 1: a candidate
         tables = soft_cls_tables(pred_scores)  # 4 x (B * C, N)
-        marks, least, cheapest_gt = [], None, None
-        for rows in blocks:
+
+        def steps_3_to_6(carry, start, boxes, labels, mask):
+            least, cheapest_gt = carry  # (B, N), (B, N) the cheapest cost so far and its gt
             # 3. the cost of every (gt, prior) pair of the block; +inf off the candidates and on padding
-            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes[:, rows], labels[:, rows])
-            cost.add_(blocked).add_(torch.where(mask[:, rows], 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
+            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes, labels)  # (B, m, N) x 2
+            cost.add_(blocked).add_(torch.where(mask, 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
             # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
             k = dynamic_k(iou.mul_(in_play), self.topk)  # (B, m)
             # 5. each gt marks its k cheapest candidates
-            marks.append(mark_cheapest(cost, k, self.topk))  # (B, m, K') x 2
+            idx, marked = mark_cheapest(cost, k, self.topk)  # (B, m, K') x 2
             # 6. (first half) the cheapest gt of every prior, folded block by block (first on ties)
             value, arg = cost.min(dim=1)  # (B, N), (B, N)
-            if least is None:
-                least, cheapest_gt = value, arg
-            else:
-                better = value < least  # (B, N) strictly: an earlier block keeps its ties
-                least = torch.where(better, value, least)
-                cheapest_gt = torch.where(better, arg + rows.start, cheapest_gt)
+            better = value < least  # (B, N) strictly: an earlier block keeps its ties
+            least = torch.where(better, value, least)  # (B, N)
+            cheapest_gt = torch.where(better, arg + start, cheapest_gt)  # (B, N)
+            return (least, cheapest_gt), (idx, marked)
+
+        # before the first block every prior's cheapest gt is row 0 at +inf: what row 0 gives when all are +inf
+        carry = (pred_boxes.new_full((b, n), float("inf")), labels.new_zeros((b, n)))  # (B, N) x 2
+        (_, cheapest_gt), (idx, marked) = _in_row_blocks(steps_3_to_6, carry, m, b * n, boxes, labels, mask)
         # 6. conflicts: the marking gt, or the cheapest gt over all rows where several gts marked a prior
-        idx = torch.cat([i for i, _ in marks], dim=1)  # (B, M, K')
-        marked = torch.cat([m for _, m in marks], dim=1)  # (B, M, K')
         gt_index = resolve_conflicts(idx, marked, cheapest_gt)  # (B, N)
         # 7. the result: the matched gt's class, box and IoU (the pairwise IoU's arithmetic, same bits)
         matched = torch.gather(boxes, 1, gt_index.clamp(min=0).unsqueeze(2).expand(b, n, 4))  # (B, N, 4)
@@ -199,9 +209,37 @@ def soft_cls_tables(pred_scores: Float[Tensor, "B N C"]) -> tuple[Tensor, Tensor
     return p.contiguous(), l0.to(dtype), l1.sub_(l0).to(dtype), rest.to(dtype)
 
 
-def _row_blocks(m: int, pairs_per_row: int) -> list[slice]:
-    """Eager: slices of about ``CHUNK_PAIRS // pairs_per_row`` gt rows; exported: one slice over all rows."""
+def _in_row_blocks(
+    fn: Callable[..., tuple[Any, tuple[Tensor, ...]]], init: Any, m: int, pairs_per_row: int, *rows: Tensor
+) -> tuple[Any, tuple[Tensor, ...]]:
+    """``fn(carry, start, *block) -> (carry, outs)`` over blocks of gt rows, in row order: ``rows`` are
+    ``(B, M, ...)`` tensors, a block their rows ``start .. start + m_block - 1`` (``start`` an int64 0-d
+    tensor), ``outs`` are ``(B, m_block, ...)``. Returns the last carry and every out joined along M.
+
+    Eager: a Python loop over blocks of ``max(1, CHUNK_PAIRS // pairs_per_row)`` rows. The graph: the same
+    ``fn`` once per iteration of an ONNX ``Scan``, over ``ceil(M / GRAPH_ROWS)`` blocks of ``ceil(M / blocks)``
+    rows (at most ``GRAPH_ROWS``; the rows are padded with zeros up to a whole number of blocks, fewer than
+    one per block, and those rows' outs are dropped: a caller's zero mask must keep them out of the carry).
+    """
     if exporting():
-        return [slice(None)]
+        blocks = (m + GRAPH_ROWS - 1) // GRAPH_ROWS  # symbolic: how many blocks
+        size = (m + blocks - 1) // blocks  # symbolic: rows per block, at most GRAPH_ROWS
+        xs = []
+        for x in rows:
+            pad = x.new_zeros((x.shape[0], blocks * size - m, *x.shape[2:]))  # (B, blocks * size - M, ...)
+            x = torch.cat([x, pad], dim=1)  # (B, blocks * size, ...)
+            xs.append(x.reshape(x.shape[0], blocks, size, *x.shape[2:]).transpose(0, 1))  # (blocks, B, size, ...)
+        starts = torch.arange(blocks, device=rows[0].device) * size  # (blocks,) each block's first row
+
+        def body(carry: Any, block: tuple[Tensor, ...]) -> tuple[Any, tuple[Tensor, ...]]:
+            carry, outs = fn(carry, block[0], *block[1:])
+            return carry, tuple(o.clone() for o in outs)
+
+        carry, outs = scan(body, init, (starts, *xs))
+        return carry, tuple(o.transpose(0, 1).flatten(1, 2)[:, :m] for o in outs)  # (B, M, ...) each
     step = max(1, CHUNK_PAIRS // max(1, pairs_per_row))
-    return [slice(i, min(i + step, m)) for i in range(0, m, step)] or [slice(0, m)]
+    carry, parts = init, []
+    for i in range(0, max(m, 1), step):
+        carry, outs = fn(carry, torch.tensor(i, device=rows[0].device), *(x[:, i : i + step] for x in rows))
+        parts.append(outs)
+    return carry, tuple(torch.cat(field, dim=1) for field in zip(*parts))  # (B, M, ...) each
