@@ -84,16 +84,21 @@ class Pairs(NamedTuple):
 
 
 def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
-    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below)."""
+    """The pairs where ``mask`` is True, in row-major order (a 1-D ``NonZero`` in ONNX, far cheaper than a 3-D
+    one; the order never matters below)."""
     _, m, n = mask.shape
-    image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
-    row = image * m + gt  # (P,)
-    return Pairs(row * n + point, row, image * n + point, gt, point)
+    flat = mask.reshape(-1).nonzero().squeeze(1)  # (P,) into B*M*N
+    row = torch.div(flat, n, rounding_mode="floor")  # (P,)
+    image = torch.div(row, m, rounding_mode="floor")  # (P,)
+    point = flat - row * n  # (P,)
+    return Pairs(flat, row, image * n + point, row - image * m, point)
 
 
-def pair_boxes(gt_boxes: Float[Tensor, "B M 4"], pred_boxes: Float[Tensor, "B N 4"], pairs: Pairs):
-    """The gt and predicted boxes of each pair: ``(P, 4)`` twice."""
-    return gt_boxes.reshape(-1, 4).index_select(0, pairs.row), pred_boxes.reshape(-1, 4).index_select(0, pairs.pred)
+def pick_rows(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> Float[Tensor, "P D"]:
+    """``table[index]`` as the ``(P, D)`` view of ``D`` contiguous ``(P,)`` planes, gathered plane by plane from
+    the small transposed table (ONNX: ``Gather`` on axis 1): the box functions then take rows of ``(D, P)``, not
+    a strided column ``Slice`` of ``(P, D)`` per coordinate (onnxruntime cancels a transpose after a row gather)."""
+    return table.t().contiguous().index_select(1, index).t()  # (P, D) view of (D, P)
 
 
 def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
@@ -117,7 +122,8 @@ class Scored(NamedTuple):
 def on_grid(values: Float[Tensor, " P"], pairs: Pairs, shape: tuple[int, int, int]) -> Float[Tensor, "B M N"]:
     """The pairs' values on a ``(B, M, N)`` grid of zeros (each pair once: a plain scatter)."""
     b, m, n = shape
-    return values.new_zeros(b * m * n).scatter_(0, pairs.flat, values).view(b, m, n)
+    grid = torch.zeros(b * m * n, dtype=values.dtype, device=values.device)  # (B*M*N,) Expand, no Cast in ONNX
+    return grid.scatter_(0, pairs.flat, values).view(b, m, n)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,11 +220,12 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         #    then the margin test on those pairs.
         in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
         pairs = mask_pairs(_points_in_boxes(points, in_boxes.unsqueeze(2), aligned=True))  # (P,) of (B, M, N)
-        cand = _points_in_boxes(points.index_select(0, pairs.point),
-                                in_boxes.reshape(-1, 4).index_select(0, pairs.row), margin=self.center_margin,
+        gt_rows = pick_rows(torch.cat([in_boxes, boxes], dim=-1).reshape(-1, 8), pairs.row)  # (P, 8) one gather
+        cand = _points_in_boxes(pick_rows(points, pairs.point), gt_rows[:, :4], margin=self.center_margin,
                                 aligned=True)  # (P,)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
-        u = _box_ciou(*pair_boxes(boxes, pred_boxes, pairs), aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
+        u = _box_ciou(gt_rows[:, 4:], pick_rows(pred_boxes.reshape(-1, 4), pairs.pred), aligned=True,
+                      eps=CIOU_EPS).clamp_(min=0)  # (P,)
         u = torch.where(cand, u, 0.0)  # (P,)
         t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
                         0.0)  # (P,)
