@@ -220,12 +220,11 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         #    then the margin test on those pairs.
         in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
         pairs = mask_pairs(_points_in_boxes(points, in_boxes.unsqueeze(2), aligned=True))  # (P,) of (B, M, N)
-        gt_rows = pick_rows(torch.cat([in_boxes, boxes], dim=-1).reshape(-1, 8), pairs.row)  # (P, 8) one gather
-        cand = _points_in_boxes(pick_rows(points, pairs.point), gt_rows[:, :4], margin=self.center_margin,
-                                aligned=True)  # (P,)
+        cand = _points_in_boxes(pick_rows(points, pairs.point), pick_rows(in_boxes.reshape(-1, 4), pairs.row),
+                                margin=self.center_margin, aligned=True)  # (P,)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
-        u = _box_ciou(gt_rows[:, 4:], pick_rows(pred_boxes.reshape(-1, 4), pairs.pred), aligned=True,
-                      eps=CIOU_EPS).clamp_(min=0)  # (P,)
+        u = _box_ciou(pick_rows(boxes.reshape(-1, 4), pairs.row), pick_rows(pred_boxes.reshape(-1, 4), pairs.pred),
+                      aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
         u = torch.where(cand, u, 0.0)  # (P,)
         t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
                         0.0)  # (P,)
