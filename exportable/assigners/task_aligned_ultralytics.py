@@ -84,14 +84,13 @@ class Pairs(NamedTuple):
 
 
 def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
-    """The pairs where ``mask`` is True, in row-major order (a 1-D ``NonZero`` in ONNX, far cheaper than a 3-D
-    one; the order never matters below)."""
+    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below). A 1-D ``NonZero``
+    is hardly cheaper, and splitting its flat index needs an integer division that the exporter writes through
+    float32 (inexact past 2^24) or with a sign fix-up of many nodes."""
     _, m, n = mask.shape
-    flat = mask.reshape(-1).nonzero().squeeze(1)  # (P,) into B*M*N
-    row = torch.div(flat, n, rounding_mode="floor")  # (P,)
-    image = torch.div(row, m, rounding_mode="floor")  # (P,)
-    point = flat - row * n  # (P,)
-    return Pairs(flat, row, image * n + point, row - image * m, point)
+    image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
+    row = image * m + gt  # (P,)
+    return Pairs(row * n + point, row, image * n + point, gt, point)
 
 
 def pick_rows(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> Float[Tensor, "P D"]:
