@@ -103,8 +103,7 @@ def pick_rows(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> Float[Te
     """``table[index]`` as the ``(P, D)`` view of ``D`` contiguous ``(P,)`` planes, gathered plane by plane from
     the small transposed table (``GatherElements``): the box functions then take rows of ``(D, P)``, not a
     strided column ``Slice`` of ``(P, D)`` per coordinate (onnxruntime cancels a transpose after a row gather)."""
-    planes = table.t().contiguous()  # (D, R)
-    return planes.gather(1, index.expand(planes.shape[0], -1)).t()  # (P, D) view of (D, P)
+    return torch.stack([take(column, index) for column in table.unbind(1)]).t()  # (P, D) view of (D, P)
 
 
 def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
