@@ -31,7 +31,8 @@ alpha 0.5, beta 6):
 One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
 ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the metric is scattered into
 ``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
-(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``). ``box_ciou``'s arithmetic (its arctangent
+(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``); every per-pair lookup is a 1-D ``gather``
+(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its arctangent
 included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's
 argmax cannot flip. The batch runs image by image
 (:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step, one
@@ -100,9 +101,9 @@ def take(values: Tensor, index: Int[Tensor, " P"]) -> Tensor:
 
 
 def pick_rows(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> Float[Tensor, "P D"]:
-    """``table[index]`` as the ``(P, D)`` view of ``D`` contiguous ``(P,)`` planes, gathered plane by plane from
-    the small transposed table (``GatherElements``): the box functions then take rows of ``(D, P)``, not a
-    strided column ``Slice`` of ``(P, D)`` per coordinate (onnxruntime cancels a transpose after a row gather)."""
+    """``table[index]`` as the ``(P, D)`` view of ``D`` contiguous ``(P,)`` planes, one :func:`take` per column
+    of the small table, stacked: the box functions then take rows of ``(D, P)``, not a strided column ``Slice``
+    of ``(P, D)`` per coordinate (onnxruntime cancels a transpose after a row gather; no ``(D, P)`` index)."""
     return torch.stack([take(column, index) for column in table.unbind(1)]).t()  # (P, D) view of (D, P)
 
 
