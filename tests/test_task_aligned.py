@@ -446,6 +446,40 @@ def test_identical_gts_give_the_same_bits_in_eager_and_onnxruntime(name, exporte
     assert contested[1] > 0 or variant == "tood"  # issue 12's small twins: only ultralytics (STAL) has candidates
 
 
+def _past_2_24_cells_scene():
+    """One image with M * N = 4,000 x 8,400 > 2^25 (gt, point) cells: 3,998 small random gts, and the last two
+    gts (cells past 2^25) the same box over the image's bottom-right corner, which holds the last point."""
+    from lessons.scenes import grid_points
+
+    g = torch.Generator().manual_seed(3)
+    pts, st, _ = grid_points(640, 640, (8, 16, 32))  # (8400, 2), (8400,)
+    n, m = len(pts), 4000
+    xy = torch.rand(m, 2, generator=g) * 600  # (M, 2)
+    gb = torch.cat([xy, xy + 4 + torch.rand(m, 2, generator=g) * 36], dim=1)  # (M, 4)
+    gb[-2:] = T([600, 600, 640, 640])
+    sc = torch.rand(1, n, 3, generator=g)  # (1, N, 3)
+    pb = torch.cat([pts - 20, pts + 20], dim=1)[None] + torch.rand(1, n, 4, generator=g) * 8  # (1, N, 4)
+    gl = torch.randint(0, 3, (1, m), generator=g)  # (1, M)
+    return pts, st, sc, pb, gb[None], gl, torch.ones(1, m, dtype=torch.bool)
+
+
+@pytest.mark.onnx
+def test_onnxruntime_matches_eager_past_2_24_cells_per_image(exported):
+    # The candidate pairs' flat cell indices pass 2^24 (and 2^25): an index computed through float32 anywhere
+    # (the exporter writes an integer floor division as Cast, Div, Floor) would name a wrong point or gt there.
+    name = "task_aligned_assigner_ultralytics"
+    entry = catalog.get(name)
+    args = _past_2_24_cells_scene()
+    eager = entry.run_eager(entry.build(), args)
+    got = _ort(name, exported, args)
+    assert (eager[0][0, -100:] == 3998).any()  # the corner's last points go to the lower of the last two gts
+    for spec, e, o in zip(entry.outputs, eager, got):
+        if spec.dtype == "int64":
+            assert np.array_equal(e.numpy(), o), spec.name
+        else:  # t_hat's division may differ by an ulp
+            np.testing.assert_allclose(o, e.numpy(), atol=entry.atol, rtol=entry.rtol, err_msg=spec.name)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bad input, helpers
 

@@ -31,7 +31,8 @@ alpha 0.5, beta 6):
 One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
 ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the metric is scattered into
 ``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
-(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``). ``box_ciou``'s arithmetic (its arctangent
+(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``); every per-pair lookup is a 1-D ``gather``
+(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its arctangent
 included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's
 argmax cannot flip. The batch runs image by image
 (:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step, one
@@ -84,23 +85,33 @@ class Pairs(NamedTuple):
 
 
 def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
-    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below)."""
+    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below). A 1-D ``NonZero``
+    is hardly cheaper, and splitting its flat index needs an integer division that the exporter writes through
+    float32 (inexact past 2^24) or with a sign fix-up of many nodes."""
     _, m, n = mask.shape
     image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
     row = image * m + gt  # (P,)
     return Pairs(row * n + point, row, image * n + point, gt, point)
 
 
-def pair_boxes(gt_boxes: Float[Tensor, "B M 4"], pred_boxes: Float[Tensor, "B N 4"], pairs: Pairs):
-    """The gt and predicted boxes of each pair: ``(P, 4)`` twice."""
-    return gt_boxes.reshape(-1, 4).index_select(0, pairs.row), pred_boxes.reshape(-1, 4).index_select(0, pairs.pred)
+def take(values: Tensor, index: Int[Tensor, " P"]) -> Tensor:
+    """``values[index]`` of a 1-D tensor as ``gather`` (ONNX ``GatherElements``: several times faster than the
+    ``Gather`` of ``index_select`` in onnxruntime on the CPU, element by element)."""
+    return values.gather(0, index)  # (P,)
+
+
+def pick_rows(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> Float[Tensor, "P D"]:
+    """``table[index]`` as the ``(P, D)`` view of ``D`` contiguous ``(P,)`` planes, one :func:`take` per column
+    of the small table, stacked: the box functions then take rows of ``(D, P)``, not a strided column ``Slice``
+    of ``(P, D)`` per coordinate (onnxruntime cancels a transpose after a row gather; no ``(D, P)`` index)."""
+    return torch.stack([take(column, index) for column in table.unbind(1)]).t()  # (P, D) view of (D, P)
 
 
 def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
     """``s`` of each pair: the point's probability at its gt's class, one flat gather (no ``(B, M, N, C)``).
     Labels must lie in ``[0, C)`` (padded rows: any valid class)."""
     c = pred_scores.shape[-1]
-    return pred_scores.reshape(-1).index_select(0, pairs.pred * c + gt_labels.reshape(-1).index_select(0, pairs.row))
+    return take(pred_scores.reshape(-1), pairs.pred * c + take(gt_labels.reshape(-1), pairs.row))  # (P,)
 
 
 class Scored(NamedTuple):
@@ -117,7 +128,8 @@ class Scored(NamedTuple):
 def on_grid(values: Float[Tensor, " P"], pairs: Pairs, shape: tuple[int, int, int]) -> Float[Tensor, "B M N"]:
     """The pairs' values on a ``(B, M, N)`` grid of zeros (each pair once: a plain scatter)."""
     b, m, n = shape
-    return values.new_zeros(b * m * n).scatter_(0, pairs.flat, values).view(b, m, n)
+    grid = torch.zeros(b * m * n, dtype=values.dtype, device=values.device)  # (B*M*N,) Expand, no Cast in ONNX
+    return grid.scatter_(0, pairs.flat, values).view(b, m, n)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,11 +226,11 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         #    then the margin test on those pairs.
         in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
         pairs = mask_pairs(_points_in_boxes(points, in_boxes.unsqueeze(2), aligned=True))  # (P,) of (B, M, N)
-        cand = _points_in_boxes(points.index_select(0, pairs.point),
-                                in_boxes.reshape(-1, 4).index_select(0, pairs.row), margin=self.center_margin,
-                                aligned=True)  # (P,)
+        cand = _points_in_boxes(pick_rows(points, pairs.point), pick_rows(in_boxes.reshape(-1, 4), pairs.row),
+                                margin=self.center_margin, aligned=True)  # (P,)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
-        u = _box_ciou(*pair_boxes(boxes, pred_boxes, pairs), aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
+        u = _box_ciou(pick_rows(boxes.reshape(-1, 4), pairs.row), pick_rows(pred_boxes.reshape(-1, 4), pairs.pred),
+                      aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
         u = torch.where(cand, u, 0.0)  # (P,)
         t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
                         0.0)  # (P,)
@@ -239,13 +251,13 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         only = scatter_into(listed, torch.where(pos, list_gt, m), b * n, m, "amin")  # (B*N,) its gt when count == 1
         # 5. several gts: argmax of u over all gt rows, lowest row on ties; an all-zero column: row 0.
         best = scatter_into(pairs.pred, u, b * n, 0.0, "amax")  # (B*N,) each point's largest candidate CIoU
-        hit = (u > 0) & (u == best.index_select(0, pairs.pred))  # (P,)
+        hit = (u > 0) & (u == take(best, pairs.pred))  # (P,)
         arg_all = scatter_into(pairs.pred, torch.where(hit, pairs.gt, m), b * n, m, "amin")  # (B*N,) m: no CIoU > 0
         winner = torch.where(count > 1, torch.where(arg_all == m, 0, arg_all), only)  # (B*N,)
         gt_index = torch.where(count > 0, winner, NEGATIVE).view(b, n)  # (B, N)
         # A positive's t and u are those of its pair with its gt (0 if that is no candidate: an all-zero column's
         # row 0).
-        won = pairs.gt == gt_index.reshape(-1).index_select(0, pairs.pred)  # (P,) one pair per point at most
+        won = pairs.gt == take(gt_index.reshape(-1), pairs.pred)  # (P,) one pair per point at most
         t_win = scatter_into(pairs.pred, torch.where(won, t, 0.0), b * n, 0.0, "amax").view(b, n)  # (B, N)
         u_win = scatter_into(pairs.pred, torch.where(won, u, 0.0), b * n, 0.0, "amax").view(b, n)  # (B, N)
         # 5b. topk2 (off when topk2 == topk, as in ultralytics): each gt keeps those of its final positives that
