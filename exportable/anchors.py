@@ -345,7 +345,7 @@ class AnchorGenerator:
 def _ceil_div(size: Tensor, stride: float) -> Tensor:
     """``ceil(size / stride)`` of int64 sizes: exact integer arithmetic for int strides."""
     if isinstance(stride, int):
-        return torch.div(size + (stride - 1), stride, rounding_mode="floor")
+        return (size + (stride - 1)) // stride  # int // exports exactly (rounding_mode="floor" goes through float32)
     return torch.ceil(size.to(torch.float64) / stride).to(torch.int64)
 
 

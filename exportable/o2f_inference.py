@@ -195,7 +195,7 @@ class O2FPostProcess(nn.Module):
             best, slot = _topk(key, p, dim=1)  # (B, P), (B, P) highest first, ties by candidate order
         valid = best > 0  # (B, P) real detections (scores are > score_thr >= 0)
         kept = torch.gather(pair, 1, slot)  # (B, P) pair index
-        point = torch.div(kept, c, rounding_mode="floor")  # (B, P) index into the concatenated points
+        point = kept // c  # (B, P) index into the concatenated points (exact: int //, not float32 floor)
         label = kept - point * c  # (B, P) class
         # 4. decode the kept points' distances, clip to each image
         all_points = torch.cat(points, dim=0)  # (N, 2)

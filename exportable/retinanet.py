@@ -506,7 +506,7 @@ class RetinaNetPostProcess(nn.Module):
         flat = cls.permute(0, 2, 3, 1).reshape(b, -1)  # (B, H * W * A * C)
         # 3. one top-k of k = min(nms_pre, H * W * A * C); pairs <= score_thr are masked later
         top, idx = _topk(flat, self.nms_pre, dim=1)  # (B, k), (B, k)
-        anchor_idx = torch.div(idx, c, rounding_mode="floor")  # (B, k) (y * W + x) * A + a
+        anchor_idx = idx // c  # (B, k) (y * W + x) * A + a; int // exports exactly, rounding_mode="floor" via float32
         labels = idx - anchor_idx * c  # (B, k) class
         d = box.permute(0, 2, 3, 1).reshape(b, -1, 4)  # (B, H * W * A, 4) channel a * 4 + j
         d = torch.gather(d, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))  # (B, k, 4)

@@ -87,6 +87,33 @@ def test_model_metadata_and_hygiene(name, exported):
     onnx.checker.check_model(model, full_check=True)
 
 
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attr.g)
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", NAMES)
+def test_no_integer_floor_division_through_float(name, exported):
+    # torch.div(int, int, rounding_mode="floor") exports as Cast -> Div -> Floor -> Cast(int64) in float32:
+    # wrong past 2^24 (idx // 80 is off by one first at idx = 16,777,279: RetinaNet's flat (anchor, class)
+    # index reaches that at about 210,000 anchors). ``//`` on integers exports exactly (integer Div with a
+    # sign fix-up).
+    nodes = list(_nodes(exported(name).graph))
+    producer = {out: n for n in nodes for out in n.output}
+    for floor in (n for n in nodes if n.op_type == "Floor"):
+        div = producer.get(floor.input[0])
+        if div is None or div.op_type != "Div":
+            continue
+        casts = [producer.get(i) for i in div.input]
+        assert not any(c is not None and c.op_type == "Cast" and
+                       onnx.helper.get_attribute_value(c.attribute[0]) == onnx.TensorProto.FLOAT for c in casts), \
+            f"{name}: {floor.name} floors a float32 division of cast values (integer floor division through float)"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_params_hold_only_overrides_of_the_constructor_defaults(name):
     entry = catalog.get(name)

@@ -63,7 +63,7 @@ def on_grid(points: Tensor, strides: Tensor, levels: tuple[float, ...]) -> bool:
         if int(start) != end or count != int((strides == s).sum()) or end + count > n:
             return False
         i = torch.arange(count, device=points.device)  # (count,)
-        ideal = torch.stack([x0 + (i % width) * s, y0 + torch.div(i, width, rounding_mode="floor") * s], 1)
+        ideal = torch.stack([x0 + (i % width) * s, y0 + (i // width) * s], 1)
         level = slice(end, end + count)
         if not ((strides[level] == s).all() and ((points[level] - ideal).abs() <= s / 4).all()):
             return False
