@@ -72,8 +72,10 @@ def _rows_amax_translation(base: _T, rows: INT64, src: _T) -> _T:
     p = op.Shape(rows)  # (1,) P
     r = op.Shape(base, start=0, end=1)  # (1,) R
     rows_amax_acc = op.ScatterND(base, op.Unsqueeze(rows, one), src, reduction="max")  # (R, S) maybe short
-    lost = op.ReduceMax(op.Cast(op.Greater(src, op.Gather(rows_amax_acc, rows)), to=6), one, keepdims=0)  # (P,)
-    rows_amax_lost = op.Squeeze(op.NonZero(lost), zero)  # (Q,) sources above their row somewhere
+    # (P,) 0 where a source is above its row somewhere: ReduceMin over uint8, the narrowest type the CPU and
+    # CUDA providers both reduce (ReduceMax has no uint8 CUDA kernel); NaN is never above, so it never loops
+    kept = op.ReduceMin(op.Cast(op.Not(op.Greater(src, op.Gather(rows_amax_acc, rows))), to=2), one, keepdims=0)
+    rows_amax_lost = op.Squeeze(op.NonZero(op.Not(op.Cast(kept, to=9))), zero)  # (Q,) sources above their row
     rows_amax_left = op.Size(rows_amax_lost) > op.Constant(value_int=0)
     while rows_amax_left:
         target = op.Gather(rows, rows_amax_lost)  # (Q,)
@@ -81,9 +83,9 @@ def _rows_amax_translation(base: _T, rows: INT64, src: _T) -> _T:
         fix = op.Squeeze(op.NonZero(op.Less(first, p)), zero)  # (F,) distinct target rows
         rows_amax_acc = op.ScatterND(rows_amax_acc, op.Unsqueeze(fix, one), op.Gather(src, op.Gather(first, fix)),
                                      reduction="max")  # (R, S)
-        still = op.ReduceMax(op.Cast(op.Greater(op.Gather(src, rows_amax_lost), op.Gather(rows_amax_acc, target)),
-                                     to=6), one, keepdims=0)  # (Q,)
-        rows_amax_lost = op.Gather(rows_amax_lost, op.Squeeze(op.NonZero(still), zero))  # (Q',)
+        above = op.Greater(op.Gather(src, rows_amax_lost), op.Gather(rows_amax_acc, target))  # (Q, S)
+        kept = op.ReduceMin(op.Cast(op.Not(above), to=2), one, keepdims=0)  # (Q,)
+        rows_amax_lost = op.Gather(rows_amax_lost, op.Squeeze(op.NonZero(op.Not(op.Cast(kept, to=9))), zero))
         rows_amax_left = op.Size(rows_amax_lost) > op.Constant(value_int=0)
     return rows_amax_acc
 

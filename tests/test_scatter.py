@@ -118,3 +118,15 @@ def test_max_iou_graph_reduces_rows_with_scatternd():
     # only the repairs' one lost source per row (R,); no element-by-element max over (P, S)
     assert [onnx.helper.get_attribute_value(a) for n in elementwise for a in n.attribute if a.name == "reduction"] \
         == [b"min", b"min"]
+
+
+def test_onnx_repair_ends_on_a_nan_source():
+    # NaN is never above a row, so the repair loop cannot chase it; rows without NaN stay exact
+    sess = xonnx.session(_export_rows_amax(), ["CPUExecutionProvider"])
+    base = torch.zeros(3, 4)
+    rows = torch.tensor([0, 0, 1])
+    src = torch.tensor([[float("nan"), 1.0, 2.0, 3.0], [0.5, 0.5, 0.5, 0.5], [4.0, -1.0, 5.0, -2.0]])
+    ibase, isrc = torch.zeros(3, 4, dtype=torch.int64), torch.ones(3, 4, dtype=torch.int64)
+    out, _ = xonnx.run(sess, [base, rows, src, ibase, isrc])
+    assert np.array_equal(out[1:], np.array([[4.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32))
+    assert np.array_equal(out[0, 1:], np.array([1.0, 2.0, 3.0], dtype=np.float32))
