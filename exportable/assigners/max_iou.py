@@ -218,7 +218,8 @@ def best_per_anchor(pairs: Pairs, blocks: AnchorBlocks, mask: Tensor) -> tuple[T
     at_best = iou == best.index_select(0, pairs.block)  # (P, S)
     lower = torch.zeros((nb, s), dtype=torch.int64, device=iou.device)  # (NB, S) 0: no pair
     lower = rows_amax(lower, pairs.block, at_best * (m - pairs.gt).unsqueeze(1))  # (NB, S)
-    best, first = best.flatten().index_select(0, blocks.keep), m - lower.flatten().index_select(0, blocks.keep)
+    n = blocks.keep.shape[0]  # N: the real anchors are the first N slots
+    best, first = best.flatten()[:n], m - lower.flatten()[:n]  # (N,) each
     return best, _pick(best > 0, first, mask.to(best.dtype).max(dim=0).indices)  # (N,) each
 
 
@@ -235,7 +236,7 @@ def _claims(pairs: Pairs, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor, go
     if assign_all:  # every tie; a later gt wins: the largest id (pair p's slots are block p's row)
         claim = torch.zeros((nb, s), dtype=torch.int64, device=dev)  # (NB, S) 0: none
         claim = rows_amax(claim, pairs.block, hit * (pairs.gt + 1).unsqueeze(1))  # (NB, S)
-        return torch.maximum(claim.flatten().index_select(0, blocks.keep), zero)  # (N,)
+        return torch.maximum(claim.flatten()[: blocks.keep.shape[0]], zero)  # (N,) the first N slots
     claim = torch.zeros(nb * s + 1, dtype=torch.int64, device=dev)  # (NB * S + 1,) the last: a bin for "none"
     # Only each gated gt's first anchor at gt_max (at gt_max 0: the first anchor taking part).
     first = (nb * s + hit * (pairs.slot - nb * s)).amin(dim=1)  # (P,) the pair's first hit; NB * S: none
@@ -243,7 +244,7 @@ def _claims(pairs: Pairs, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor, go
     claim = claim.scatter_reduce_(0, first, ids, "amax")  # (NB * S + 1,) the bin takes the gts without a hit
     first_in = ids.new_zeros(()) if gone is None else (~gone).to(gt_max.dtype).max(dim=0).indices  # ()
     claim = claim.scatter_reduce_(0, first_in.unsqueeze(0), zero.unsqueeze(0), "amax")  # (NB * S + 1,)
-    return claim.index_select(0, blocks.keep)  # (N,)
+    return claim[: blocks.keep.shape[0]]  # (N,) the first N slots
 
 
 def per_image(fn: Callable[..., tuple[Tensor, ...]], xs: Sequence[Tensor]) -> tuple[Tensor, ...]:
