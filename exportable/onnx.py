@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ __all__ = [
     "dynamic_dims",
     "check_dynamic_dims",
     "graph_io",
+    "iter_nodes",
     "available_providers",
     "best_providers",
     "session",
@@ -123,6 +124,18 @@ def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
         del fn.metadata_props[:]
     del model.metadata_props[:]
     return model
+
+
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph``, then, after each node, the nodes of its subgraphs (``Scan``, ``Loop`` and
+    ``If`` bodies), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from iter_nodes(attr.g)
+            for g in attr.graphs:
+                yield from iter_nodes(g)
 
 
 def dynamic_dims(model: onnx.ModelProto) -> dict[str, list[str | int | None]]:

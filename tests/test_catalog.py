@@ -87,14 +87,6 @@ def test_model_metadata_and_hygiene(name, exported):
     onnx.checker.check_model(model, full_check=True)
 
 
-def _nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
-
-
 @pytest.mark.onnx
 @pytest.mark.parametrize("name", NAMES)
 def test_no_integer_floor_division_through_float(name, exported):
@@ -102,7 +94,7 @@ def test_no_integer_floor_division_through_float(name, exported):
     # wrong past 2^24 (idx // 80 is off by one first at idx = 16,777,279: RetinaNet's flat (anchor, class)
     # index reaches that at about 210,000 anchors). ``//`` on integers exports exactly (integer Div with a
     # sign fix-up).
-    nodes = list(_nodes(exported(name).graph))
+    nodes = list(xonnx.iter_nodes(exported(name).graph))
     producer = {out: n for n in nodes for out in n.output}
     for floor in (n for n in nodes if n.op_type == "Floor"):
         div = producer.get(floor.input[0])

@@ -24,14 +24,6 @@ class _RowsAmax(nn.Module):
         return rows_amax(base, rows, src), rows_amax(ibase, rows, isrc)
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-
-
 def test_hand_case_the_base_counts_and_duplicates_reduce():
     base = torch.tensor([[0.0, 5.0], [1.0, 1.0], [2.0, 2.0]])
     rows = torch.tensor([2, 0, 2])
@@ -68,7 +60,7 @@ def _export_rows_amax() -> onnx.ModelProto:
 
 def test_onnx_scatters_rows_with_scatternd_max_then_repairs_in_a_loop_and_matches_eager_at_other_sizes():
     model = _export_rows_amax()
-    scatters = [n for n in _all_nodes(model.graph) if n.op_type == "ScatterND"]
+    scatters = [n for n in xonnx.iter_nodes(model.graph) if n.op_type == "ScatterND"]
     assert len(scatters) == 4  # per call: the scatter, and the repair inside its Loop
     assert all(onnx.helper.get_attribute_value(n.attribute[0]) == b"max" for n in scatters)
     assert [n.op_type for n in model.graph.node].count("Loop") == 2
@@ -111,7 +103,7 @@ def test_max_iou_graph_reduces_rows_with_scatternd():
         input_names=["anchors", "gt_boxes", "gt_mask"], output_names=["max_overlaps", "argmax"],
         input_dims=[["N", 4], ["B", "M", 4], ["B", "M"]],
     )
-    nodes = list(_all_nodes(model.graph))
+    nodes = list(xonnx.iter_nodes(model.graph))
     # step 6's best IoU and first gt, over whole rows: per call one scatter and one in its repair loop
     assert [n.op_type for n in nodes].count("ScatterND") == 4
     elementwise = [n for n in nodes if n.op_type == "ScatterElements"]
