@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from exportable._checks import check_boxes, check_float, check_probabilities, check_shape
-from exportable.batching import check_gt_batch
+from exportable._checks import check_boxes, check_float, check_probabilities, check_shape, checks_enabled, exporting
+from exportable.batching import check_gt_batch, ensure_gt_rows
 
-__all__ = ["check_point_assigner_inputs", "grid_geometry", "grid_levels", "on_grid"]
+__all__ = ["check_point_assigner_inputs", "grid_geometry", "grid_levels", "on_grid", "point_assigner_gt_rows"]
 
 
 def check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, *,
@@ -37,6 +37,22 @@ def check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_box
     check_gt_batch(gt_boxes, gt_labels, gt_mask, num_classes=c)
     if gt_boxes.shape[0] != b:
         raise ValueError(f"gt_boxes: batch {gt_boxes.shape[0]} does not match pred_scores' B = {b}")
+
+
+def point_assigner_gt_rows(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, *,
+                           num_classes: int | None = None) -> tuple[int, tuple[Tensor, Tensor, Tensor] | None]:
+    """The TaskAligned assigners' prologue: the input checks (when enabled), the class count C, and the gt rows
+    ``(boxes (B, M', 4), labels (B, M'), mask (B, M'))`` with at least one (padding) row and padded rows'
+    labels set to 0, as they may hold any label. The rows are ``None`` when eager has no points to assign
+    (the caller returns an empty result); the graph always runs its steps (N stays dynamic)."""
+    if checks_enabled():
+        check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask,
+                                    num_classes=num_classes)
+    c = pred_scores.shape[-1] if num_classes is None else num_classes
+    if pred_scores.shape[1] == 0 and not exporting():
+        return c, None
+    boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
+    return c, (boxes, torch.where(mask, labels, 0), mask)
 
 
 def grid_geometry(points: Tensor, strides: Tensor, levels: tuple[float, ...]) -> list[tuple[Tensor, ...]]:

@@ -39,10 +39,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from exportable._checks import check_scalar, checks_enabled, exporting
-from exportable.assigners._points import check_point_assigner_inputs
+from exportable._checks import check_scalar
+from exportable.assigners._points import point_assigner_gt_rows
 from exportable.assigners.result import NEGATIVE, AssignResult, empty_result
-from exportable.batching import ensure_gt_rows, in_image_chunks
+from exportable.batching import in_image_chunks
 from exportable.boxes import _box_iou, _points_in_boxes
 from exportable.numerics import power
 from exportable.ordering import _topk
@@ -219,18 +219,15 @@ class TaskAlignedAssigner(nn.Module):
         gt_labels: Int[Tensor, "B M"],
         gt_mask: Bool[Tensor, "B M"],
     ) -> AssignResult:
-        if checks_enabled():
-            check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask,
-                                        num_classes=self.num_classes)
-        b, n, c = pred_scores.shape
-        num_classes = c if self.num_classes is None else self.num_classes
-        if n == 0 and not exporting():
-            return empty_result(b, 0, num_classes, like=pred_boxes)  # no points: nothing to assign
-        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
-        labels = torch.where(mask, labels, 0)  # (B, M') padded rows may hold any label
+        num_classes, rows = point_assigner_gt_rows(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
+                                                   gt_mask, num_classes=self.num_classes)
+        if rows is None:
+            return empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
+        boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
         # 1.-3. each gt's top-K list, a few images at a time in eager.
         images = max(1, self.eager_rows // boxes.shape[1])
         top_t, top_i, top_u = in_image_chunks(self._top_k, images, pred_scores, pred_boxes, boxes, labels)
+        n = points.shape[0]
         gt_index, overlaps, target = self._positives(points, top_t, top_i, top_u, boxes, mask, n)  # 4., 5., 7.
         # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
         return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,

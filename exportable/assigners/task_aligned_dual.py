@@ -32,15 +32,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from exportable._checks import checks_enabled, exporting
-from exportable.assigners._points import check_point_assigner_inputs
+from exportable.assigners._points import point_assigner_gt_rows
 from exportable.assigners.result import AssignResult, empty_result
 from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
-from exportable.batching import ensure_gt_rows, in_image_chunks
+from exportable.batching import in_image_chunks
 
 __all__ = ["DualAssignResult", "DualTaskAlignedAssigner"]
 
@@ -111,16 +109,12 @@ class DualTaskAlignedAssigner(nn.Module):
         gt_mask: Bool[Tensor, "B M"],
     ) -> DualAssignResult:
         tal = self.tal
-        if checks_enabled():
-            check_point_assigner_inputs(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels, gt_mask,
-                                        num_classes=tal.num_classes)
-        b, n, c = pred_scores.shape
-        num_classes = c if tal.num_classes is None else tal.num_classes
-        if n == 0 and not exporting():
-            empty = empty_result(b, 0, num_classes, like=pred_boxes)  # no points: nothing to assign
+        num_classes, rows = point_assigner_gt_rows(points, strides, pred_scores, pred_boxes, gt_boxes, gt_labels,
+                                                   gt_mask, num_classes=tal.num_classes)
+        if rows is None:
+            empty = empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
             return DualAssignResult(empty, empty)
-        boxes, labels, mask = ensure_gt_rows(gt_boxes, gt_labels, gt_mask)  # (B, M', 4), (B, M'), (B, M')
-        labels = torch.where(mask, labels, 0)  # (B, M') padded rows may hold any label
+        boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
         images = max(1, tal.eager_rows // boxes.shape[1])
         out = in_image_chunks(lambda *batch: self._assign(points, *batch), images, pred_scores, pred_boxes, boxes,
                               labels, mask)  # 6 x (B, N)
