@@ -27,6 +27,7 @@ calls a private unchecked twin (``_box_iou`` ...) that other modules call direct
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -182,13 +183,28 @@ def _split(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[list[Tensor],
 
 def _inter_and_areas(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Intersection ``(..., N, M)`` and the two areas as broadcastable views."""
-    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = _split(boxes1, boxes2, aligned)
+    return _planes_inter_and_areas(*_split(boxes1, boxes2, aligned))
+
+
+def _planes_inter_and_areas(a: Sequence[Tensor], b: Sequence[Tensor],
+                            area_b: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_inter_and_areas` from coordinate planes ``(x1, y1, x2, y2)`` that broadcast together;
+    ``area_b``: the second boxes' areas if already known (computed by the same formula: the same bits)."""
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a, b
     iw = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)  # (..., N, M)
     ih = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)  # (..., N, M)
     inter = iw.mul_(ih)  # (..., N, M)
     area1 = (ax2 - ax1) * (ay2 - ay1)  # (..., N, 1)
-    area2 = (bx2 - bx1) * (by2 - by1)  # (..., 1, M)
+    area2 = (bx2 - bx1) * (by2 - by1) if area_b is None else area_b  # (..., 1, M)
     return inter, area1, area2
+
+
+def _planes_iou(a: Sequence[Tensor], b: Sequence[Tensor], area_b: Tensor | None = None,
+                eps: float = 1e-6) -> Tensor:
+    """:func:`_box_iou` from coordinate planes (see :func:`_planes_inter_and_areas`): the same numbers."""
+    inter, area1, area2 = _planes_inter_and_areas(a, b, area_b)
+    union = (area1 + area2 - inter).clamp_(min=eps)  # (..., N, M)
+    return inter.div_(union)  # (..., N, M)
 
 
 def box_iou(
@@ -211,9 +227,7 @@ def box_iou(
 
 
 def _box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = 1e-6) -> Tensor:
-    inter, area1, area2 = _inter_and_areas(boxes1, boxes2, aligned)
-    union = (area1 + area2 - inter).clamp_(min=eps)  # (..., N, M)
-    return inter.div_(union)  # (..., N, M)
+    return _planes_iou(*_split(boxes1, boxes2, aligned), eps=eps)
 
 
 def box_iof(

@@ -181,7 +181,8 @@ class MaxIoUAssigner(nn.Module):
         if dropped is not None:  # mmdetection's -1 for the anchors of ignore regions (not without gts)
             minus_one = dropped & has_gt if inside is None else dropped & has_gt & inside  # (N,)
             max_overlaps = torch.where(minus_one, -1.0, max_overlaps)  # (N,)
-        gt_max = gts.new_zeros(m).scatter_reduce_(0, pairs.gt, pairs.iou.amax(dim=1), "amax")  # (M,) 0: no pair
+        pair_max = pairs.iou.amax(dim=1)  # (P,) each pair's best IoU
+        gt_max = gts.new_zeros(m).scatter_reduce_(0, pairs.gt, pair_max, "amax")  # (M,) 0: no pair
         # 7. Negatives; every other anchor starts ignored.
         lo, hi = self.neg_range
         negative = ~has_gt | ((max_overlaps >= lo) & (max_overlaps < hi))  # (N,)
@@ -193,7 +194,7 @@ class MaxIoUAssigner(nn.Module):
             gate = mask & (gt_max >= self.min_pos_iou)  # (M,)
             if self.guard_zero_iou:
                 gate = gate & (gt_max > 0)  # (M,)
-            claim = _claims(pairs, blocks, gt_max, gate, gone, self.gt_max_assign_all)  # (N,) 1 + gt, 0
+            claim = _claims(pairs, pair_max, blocks, gt_max, gate, gone, self.gt_max_assign_all)  # (N,) 1 + gt, 0
             claimed = claim > 0 if gone is None else (claim > 0) & ~gone  # (N,)
             gt_index = _pick(claimed, claim - 1, gt_index)  # (N,)
         if outside is not None:  # anchors outside anchor_mask: ignored (their overlap is 0)
@@ -223,24 +224,27 @@ def best_per_anchor(pairs: Pairs, blocks: AnchorBlocks, mask: Tensor) -> tuple[T
     return best, _pick(best > 0, first, mask.to(best.dtype).max(dim=0).indices)  # (N,) each
 
 
-def _claims(pairs: Pairs, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor, gone: Tensor | None,
-            assign_all: bool) -> Tensor:
+def _claims(pairs: Pairs, pair_max: Tensor, blocks: AnchorBlocks, gt_max: Tensor, gate: Tensor,
+            gone: Tensor | None, assign_all: bool) -> Tensor:
     """Step 9: ``(N,)`` 1 + the last gated gt that claims each anchor, 0 for none. A gated gt at
-    ``gt_max > 0`` reaches its best anchors within its pairs (no IoU exceeds ``gt_max``: ``>=`` is equality);
-    one at ``gt_max`` 0 reaches every anchor (all its IoUs are 0)."""
+    ``gt_max > 0`` reaches its best anchors within its pairs (no IoU exceeds ``gt_max``: ``>=`` is equality),
+    so only the few pairs whose best IoU ``pair_max (P,)`` reaches their gt's are looked at; a gated gt at
+    ``gt_max`` 0 reaches every anchor (all its IoUs are 0)."""
     m, (nb, s), dev = gate.shape[0], blocks.index.shape, gt_max.device
     target = torch.where(gate & (gt_max > 0), gt_max, float("inf")).index_select(0, pairs.gt)  # (P,)
-    hit = pairs.iou >= target.unsqueeze(1)  # (P, S)
+    some = (pair_max >= target).nonzero().squeeze(1)  # (H,) the pairs holding their gt's best IoU
+    gt, target = pairs.gt.index_select(0, some), target.index_select(0, some)  # (H,) each
+    hit = pairs.iou.index_select(0, some) >= target.unsqueeze(1)  # (H, S)
     ids = torch.arange(1, m + 1, device=dev)  # (M,) 1-based
     zero = ((gate & (gt_max == 0)) * ids).amax(dim=0)  # () the last gated gt at gt_max 0; 0: none
     if assign_all:  # every tie; a later gt wins: the largest id (pair p's slots are block p's row)
         claim = torch.zeros((nb, s), dtype=torch.int64, device=dev)  # (NB, S) 0: none
-        claim = rows_amax(claim, pairs.block, hit * (pairs.gt + 1).unsqueeze(1))  # (NB, S)
+        claim = rows_amax(claim, pairs.block.index_select(0, some), hit * (gt + 1).unsqueeze(1))  # (NB, S)
         return torch.maximum(claim.flatten()[: blocks.keep.shape[0]], zero)  # (N,) the first N slots
     claim = torch.zeros(nb * s + 1, dtype=torch.int64, device=dev)  # (NB * S + 1,) the last: a bin for "none"
     # Only each gated gt's first anchor at gt_max (at gt_max 0: the first anchor taking part).
-    first = (nb * s + hit * (pairs.slot - nb * s)).amin(dim=1)  # (P,) the pair's first hit; NB * S: none
-    first = torch.full_like(ids, nb * s).scatter_reduce_(0, pairs.gt, first, "amin")  # (M,)
+    first = (nb * s + hit * (pairs.slot.index_select(0, some) - nb * s)).amin(dim=1)  # (H,) first hit
+    first = torch.full_like(ids, nb * s).scatter_reduce_(0, gt, first, "amin")  # (M,) NB * S: none
     claim = claim.scatter_reduce_(0, first, ids, "amax")  # (NB * S + 1,) the bin takes the gts without a hit
     first_in = ids.new_zeros(()) if gone is None else (~gone).to(gt_max.dtype).max(dim=0).indices  # ()
     claim = claim.scatter_reduce_(0, first_in.unsqueeze(0), zero.unsqueeze(0), "amax")  # (NB * S + 1,)

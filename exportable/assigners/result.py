@@ -83,17 +83,20 @@ class AssignResult(NamedTuple):
         ``overlaps`` is stored as given (MaxIoU keeps every anchor's best IoU, the others pass 0 for
         non-positives). ``target_scores`` defaults to 1 for positives (hard targets) and is 0 for every
         non-positive either way; ``weights`` defaults to 1 except 0 for ignored anchors. Boxes are
-        ``(x1, y1, x2, y2)``. One flat ``index_select`` per field from the gt rows plus one extra row (box 0,
-        class ``num_classes``) that every non-positive reads: no ``(B, N, M)`` tensor, no ``where`` over
-        ``(B, N, 4)`` (onnxruntime's Where is several times slower than a gather there).
+        ``(x1, y1, x2, y2)``. Each image's gt rows get one row in front (box 0, class ``num_classes``) that every
+        non-positive reads, so the row of an anchor is ``max(gt_index, -1) + 1``: one gather per field, no
+        ``(B, N, M)`` tensor and no ``where`` (onnxruntime's ``Where`` is several times slower than these
+        gathers). The labels are a ``torch.gather`` (ONNX ``GatherElements``, about 6x faster in onnxruntime
+        than the element-by-element ``Gather`` of ``index_select``), the boxes one ``embedding`` lookup of
+        16-byte rows (a ``Gather`` straight into ``(B, N, 4)``, without a reshape that onnxruntime copies).
         """
-        b, n = gt_index.shape
-        m = gt_boxes.shape[1]
+        b, m = gt_boxes.shape[:2]
         positive = gt_index >= 0  # (B, N)
-        offsets = torch.arange(b, device=gt_index.device).unsqueeze(1) * m  # (B, 1)
-        rows = torch.where(positive, gt_index + offsets, b * m).reshape(-1)  # (B*N,) non-positives: row B*M
-        labels = torch.cat([gt_labels.reshape(b * m), gt_labels.new_full((1,), num_classes)])  # (B*M + 1,)
-        boxes = torch.cat([gt_boxes.reshape(b * m, 4), gt_boxes.new_zeros((1, 4))])  # (B*M + 1, 4)
+        # Image i's rows: one for its non-positives (class num_classes, box 0), then its M gts.
+        rows = gt_index.clamp(min=-1) + 1  # (B, N) in [0, M]
+        labels = torch.cat([gt_labels.new_full((b, 1), num_classes), gt_labels], dim=1)  # (B, M + 1)
+        boxes = torch.cat([gt_boxes.new_zeros((b, 1, 4)), gt_boxes], dim=1).reshape(-1, 4)  # (B*(M+1), 4)
+        flat = rows + torch.arange(b, device=gt_index.device).unsqueeze(1) * (m + 1)  # (B, N) rows of `boxes`
         if target_scores is None:
             target_scores = positive.to(overlaps.dtype)  # (B, N)
         else:
@@ -102,8 +105,8 @@ class AssignResult(NamedTuple):
             weights = (gt_index != IGNORED).to(overlaps.dtype)  # (B, N)
         return cls(
             gt_index=gt_index,
-            labels=labels.index_select(0, rows).reshape(b, n),  # (B, N)
-            boxes=boxes.index_select(0, rows).reshape(b, n, 4),  # (B, N, 4)
+            labels=torch.gather(labels, 1, rows),  # (B, N) ONNX GatherElements: fast in onnxruntime
+            boxes=torch.nn.functional.embedding(flat, boxes),  # (B, N, 4) one ONNX Gather, no reshape
             overlaps=overlaps,
             target_scores=target_scores,
             weights=weights,
