@@ -28,13 +28,14 @@ alpha 0.5, beta 6):
 7. ``t_hat = t * max u / (max t + 1e-9)``, maxima per gt over its final positives (which may lie outside
    its top-K after step 5).
 
-One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
-ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the metric is scattered into
-``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
-(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``); every per-pair lookup is a 1-D ``gather``
-(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its arctangent
-included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's
-argmax cannot flip. The batch runs image by image
+One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (a 1-D ``NonZero`` in ONNX), as
+ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the per-box parts (STAL boxes, CIoU's
+arctangents) are computed once for the whole batch; the metric is scattered into ``(B, M, N)`` for the top-K;
+steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs (step 5b ranks a ``(B, M, N)`` grid
+of the final positives' ``t``); every per-pair lookup is a 1-D ``gather`` per coordinate plane
+(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its
+arctangent included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and
+step 5's argmax cannot flip. The batch runs image by image
 (:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step, one
 ``Scan`` iteration per image in the graph), which never changes a result.
 
@@ -108,10 +109,10 @@ def take(values: Tensor, index: Int[Tensor, " P"]) -> Tensor:
     return values.gather(0, index)  # (P,)
 
 
-def planes(table: Float[Tensor, "R D"], index: Int[Tensor, "*shape"]) -> list[Tensor]:
-    """``table[index]`` as ``D`` coordinate planes shaped as ``index``, one :func:`take` per column of the small
-    table (the box functions take planes: no stack and split of a ``(P, D)`` copy)."""
-    return [take(column, index.reshape(-1)).view_as(index) for column in table.unbind(1)]  # D x (*shape)
+def planes(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> list[Tensor]:
+    """``table[index]`` as ``D`` coordinate planes ``(P,)``, one :func:`take` per column of the small table (the
+    box functions take planes: no stack and split of a ``(P, D)`` copy)."""
+    return [take(column, index) for column in table.unbind(1)]  # D x (P,)
 
 
 def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
@@ -256,7 +257,8 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         b, m, _ = top_i.shape
         n = points.shape[0]
         # 4. positive: in the top-K and a candidate (zero-metric candidates included).
-        pos = _planes_in_boxes(planes(points, top_i), [c.unsqueeze(-1) for c in in_boxes.unbind(-1)],
+        px, py = (c.view_as(top_i) for c in planes(points, top_i.reshape(-1)))  # (B, M, K) each
+        pos = _planes_in_boxes((px, py), [c.unsqueeze(-1) for c in in_boxes.unbind(-1)],
                                margin=self.center_margin).reshape(-1)  # (B*M*K,) from 2 x (B, M, K), 4 x (B, M, 1)
         listed, list_gt = list_entries(top_i, n)  # (B*M*K,) each
         count = torch.zeros(b * n, dtype=torch.int64, device=pos.device).scatter_add_(0, listed, pos.long())  # (B*N,)
