@@ -388,7 +388,12 @@ def points_in_boxes(
 
 
 def _points_in_boxes(points: Tensor, boxes: Tensor, *, margin: float = 0.0, aligned: bool = False) -> Tensor:
-    (px, py), (x1, y1, x2, y2) = _point_planes(points, boxes, aligned)
+    return _planes_in_boxes(*_point_planes(points, boxes, aligned), margin=margin)
+
+
+def _planes_in_boxes(points: Sequence[Tensor], boxes: Sequence[Tensor], *, margin: float = 0.0) -> Tensor:
+    """:func:`points_in_boxes` from coordinate planes ``(px, py)`` and ``(x1, y1, x2, y2)`` that broadcast."""
+    (px, py), (x1, y1, x2, y2) = points, boxes
     if margin == 0.0:  # a - b > 0 exactly when a > b (IEEE, gradual underflow): no float temporaries
         inside = px > x1  # (..., N, M) or the broadcast shape
         inside &= py > y1
@@ -481,13 +486,26 @@ def box_ciou(
 def _box_ciou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float = CIOU_EPS) -> Tensor:
     c1 = boxes1.movedim(-1, 0).contiguous()  # (4, ..., M)
     c2 = boxes2.movedim(-1, 0).contiguous()  # (4, ..., N)
-    atan1 = atan((c1[2] - c1[0]) / (c1[3] - c1[1] + eps))  # (..., M) per box, once
-    atan2 = atan((c2[2] - c2[0]) / (c2[3] - c2[1] + eps))  # (..., N)
+    atan1, atan2 = _ciou_atan(c1, eps), _ciou_atan(c2, eps)  # (..., M), (..., N) per box, once
     if not aligned:
         c1, c2 = c1.unsqueeze(-1), c2.unsqueeze(-2)  # (4, ..., M, 1), (4, ..., 1, N)
         atan1, atan2 = atan1.unsqueeze(-1), atan2.unsqueeze(-2)  # (..., M, 1), (..., 1, N)
-    b1_x1, b1_y1, b1_x2, b1_y2 = c1.unbind(0)
-    b2_x1, b2_y1, b2_x2, b2_y2 = c2.unbind(0)
+    return _ciou_planes(c1.unbind(0), c2.unbind(0), atan1, atan2, eps=eps)
+
+
+def _ciou_atan(planes: Sequence[Tensor], eps: float = CIOU_EPS) -> Tensor:
+    """``atan(w / (h + eps))`` of boxes given as coordinate planes ``(x1, y1, x2, y2)`` (a ``(4, ...)`` tensor or
+    four tensors): CIoU's per-box aspect term, for :func:`_ciou_planes`."""
+    return atan((planes[2] - planes[0]) / (planes[3] - planes[1] + eps))  # (...)
+
+
+def _ciou_planes(b1: Sequence[Tensor], b2: Sequence[Tensor], atan1: Tensor, atan2: Tensor, *,
+                eps: float = CIOU_EPS) -> Tensor:
+    """:func:`box_ciou` from the coordinate planes ``(x1, y1, x2, y2)`` of both sides and their
+    :func:`_ciou_atan`, all broadcasting to the output shape (the same bits as :func:`box_ciou`). For callers
+    that gather per-pair planes and would otherwise stack and split them, or recompute the arctangents."""
+    b1_x1, b1_y1, b1_x2, b1_y2 = b1
+    b2_x1, b2_y1, b2_x2, b2_y2 = b2
     w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps  # (..., M, 1)
     w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps  # (..., 1, N)
     iw = torch.minimum(b1_x2, b2_x2).sub_(torch.maximum(b1_x1, b2_x1)).clamp_(min=0)  # (..., M, N)

@@ -28,13 +28,14 @@ alpha 0.5, beta 6):
 7. ``t_hat = t * max u / (max t + 1e-9)``, maxima per gt over its final positives (which may lie outside
    its top-K after step 5).
 
-One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (``NonZero`` in ONNX), as
-ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the metric is scattered into
-``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
-(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``); every per-pair lookup is a 1-D ``gather``
-(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its arctangent
-included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and step 5's
-argmax cannot flip. The batch runs image by image
+One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (a 1-D ``NonZero`` in ONNX), as
+ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the per-box parts (STAL boxes, CIoU's
+arctangents) are computed once for the whole batch; the metric is scattered into ``(B, M, N)`` for the top-K;
+steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs (step 5b ranks a ``(B, M, N)`` grid
+of the final positives' ``t``); every per-pair lookup is a 1-D ``gather`` per coordinate plane
+(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its
+arctangent included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and
+step 5's argmax cannot flip. The batch runs image by image
 (:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step, one
 ``Scan`` iteration per image in the graph), which never changes a result.
 
@@ -64,7 +65,7 @@ from exportable.assigners.task_aligned import (
     stal_boxes,
 )
 from exportable.batching import in_image_chunks
-from exportable.boxes import CIOU_EPS, _box_ciou, _points_in_boxes
+from exportable.boxes import CIOU_EPS, _ciou_atan, _ciou_planes, _planes_in_boxes, _points_in_boxes
 from exportable.ordering import _topk
 
 __all__ = ["UltralyticsTaskAlignedAssigner", "mask_pairs", "pair_scores"]
@@ -84,14 +85,22 @@ class Pairs(NamedTuple):
     point: Tensor  # the point's index, in [0, N)
 
 
+def index_div(index: Int[Tensor, "*shape"], d: int) -> Int[Tensor, "*shape"]:
+    """``index // d`` of non-negative int64 indices below 2^52, through float64: exact there (``a / d`` rounds to
+    at most ``(a + d) 2^-53`` off, less than its distance ``1 / d`` to the next integer). The exporter writes an
+    integer ``//`` as ``Div`` and ``Mod`` with a sign fix-up (9 nodes), a float one through float32."""
+    return (index.double() / d).floor().long()
+
+
 def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
-    """The pairs where ``mask`` is True (``NonZero`` in ONNX; their order never matters below). A 1-D ``NonZero``
-    is hardly cheaper, and splitting its flat index needs an integer division that the exporter writes through
-    float32 (inexact past 2^24) or with a sign fix-up of many nodes."""
+    """The pairs where ``mask`` is True, in row-major order (their order never matters below): a 1-D ``NonZero``
+    in ONNX (onnxruntime's is a third cheaper than over ``(B, M, N)``), split by :func:`index_div`."""
     _, m, n = mask.shape
-    image, gt, point = mask.nonzero(as_tuple=True)  # (P,) each
-    row = image * m + gt  # (P,)
-    return Pairs(row * n + point, row, image * n + point, gt, point)
+    flat = mask.reshape(-1).nonzero().squeeze(1)  # (P,)
+    row = index_div(flat, n)  # (P,)
+    image = index_div(row, m)  # (P,)
+    point = flat - row * n  # (P,)
+    return Pairs(flat, row, image * n + point, row - image * m, point)
 
 
 def take(values: Tensor, index: Int[Tensor, " P"]) -> Tensor:
@@ -100,11 +109,10 @@ def take(values: Tensor, index: Int[Tensor, " P"]) -> Tensor:
     return values.gather(0, index)  # (P,)
 
 
-def pick_rows(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> Float[Tensor, "P D"]:
-    """``table[index]`` as the ``(P, D)`` view of ``D`` contiguous ``(P,)`` planes, one :func:`take` per column
-    of the small table, stacked: the box functions then take rows of ``(D, P)``, not a strided column ``Slice``
-    of ``(P, D)`` per coordinate (onnxruntime cancels a transpose after a row gather; no ``(D, P)`` index)."""
-    return torch.stack([take(column, index) for column in table.unbind(1)]).t()  # (P, D) view of (D, P)
+def planes(table: Float[Tensor, "R D"], index: Int[Tensor, " P"]) -> list[Tensor]:
+    """``table[index]`` as ``D`` coordinate planes ``(P,)``, one :func:`take` per column of the small table (the
+    box functions take planes: no stack and split of a ``(P, D)`` copy)."""
+    return [take(column, index) for column in table.unbind(1)]  # D x (P,)
 
 
 def pair_scores(pred_scores: Float[Tensor, "B N C"], gt_labels: Int[Tensor, "B M"], pairs: Pairs) -> Tensor:
@@ -200,33 +208,42 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
         images = max(1, self.eager_rows // boxes.shape[1])
         gt_index, overlaps, target = in_image_chunks(lambda *batch: self._assign(points, *batch), images,
-                                                     pred_scores, pred_boxes, boxes, labels, mask)
+                                                     *self._per_box(pred_scores, pred_boxes, boxes, labels, mask))
         # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
         return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                           target_scores=target)
 
-    def _assign(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
-                mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-7 for a batch: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
-        scored = self._top_k(points, pred_scores, pred_boxes, boxes, labels, mask, self.topk, ordered=False)
+    def _per_box(self, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
+                 mask: Tensor) -> tuple[Tensor, ...]:
+        """The per-box part of steps 1-2 for the whole batch at once (before the image-by-image steps): the
+        inputs of :meth:`_top_k` after ``points``: ``pred_scores``, ``pred_boxes``, the predictions' CIoU
+        arctangents ``(B, N)``, ``boxes``, theirs ``(B, M)``, ``labels`` and the in-gt boxes ``(B, M, 4)``
+        (STAL-widened; NaN for padded rows, which contain no point)."""
+        in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
+        return (pred_scores, pred_boxes, _ciou_atan(pred_boxes.movedim(-1, 0)), boxes, _ciou_atan(boxes.movedim(-1, 0)),
+                labels, in_boxes)
+
+    def _assign(self, points: Tensor, *batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Steps 1-7 for a batch of :meth:`_per_box`: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
+        scored = self._top_k(points, *batch, topk=self.topk, ordered=False)
         return self._select(points, scored, scored.top_i, self.topk, self.topk2)
 
-    def _top_k(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, boxes: Tensor, labels: Tensor,
-               mask: Tensor, topk: int, ordered: bool) -> Scored:
-        """Steps 1-3: the candidate pairs with their ``u`` and ``t``, and each gt's top-K list (``ordered``: best
-        first, ties by point index, so that a list's first k entries are the top-k for any k <= K)."""
+    def _top_k(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, pred_atan: Tensor, boxes: Tensor,
+               gt_atan: Tensor, labels: Tensor, in_boxes: Tensor, *, topk: int, ordered: bool) -> Scored:
+        """Steps 1-3 on :meth:`_per_box`'s tensors: the candidate pairs with their ``u`` and ``t``, and each gt's
+        top-K list (``ordered``: best first, ties by point index, so that a list's first k entries are the top-k
+        for any k <= K)."""
         b, n, _ = pred_scores.shape
         m = boxes.shape[1]
-        # 1. candidates: inside the STAL-widened gt by more than the margin; real gts only (a NaN box contains
-        #    no point). First the pairs strictly inside (comparisons only; a superset, as the margin is >= 0),
-        #    then the margin test on those pairs.
-        in_boxes = torch.where(mask.unsqueeze(-1), stal_boxes(boxes, mask, self.stal_side), float("nan"))
+        # 1. candidates: inside the STAL-widened gt by more than the margin; real gts only. First the pairs
+        #    strictly inside (comparisons only; a superset, as the margin is >= 0), then the margin test on them.
         pairs = mask_pairs(_points_in_boxes(points, in_boxes.unsqueeze(2), aligned=True))  # (P,) of (B, M, N)
-        cand = _points_in_boxes(pick_rows(points, pairs.point), pick_rows(in_boxes.reshape(-1, 4), pairs.row),
-                                margin=self.center_margin, aligned=True)  # (P,)
+        cand = _planes_in_boxes(planes(points, pairs.point), planes(in_boxes.reshape(-1, 4), pairs.row),
+                                margin=self.center_margin)  # (P,)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
-        u = _box_ciou(pick_rows(boxes.reshape(-1, 4), pairs.row), pick_rows(pred_boxes.reshape(-1, 4), pairs.pred),
-                      aligned=True, eps=CIOU_EPS).clamp_(min=0)  # (P,)
+        u = _ciou_planes(planes(boxes.reshape(-1, 4), pairs.row), planes(pred_boxes.reshape(-1, 4), pairs.pred),
+                         take(gt_atan.reshape(-1), pairs.row), take(pred_atan.reshape(-1), pairs.pred),
+                         eps=CIOU_EPS).clamp_(min=0)  # (P,)
         u = torch.where(cand, u, 0.0)  # (P,)
         t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
                         0.0)  # (P,)
@@ -240,8 +257,9 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         b, m, _ = top_i.shape
         n = points.shape[0]
         # 4. positive: in the top-K and a candidate (zero-metric candidates included).
-        pos = _points_in_boxes(points[top_i], in_boxes.unsqueeze(2), margin=self.center_margin,
-                               aligned=True).reshape(-1)  # (B*M*K,) from (B, M, K, 2) and (B, M, 1, 4)
+        px, py = (c.view_as(top_i) for c in planes(points, top_i.reshape(-1)))  # (B, M, K) each
+        pos = _planes_in_boxes((px, py), [c.unsqueeze(-1) for c in in_boxes.unbind(-1)],
+                               margin=self.center_margin).reshape(-1)  # (B*M*K,) from 2 x (B, M, K), 4 x (B, M, 1)
         listed, list_gt = list_entries(top_i, n)  # (B*M*K,) each
         count = torch.zeros(b * n, dtype=torch.int64, device=pos.device).scatter_add_(0, listed, pos.long())  # (B*N,)
         only = scatter_into(listed, torch.where(pos, list_gt, m), b * n, m, "amin")  # (B*N,) its gt when count == 1
