@@ -235,8 +235,8 @@ class AnchorTargetCreator(nn.Module):
 
     def _faster_rcnn(self, anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, image_sizes: Tensor,
                      noise: Tensor) -> RPNTargets:
-        if anchors.shape[0] == 0 and not exporting():
-            return _empty_targets(noise)  # no anchors (eager only): nothing to label
+        if noise.numel() == 0 and not exporting():
+            return _empty_targets(noise)  # no anchors or no images (eager only): nothing to label
         boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M', 4), (B, M') M' >= 1
         # 1. anchors inside the image
         inside = anchor_inside(anchors, image_sizes, self.allowed_border, self.inclusive)  # (B, N)
@@ -288,7 +288,8 @@ class AnchorTargetCreator(nn.Module):
             mx, am = ious.max(dim=0)  # (N_i + 1,) each
             gt_max = ious.amax(dim=1, keepdim=True)  # (M, 1)
             # 4. ties at a gated gt's best: no IoU is above its row's best, so a tie is a difference of
-            # exactly 0; padded and ungated gts compare with +inf and never tie
+            # exactly 0 (two different finite floats never subtract to 0), one max over gts instead of a
+            # compare, an and and an any; padded and ungated gts compare with +inf and never tie
             level = torch.where(real.unsqueeze(1) & (gt_max >= self.min_pos_iou), gt_max, torch.inf)  # (M, 1)
             hit = (ious - level).amax(dim=0) == 0  # (N_i + 1,)
             mx, am, hit = mx[:k], am[:k], hit[:k]  # (N_i,) each: the stand-in dropped
@@ -322,9 +323,9 @@ class AnchorTargetCreator(nn.Module):
 
 
 def _empty_targets(noise: Tensor) -> RPNTargets:
-    b = noise.shape[0]
-    labels = torch.zeros((b, 0), dtype=torch.int64, device=noise.device)  # (B, 0)
-    boxes = noise.new_zeros((b, 0, 4))  # (B, 0, 4)
+    """The fields of an empty ``(B, N)`` batch (B or N is 0)."""
+    labels = torch.zeros(noise.shape, dtype=torch.int64, device=noise.device)  # (B, N)
+    boxes = noise.new_zeros((*noise.shape, 4))  # (B, N, 4)
     return RPNTargets(labels, boxes, boxes.clone(), labels.clone())
 
 

@@ -274,6 +274,14 @@ def test_fewer_anchors_than_the_caps(variant, n):
     assert_matches(out, reference(variant, *args), variant)
 
 
+@pytest.mark.parametrize("variant", ["faster_rcnn", "mmdet"])
+def test_no_images(variant):
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])
+    out = AnchorTargetCreator(variant)(anchors, torch.zeros(0, 2, 4), torch.zeros(0, 2, dtype=torch.bool),
+                                       torch.zeros(0, 2, dtype=torch.int64), torch.rand(0, 2))
+    assert [tuple(x.shape) for x in out] == [(0, 2), (0, 2, 4), (0, 2, 4), (0, 2)]
+
+
 def test_bad_inputs():
     args = list(anchor_target_inputs({"B": 2, "N": 10, "M": 2}, torch.Generator()))
     module = AnchorTargetCreator()
