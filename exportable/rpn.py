@@ -235,7 +235,7 @@ class AnchorTargetCreator(nn.Module):
 
     def _faster_rcnn(self, anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, image_sizes: Tensor,
                      noise: Tensor) -> RPNTargets:
-        if noise.numel() == 0 and not exporting():
+        if (anchors.shape[0] == 0 or gt_boxes.shape[0] == 0) and not exporting():
             return _empty_targets(noise)  # no anchors or no images (eager only): nothing to label
         boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M', 4), (B, M') M' >= 1
         # 1. anchors inside the image
