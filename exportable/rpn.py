@@ -48,7 +48,7 @@ from exportable._checks import (
     checks_enabled,
     exporting,
 )
-from exportable.assigners.max_iou import MaxIoUAssigner
+from exportable.assigners.max_iou import MaxIoUAssigner, per_image
 from exportable.batching import ensure_gt_rows
 from exportable.boxes import _box_iou
 from exportable.coders import DeltaXYWHCoder
@@ -235,16 +235,13 @@ class AnchorTargetCreator(nn.Module):
 
     def _faster_rcnn(self, anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, image_sizes: Tensor,
                      noise: Tensor) -> RPNTargets:
-        if anchors.shape[0] == 0 and not exporting():
-            return _empty_targets(noise)  # no anchors (eager only): nothing to label
+        if (anchors.shape[0] == 0 or gt_boxes.shape[0] == 0) and not exporting():
+            return _empty_targets(noise)  # no anchors or no images (eager only): nothing to label
         boxes, _, mask = ensure_gt_rows(gt_boxes, None, gt_mask)  # (B, M', 4), (B, M') M' >= 1
         # 1. anchors inside the image
         inside = anchor_inside(anchors, image_sizes, self.allowed_border, self.inclusive)  # (B, N)
-        # 2. IoU of inside anchors with real gts: per anchor max / argmax, per gt its best anchor(s)
-        if exporting():
-            max_ious, argmax_ious, best = self._ious_dense(anchors, boxes, mask, inside)
-        else:
-            max_ious, argmax_ious, best = self._ious_compact(anchors, boxes, mask, inside)
+        # 2., 4. and 7. image by image over its inside anchors: max / argmax IoU, ties at a gt's best, targets
+        max_ious, argmax_ious, best, bbox_targets = self._inside_anchors(anchors, boxes, mask, inside)
         # 3. negatives first, so that positives can clobber them
         neg = inside & (max_ious < self.neg_iou_thr)  # (B, N) images without gts: max -1, all negative
         # 4. (best) each gt's best anchor(s), every tie, gated by min_pos_iou (0: no gate)
@@ -253,54 +250,60 @@ class AnchorTargetCreator(nn.Module):
         # 6. sample at most 128 positives and 256 in total by noise
         sample = _sample_by_noise(pos, neg & ~pos, noise, self.num, self.pos_fraction, self.neg_pos_ub)
         labels = _labels(sample.pos, sample.neg)  # (B, N)
-        # 7. targets of every inside anchor against its argmax gt (images with gts only)
-        gt_of_anchor = torch.gather(boxes, 1, argmax_ious.unsqueeze(-1).expand(-1, -1, 4))  # (B, N, 4)
-        targets = self.coder._encode(anchors, gt_of_anchor)  # (B, N, 4)
-        has_target = inside & mask.any(dim=1, keepdim=True)  # (B, N)
-        # 8. unmap: outside anchors keep label -1 (never sampled) and targets 0
-        bbox_targets = torch.where(has_target.unsqueeze(-1), targets, 0.0)  # (B, N, 4)
+        # 8. unmap (done per image): outside anchors keep label -1 (never sampled) and targets 0
         matched_gt = torch.where(sample.pos, argmax_ious, -1)  # (B, N)
         return RPNTargets(labels, bbox_targets, _weights(sample.pos, bbox_targets), matched_gt)
 
-    def _ious_dense(self, anchors: Tensor, boxes: Tensor, mask: Tensor, inside: Tensor) -> tuple[Tensor, ...]:
-        """Steps 2 and 4 over every (anchor, gt) pair, static shapes (the exported path).
+    def _inside_anchors(self, anchors: Tensor, boxes: Tensor, mask: Tensor, inside: Tensor) -> tuple[Tensor, ...]:
+        """Steps 2, 4 (the ties) and 7, image by image over the image's inside anchors only: eager loops over
+        the images in Python, the exported graph runs one ONNX ``Scan`` whose body lists them with ``NonZero``.
 
-        Returns ``max_ious (B, N)`` (-1 where the anchor is outside or the image has no gt),
-        ``argmax_ious (B, N)`` (first gt on ties) and ``best (B, N)`` (the anchor ties a gt's best IoU).
+        Returns ``max_ious (B, N)`` (-1 where the anchor is outside or the image has no real gt),
+        ``argmax_ious (B, N)`` (the first gt on ties; 0 where ``max_ious`` is -1), ``best (B, N)`` (the
+        anchor ties the best IoU of a real gt over the inside anchors, gated by ``min_pos_iou``) and
+        ``bbox_targets (B, N, 4)`` (every inside anchor against its argmax gt in an image with real gts; 0
+        elsewhere). At 600 x 1000 only 8,044 of 21,546 anchors lie inside, so an image's ``(M, N_i)`` IoUs
+        are a third of its dense ``(M, N)``, one image's worth at a time (in cache), in the gt-major layout
+        whose per-anchor reductions run along contiguous rows; only inside anchors are encoded.
+
+        No reduction is ever empty. Padded gts get IoU -1, below every IoU (so they never win, and an image
+        without real gts has max -1), and M >= 1 (:func:`~exportable.batching.ensure_gt_rows`). A zero-size
+        stand-in anchor at ``(0, 0)`` ends every image's list: its IoU with any gt is 0, no more than a real
+        gt's best over the inside anchors (IoUs are >= 0), so it changes no gt's best, and the per-gt
+        reductions have a column even in an image without inside anchors; its results are dropped before
+        the scatter back to all N anchors (distinct indices: a scatter without reduction, exact). The IoUs
+        are the same float32 numbers as a dense ``(B, N, M)`` computation (elementwise the same formula), so
+        maxima, first-gt argmaxes and exact ties agree.
         """
-        pair = inside.unsqueeze(2) & mask.unsqueeze(1)  # (B, N, M')
-        ious = torch.where(pair, _box_iou(anchors, boxes), -1.0)  # (B, N, M') other pairs -1, below every IoU
-        max_ious, argmax_ious = ious.max(dim=2)  # (B, N), (B, N) first gt on ties
-        gt_max_ious = ious.amax(dim=1, keepdim=True)  # (B, 1, M') each gt's best over inside anchors
-        gate = mask.unsqueeze(1) & (gt_max_ious >= self.min_pos_iou)  # (B, 1, M')
-        best = ((ious == gt_max_ious) & pair & gate).any(dim=2)  # (B, N) exact float ties
-        return max_ious, argmax_ious, best
+        n, dev = anchors.shape[0], anchors.device
+        listed = torch.cat([anchors, anchors.new_zeros((1, 4))])  # (N + 1, 4) the last: the stand-in
+        stand_in = torch.full((1,), n, dtype=torch.int64, device=dev)  # (1,) its index
 
-    def _ious_compact(self, anchors: Tensor, boxes: Tensor, mask: Tensor, inside: Tensor) -> tuple[Tensor, ...]:
-        """The same three tensors as :meth:`_ious_dense`, image by image over inside anchors x real gts.
+        def one_image(gts: Tensor, real: Tensor, ins: Tensor) -> tuple[Tensor, ...]:
+            idx = ins.nonzero().squeeze(1)  # (N_i,) the inside anchors, in order
+            k = idx.shape[0]
+            some = listed.index_select(0, torch.cat([idx, stand_in]))  # (N_i + 1, 4) then the stand-in
+            ious = torch.where(real.unsqueeze(1), _box_iou(gts, some), -1.0)  # (M, N_i + 1) padded gts: -1
+            # 2. per anchor its best IoU and the first gt reaching it; per gt its best IoU
+            mx, am = ious.max(dim=0)  # (N_i + 1,) each
+            gt_max = ious.amax(dim=1, keepdim=True)  # (M, 1)
+            # 4. ties at a gated gt's best: no IoU is above its row's best, so a tie is a difference of
+            # exactly 0 (two different finite floats never subtract to 0), one max over gts instead of a
+            # compare, an and and an any; padded and ungated gts compare with +inf and never tie
+            level = torch.where(real.unsqueeze(1) & (gt_max >= self.min_pos_iou), gt_max, torch.inf)  # (M, 1)
+            hit = (ious - level).amax(dim=0) == 0  # (N_i + 1,)
+            mx, am, hit = mx[:k], am[:k], hit[:k]  # (N_i,) each: the stand-in dropped
+            # 7. targets against the argmax gt, in an image with real gts
+            enc = self.coder._encode(some[:k], gts.index_select(0, am))  # (N_i, 4)
+            enc = torch.where(real.any(), enc, 0.0)  # (N_i, 4)
+            # 8. back to all anchors (distinct indices): outside anchors keep -1 / 0 / False / 0
+            max_ious = anchors.new_full((n,), -1.0).scatter(0, idx, mx)  # (N,)
+            argmax = torch.zeros((n,), dtype=torch.int64, device=dev).scatter(0, idx, am)  # (N,)
+            best = torch.zeros((n,), dtype=torch.bool, device=dev).scatter(0, idx, hit)  # (N,)
+            targets = anchors.new_zeros((n, 4)).index_put((idx,), enc)  # (N, 4) whole rows
+            return max_ious, argmax, best, targets
 
-        Eager only (data-dependent sizes): at 600 x 1000 only 8,044 of 21,546 anchors lie inside and
-        an image has its own number of gts, so this touches a third of the dense pairs, in the
-        gt-major layout whose reductions are contiguous. The IoUs are the same float32 numbers
-        (elementwise the same formula), so maxima, first-gt argmaxes and exact ties agree.
-        """
-        b, n = inside.shape
-        max_ious = anchors.new_full((b, n), -1.0)  # (B, N)
-        argmax_ious = torch.zeros((b, n), dtype=torch.int64, device=anchors.device)  # (B, N)
-        best = torch.zeros((b, n), dtype=torch.bool, device=anchors.device)  # (B, N)
-        for i in range(b):
-            idx = inside[i].nonzero().squeeze(1)  # (N_i,) inside anchors
-            real = mask[i].nonzero().squeeze(1)  # (M_i,) real gts, in order
-            if idx.numel() == 0 or real.numel() == 0:
-                continue
-            ious = _box_iou(boxes[i, real], anchors[idx])  # (M_i, N_i)
-            mx, am = ious.max(dim=0)  # (N_i,) first real gt on ties = first padded gt
-            gt_max = ious.amax(dim=1, keepdim=True)  # (M_i, 1)
-            hit = (ious == gt_max) & (gt_max >= self.min_pos_iou)  # (M_i, N_i)
-            max_ious[i, idx] = mx
-            argmax_ious[i, idx] = real[am]
-            best[i, idx] = hit.any(dim=0)
-        return max_ious, argmax_ious, best
+        return per_image(one_image, [boxes, mask, inside])  # (B, N) x 3, (B, N, 4)
 
     def _mmdet(self, anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor, image_sizes: Tensor,
                noise: Tensor) -> RPNTargets:
@@ -320,9 +323,9 @@ class AnchorTargetCreator(nn.Module):
 
 
 def _empty_targets(noise: Tensor) -> RPNTargets:
-    b = noise.shape[0]
-    labels = torch.zeros((b, 0), dtype=torch.int64, device=noise.device)  # (B, 0)
-    boxes = noise.new_zeros((b, 0, 4))  # (B, 0, 4)
+    """The fields of an empty ``(B, N)`` batch (B or N is 0)."""
+    labels = torch.zeros(noise.shape, dtype=torch.int64, device=noise.device)  # (B, N)
+    boxes = noise.new_zeros((*noise.shape, 4))  # (B, N, 4)
     return RPNTargets(labels, boxes, boxes.clone(), labels.clone())
 
 
@@ -332,7 +335,10 @@ def _labels(pos: Tensor, neg: Tensor) -> Tensor:
 
 
 def _weights(pos: Tensor, like: Tensor) -> Tensor:
-    return pos.unsqueeze(-1).to(like.dtype).expand_as(like).contiguous()  # (B, N, 4)
+    """``(B, N, 4)`` of ``like``'s dtype: 1 for the sampled positives. Repeated along a middle axis, then
+    transposed: onnxruntime (1.31, CPU) expands a last axis of 4 value by value, about 15x slower."""
+    w = pos.to(like.dtype).unsqueeze(1).expand(-1, 4, -1)  # (B, 4, N)
+    return w.transpose(1, 2).contiguous()  # (B, N, 4)
 
 
 def _check_target_inputs(anchors, gt_boxes, gt_mask, image_sizes, noise) -> None:

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from exportable import onnx as xonnx
+from exportable.boxes import box_iou
+from exportable.coders import DeltaXYWHCoder
 from exportable.examples import anchor_target_inputs
 from exportable.rpn import AnchorTargetCreator, anchor_inside
 from lessons.rpn_anchor_targets import AnchorTargetCreator as RefCreator
@@ -272,6 +274,14 @@ def test_fewer_anchors_than_the_caps(variant, n):
     assert_matches(out, reference(variant, *args), variant)
 
 
+@pytest.mark.parametrize("variant", ["faster_rcnn", "mmdet"])
+def test_no_images(variant):
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])
+    out = AnchorTargetCreator(variant)(anchors, torch.zeros(0, 2, 4), torch.zeros(0, 2, dtype=torch.bool),
+                                       torch.zeros(0, 2, dtype=torch.int64), torch.rand(0, 2))
+    assert [tuple(x.shape) for x in out] == [(0, 2), (0, 2, 4), (0, 2, 4), (0, 2)]
+
+
 def test_bad_inputs():
     args = list(anchor_target_inputs({"B": 2, "N": 10, "M": 2}, torch.Generator()))
     module = AnchorTargetCreator()
@@ -328,17 +338,102 @@ def test_onnx_matches_eager(exported_targets):
                 assert cmp.exact, (sizes, str(cmp))
 
 
+def _run_onnx(sess, args):
+    with torch.no_grad():
+        return [torch.from_numpy(x) for x in xonnx.run(sess, args)]
+
+
+def _one_image(anchors, gts, sizes):
+    """One image with every gt real and uniform noise: ``(anchors, gt_boxes, gt_mask, image_sizes, noise)``."""
+    return (anchors, gts[None], torch.ones(1, len(gts), dtype=torch.bool), torch.tensor([sizes]),
+            torch.rand(1, len(anchors), generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.onnx
+def test_onnx_ties_and_a_gt_without_inside_anchor(exported_targets):
+    # the hand-computed faster_rcnn cases above, through the graph (sizes unlike the export's); the mmdet
+    # variant is checked against its eager run only
+    module, sess = exported_targets
+    ties = _one_image(torch.tensor([[0.0, 0, 20, 10], [10, 0, 30, 10], [60, 0, 80, 10]]),
+                      torch.tensor([[10.0, 0, 20, 10], [12, 0, 32, 10]]), (10, 100))
+    labels, _, _, matched = _run_onnx(sess, ties)
+    if module.variant == "faster_rcnn":  # anchors 0 and 1 tie at gt 0's best; anchor 1's argmax is gt 1
+        assert labels[0].tolist() == [1, 1, 0] and matched[0].tolist() == [0, 1, -1]
+    lonely = _one_image(torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [90, 0, 110, 10]]),
+                        torch.tensor([[0.0, 0, 10, 10], [95, 0, 105, 10]]), (20, 60))
+    labels = _run_onnx(sess, lonely)[0]
+    if module.variant == "faster_rcnn":
+        assert labels[0].tolist() == [1, 1, 1, -1]  # gt 1's best inside IoU is 0: every zero-IoU anchor ties
+    for args in (ties, lonely):
+        for cmp in xonnx.compare(OUTPUTS, module(*args), xonnx.run(sess, args)):
+            assert cmp.exact, str(cmp)
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("tiny", [[0, 1, 2], [1]])
+def test_onnx_images_without_inside_anchors(exported_targets, tiny):
+    # images of 4 x 4 px hold no anchor: each lists only the stand-in (no empty reduction in the graph),
+    # also when no image of the batch has an inside anchor
+    module, sess = exported_targets
+    args = list(anchor_target_inputs({"B": 3, "N": 700, "M": 5}, torch.Generator().manual_seed(3)))
+    args[2][:] = True
+    args[3][:] = 128
+    args[3][tiny] = 4
+    with torch.no_grad():
+        eager = module(*args)
+    for cmp in xonnx.compare(OUTPUTS, eager, xonnx.run(sess, args), atol=1e-5, rtol=1e-6):
+        assert cmp.close and (cmp.exact or cmp.name == "bbox_targets"), str(cmp)
+    if module.variant == "faster_rcnn":
+        assert (eager.labels[tiny] == -1).all() and (eager.bbox_targets[tiny] == 0).all()
+        others = [i for i in range(3) if i not in tiny]
+        assert all((eager.labels[i] == 1).any() for i in others)  # the others are labelled as usual
+
+
+@pytest.mark.onnx
+def test_onnx_padding_zero_area_and_out_of_image_gts(exported_targets):
+    # padded rows copy anchors (IoU 1 if they took part); image 0 is all padding; image 1 has a zero-area gt
+    # (targets -inf: log 0) and a gt beyond the image
+    module, sess = exported_targets
+    anchors, gts, mask, sizes, noise = anchor_target_inputs({"B": 2, "N": 600, "M": 4},
+                                                            torch.Generator().manual_seed(5))
+    inside = anchor_inside(anchors, sizes)
+    gts[0] = anchors[inside[0].nonzero()[:4, 0]]
+    mask[0] = False
+    gts[1, 0] = torch.tensor([20.0, 20, 20, 30])  # zero width
+    gts[1, 1] = torch.tensor([140.0, 140, 180, 170])  # outside every image (<= 128 px)
+    gts[1, 2] = anchors[inside[1].nonzero()[0, 0]]
+    gts[1, 3] = anchors[inside[1].nonzero()[1, 0]]  # padding
+    mask[1] = torch.tensor([True, True, True, False])
+    with torch.no_grad():
+        eager = module(anchors, gts, mask, sizes, noise)
+    got = xonnx.run(sess, (anchors, gts, mask, sizes, noise))
+    for cmp in xonnx.compare(OUTPUTS, eager, got, atol=1e-5, rtol=1e-6):
+        assert cmp.close and (cmp.exact or cmp.name == "bbox_targets"), str(cmp)
+    assert not (eager.labels[0] == 1).any() and (eager.bbox_targets[0] == 0).all()
+    if module.variant == "faster_rcnn":
+        assert torch.isinf(eager.bbox_targets[1]).any()  # anchors whose argmax is the zero-area gt
+        assert_matches(eager, reference("faster_rcnn", anchors, gts, mask, sizes, noise), "faster_rcnn")
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("min_pos_iou", [0.0, 0.3])
-def test_eager_compact_ious_equal_the_dense_exported_formulation(seed, min_pos_iou):
-    # eager works image by image on inside anchors x real gts; the graph on every pair with masks
+def test_inside_anchor_lists_equal_the_dense_formulation(seed, min_pos_iou):
+    # the module works image by image on lists of inside anchors (a Scan in the graph); the dense (B, N, M)
+    # formulation with outside anchors and padded gts masked gives the same numbers, bit for bit
     g = torch.Generator().manual_seed(seed)
     anchors, gts, gt_mask, image_sizes, _ = anchor_target_inputs({"B": 4, "N": 500, "M": 7}, g)
-    gt_mask[0] = False  # an image without gts
+    gt_mask[0] = False  # an image without gts; image 2 has no inside anchor
     module = AnchorTargetCreator(min_pos_iou=min_pos_iou)
     inside = anchor_inside(anchors, image_sizes, module.allowed_border, module.inclusive)
-    dense = module._ious_dense(anchors, gts, gt_mask, inside)
-    compact = module._ious_compact(anchors, gts, gt_mask, inside)
-    for d, c in zip(dense, compact):
-        torch.testing.assert_close(c[inside], d[inside], rtol=0, atol=0)
-    assert compact[2].any() and (compact[0][inside] >= 0).any()  # the comparison is not vacuous
+    got = module._inside_anchors(anchors, gts, gt_mask, inside)
+    pair = inside.unsqueeze(2) & gt_mask.unsqueeze(1)  # (B, N, M)
+    ious = torch.where(pair, box_iou(anchors, gts), -1.0)  # (B, N, M)
+    max_ious, argmax = ious.max(dim=2)  # (B, N) each
+    gt_max = ious.amax(dim=1, keepdim=True)  # (B, 1, M)
+    best = ((ious == gt_max) & pair & (gt_max >= min_pos_iou)).any(dim=2)  # (B, N)
+    gt_of = torch.gather(gts, 1, argmax.unsqueeze(-1).expand(-1, -1, 4))  # (B, N, 4)
+    has_target = (inside & gt_mask.any(dim=1, keepdim=True)).unsqueeze(-1)  # (B, N, 1)
+    targets = torch.where(has_target, DeltaXYWHCoder().encode(anchors, gt_of), 0.0)  # (B, N, 4)
+    for name, g_, w in zip(["max_ious", "argmax_ious", "best", "bbox_targets"], got, (max_ious, argmax, best, targets)):
+        torch.testing.assert_close(g_, w, rtol=0, atol=0, msg=name)
+    assert best.any() and (max_ious[inside] >= 0).any() and not inside[2].any()  # not vacuous
