@@ -139,12 +139,16 @@ class DynamicSoftLabelAssigner(nn.Module):
         candidate = _in_row_blocks(inside_any, candidate, m, b * n, boxes, mask)[0]  # (B, N)
         blocked = torch.where(candidate, 0.0, float("inf")).unsqueeze(1)  # (B, 1, N) +inf: not a candidate
         in_play = candidate.to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, N) 1: a candidate
-        tables = soft_cls_tables(pred_scores)  # 4 x (B * C, N)
+        # 3a. the soft classification tables, only for the (image, class) rows that some gt reads
+        rows = labels + c * torch.arange(b, device=labels.device).unsqueeze(1)  # (B, M) each gt's row
+        used = torch.zeros(b * c, dtype=torch.bool, device=labels.device).index_fill_(0, rows.reshape(-1), True)
+        tables = soft_cls_tables(pred_scores, used.nonzero().squeeze(1))  # 4 x (U, N), U <= min(B * M, B * C)
+        rows = (used.cumsum(0) - 1).index_select(0, rows.reshape(-1)).reshape(b, m)  # (B, M) each gt's table row
 
-        def steps_3_to_6(carry, start, boxes, labels, mask):
+        def steps_3_to_6(carry, start, boxes, rows, mask):
             least, cheapest_gt = carry  # (B, N), (B, N) the cheapest cost so far and its gt
             # 3. the cost of every (gt, prior) pair of the block; +inf off the candidates and on padding
-            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes, labels)  # (B, m, N) x 2
+            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes, rows)  # (B, m, N) x 2
             cost.add_(blocked).add_(torch.where(mask, 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
             # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
             k = dynamic_k(iou.mul_(in_play), self.topk)  # (B, m)
@@ -159,7 +163,7 @@ class DynamicSoftLabelAssigner(nn.Module):
 
         # before the first block every prior's cheapest gt is row 0 at +inf: what row 0 gives when all are +inf
         carry = (pred_boxes.new_full((b, n), float("inf")), labels.new_zeros((b, n)))  # (B, N) x 2
-        (_, cheapest_gt), (idx, marked) = _in_row_blocks(steps_3_to_6, carry, m, b * n, boxes, labels, mask)
+        (_, cheapest_gt), (idx, marked) = _in_row_blocks(steps_3_to_6, carry, m, b * n, boxes, rows, mask)
         # 6. conflicts: the marking gt, or the cheapest gt over all rows where several gts marked a prior
         gt_index = resolve_conflicts(idx, marked, cheapest_gt)  # (B, N)
         # 7. the result: the matched gt's class, box and IoU (the pairwise IoU's arithmetic, same bits)
@@ -168,15 +172,14 @@ class DynamicSoftLabelAssigner(nn.Module):
         overlaps = torch.where(gt_index >= 0, matched_iou, 0.0)  # (B, N)
         return AssignResult.from_gt_index(gt_index, boxes, labels, c, overlaps=overlaps, target_scores=overlaps)
 
-    def _cost(self, points, strides, pred_boxes, tables, boxes, labels) -> tuple[Tensor, Tensor]:
-        """3. ``(cost, iou)``, each ``(B, m, N)`` float32, for a block of gt rows ``boxes (B, m, 4)``."""
-        b, m = labels.shape
+    def _cost(self, points, strides, pred_boxes, tables, boxes, rows) -> tuple[Tensor, Tensor]:
+        """3. ``(cost, iou)``, each ``(B, m, N)`` float32, for a block of gt rows ``boxes (B, m, 4)`` whose
+        rows of the :func:`soft_cls_tables` are ``rows (B, m)``."""
+        b, m = rows.shape
         n = points.shape[0]
         iou = _box_iou(boxes, pred_boxes)  # (B, m, N)
-        # 3a. soft classification cost: the gt's class rows of the tables, then (u - p)^2 * BCE(p, u) + R
-        c = tables[0].shape[0] // b
-        rows = (labels + c * torch.arange(b, device=labels.device).unsqueeze(1)).reshape(b * m)  # (B * m,)
-        p, l0, diff, rest = (t.index_select(0, rows).reshape(b, m, n) for t in tables)  # 4 x (B, m, N)
+        # 3a. soft classification cost: the gt's rows of the tables, then (u - p)^2 * BCE(p, u) + R
+        p, l0, diff, rest = (t.index_select(0, rows.reshape(b * m)).reshape(b, m, n) for t in tables)  # 4 x (B, m, N)
         gap = iou - p  # (B, m, N) t - p at the gt's class
         cost = gap.mul_(gap).mul_(diff.mul_(iou).add_(l0)).add_(rest)  # (B, m, N) x * x, not Pow
         # 3b. IoU cost -log(IoU + eps) * iou_weight, the log in float64 rounded once
@@ -191,20 +194,28 @@ class DynamicSoftLabelAssigner(nn.Module):
         return cost.add_(power).clamp_(max=FLOAT32_MAX), iou
 
 
-def soft_cls_tables(pred_scores: Float[Tensor, "B N C"]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The per-(image, class, prior) tables of the soft classification cost, each ``(B * C, N)`` float32:
-    ``p``, ``L0 = -max(log(1 - p), -100)``, ``L1 - L0`` (``L1 = -max(log p, -100)``) and
-    ``R = sum_c L0_c p_c^2 - L0 p^2``, the cost of every other class (target 0). One row per (image, class),
-    so a gt's row is one gather. Logs and the class sum in float64, rounded once.
+def soft_cls_tables(
+    pred_scores: Float[Tensor, "B N C"], rows: Int[Tensor, " R"] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The tables of the soft classification cost at the (image, class) ``rows`` (``image * C + class``;
+    default every one), each ``(R, N)`` float32: ``p``, ``L0 = -max(log(1 - p), -100)``, ``L1 - L0``
+    (``L1 = -max(log p, -100)``) and ``R = sum_c L0_c p_c^2 - L0 p^2``, the cost of every other class
+    (target 0). A gt's row is one gather. Logs and the class sum in float64, rounded once; only the class
+    sum needs every class, the rest is computed on the R rows.
     """
     b, n, c = pred_scores.shape
     p = pred_scores.transpose(1, 2).reshape(b * c, n)  # (B * C, N) one row per (image, class)
     p64 = p.double()  # (B * C, N)
-    l0 = torch.log(1.0 - p64).clamp_(min=LOG_CLAMP).neg_()  # (B * C, N) BCE(p, 0)
-    l1 = torch.log(p64).clamp_(min=LOG_CLAMP).neg_()  # (B * C, N) BCE(p, 1)
-    zero = l0 * p64 * p64  # (B * C, N) the soft cost of a class with target 0: BCE(p, 0) * p^2
-    total = zero.reshape(b, c, n).sum(dim=1, keepdim=True)  # (B, 1, N) every class at target 0
-    rest = (total - zero.reshape(b, c, n)).reshape(b * c, n)  # (B * C, N) every class but this one
+    log_q = torch.log(1.0 - p64).clamp_(min=LOG_CLAMP)  # (B * C, N) -BCE(p, 0)
+    neg_zero = log_q.mul(p64).mul_(p64)  # (B * C, N) -BCE(p, 0) * p^2, minus a class's cost at target 0
+    neg_total = neg_zero.reshape(b, c, n).sum(dim=1)  # (B, N) minus every class's cost at target 0
+    if rows is None:
+        rows = torch.arange(b * c, device=p.device)  # (B * C,)
+    p = p.index_select(0, rows)  # (R, N)
+    l0 = log_q.index_select(0, rows).neg_()  # (R, N) BCE(p, 0); signs flip exactly
+    l1 = torch.log(p.double()).clamp_(min=LOG_CLAMP).neg_()  # (R, N) BCE(p, 1)
+    # every class but this one: (-zero) - (-total) rounds to the same float64 as total - zero
+    rest = neg_zero.index_select(0, rows).sub_(neg_total.index_select(0, rows // c))  # (R, N)
     dtype = pred_scores.dtype
     return p.contiguous(), l0.to(dtype), l1.sub_(l0).to(dtype), rest.to(dtype)
 
