@@ -67,7 +67,7 @@ from torch._higher_order_ops.scan import scan
 from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
 from exportable.assigners._points import check_point_assigner_inputs
-from exportable.assigners.result import AssignResult
+from exportable.assigners.result import NEGATIVE, AssignResult
 from exportable.batching import ensure_gt_rows, in_image_chunks
 from exportable.boxes import _box_iou, _points_in_boxes
 
@@ -137,18 +137,24 @@ class DynamicSoftLabelAssigner(nn.Module):
 
         candidate = pred_boxes.new_zeros((b, n), dtype=torch.bool)  # (B, N)
         candidate = _in_row_blocks(inside_any, candidate, m, b * n, boxes, mask)[0]  # (B, N)
+        # the graph (one image per Scan iteration) runs steps 3-6 on its candidate priors only, in prior order
+        cols = candidate[0].nonzero().squeeze(1) if exporting() else None  # (N',) ascending
+        scores, preds = pred_scores, pred_boxes  # (B, N, C), (B, N, 4)
+        if cols is not None:
+            points, strides, candidate = points[cols], strides[cols], candidate[:, cols]  # (N', 2), (N',), (1, N')
+            scores, preds = pred_scores[:, cols], pred_boxes[:, cols]  # (1, N', C), (1, N', 4)
         blocked = torch.where(candidate, 0.0, float("inf")).unsqueeze(1)  # (B, 1, N) +inf: not a candidate
         in_play = candidate.to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, N) 1: a candidate
         # 3a. the soft classification tables, only for the (image, class) rows that some gt reads
         rows = labels + c * torch.arange(b, device=labels.device).unsqueeze(1)  # (B, M) each gt's row
         used = torch.zeros(b * c, dtype=torch.bool, device=labels.device).index_fill_(0, rows.reshape(-1), True)
-        tables = soft_cls_tables(pred_scores, used.nonzero().squeeze(1))  # 4 x (U, N), U <= min(B * M, B * C)
+        tables = soft_cls_tables(scores, used.nonzero().squeeze(1))  # 4 x (U, N), U <= min(B * M, B * C)
         rows = (used.cumsum(0) - 1).index_select(0, rows.reshape(-1)).reshape(b, m)  # (B, M) each gt's table row
 
         def steps_3_to_6(carry, start, boxes, rows, mask):
             least, cheapest_gt = carry  # (B, N), (B, N) the cheapest cost so far and its gt
             # 3. the cost of every (gt, prior) pair of the block; +inf off the candidates and on padding
-            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes, rows)  # (B, m, N) x 2
+            cost, iou = self._cost(points, strides, preds, tables, boxes, rows)  # (B, m, N) x 2
             cost.add_(blocked).add_(torch.where(mask, 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
             # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
             k = dynamic_k(iou.mul_(in_play), self.topk)  # (B, m)
@@ -162,10 +168,12 @@ class DynamicSoftLabelAssigner(nn.Module):
             return (least, cheapest_gt), (idx, marked)
 
         # before the first block every prior's cheapest gt is row 0 at +inf: what row 0 gives when all are +inf
-        carry = (pred_boxes.new_full((b, n), float("inf")), labels.new_zeros((b, n)))  # (B, N) x 2
+        carry = (preds.new_full(candidate.shape, float("inf")), labels.new_zeros(candidate.shape))  # (B, N) x 2
         (_, cheapest_gt), (idx, marked) = _in_row_blocks(steps_3_to_6, carry, m, b * n, boxes, rows, mask)
         # 6. conflicts: the marking gt, or the cheapest gt over all rows where several gts marked a prior
         gt_index = resolve_conflicts(idx, marked, cheapest_gt)  # (B, N)
+        if cols is not None:  # back to every prior: the others are negative
+            gt_index = labels.new_full((b, n), NEGATIVE).index_copy(1, cols, gt_index)  # (1, N)
         # 7. the result: the matched gt's class, box and IoU (the pairwise IoU's arithmetic, same bits)
         matched = torch.gather(boxes, 1, gt_index.clamp(min=0).unsqueeze(2).expand(b, n, 4))  # (B, N, 4)
         matched_iou = _box_iou(matched, pred_boxes, aligned=True)  # (B, N)
