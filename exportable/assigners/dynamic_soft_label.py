@@ -145,19 +145,24 @@ class DynamicSoftLabelAssigner(nn.Module):
             scores, preds = pred_scores[:, cols], pred_boxes[:, cols]  # (1, N', C), (1, N', 4)
         blocked = torch.where(candidate, 0.0, float("inf")).unsqueeze(1)  # (B, 1, N) +inf: not a candidate
         in_play = candidate.to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, N) 1: a candidate
-        # 3a. the soft classification tables, only for the (image, class) rows that some gt reads
+        # 3a. the soft classification tables, only for the (image, class) rows that some gt reads, and a last
+        #     row that every padded gt row reads: R = +inf (the others 0), so its cost is +inf everywhere
         rows = labels + c * torch.arange(b, device=labels.device).unsqueeze(1)  # (B, M) each gt's row
         used = torch.zeros(b * c, dtype=torch.bool, device=labels.device).index_fill_(0, rows.reshape(-1), True)
         tables = soft_cls_tables(scores, used.nonzero().squeeze(1))  # 4 x (U, N), U <= min(B * M, B * C)
+        tables = tuple(torch.cat([t, t.new_full((1, t.shape[1]), v)]) for t, v in zip(tables, (0, 0, 0, math.inf)))
         rows = (used.cumsum(0) - 1).index_select(0, rows.reshape(-1)).reshape(b, m)  # (B, M) each gt's table row
 
         def steps_3_to_6(carry, start, boxes, rows, mask):
             least, cheapest_gt = carry  # (B, N), (B, N) the cheapest cost so far and its gt
-            # 3. the cost of every (gt, prior) pair of the block; +inf off the candidates and on padding
+            # 3. the cost of every (gt, prior) pair of the block; +inf on padding and off the candidates
+            rows = torch.where(mask, rows, tables[0].shape[0] - 1)  # (B, m) padding reads the +inf row
             cost, iou = self._cost(points, strides, preds, tables, boxes, rows)  # (B, m, N) x 2
-            cost.add_(blocked).add_(torch.where(mask, 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
+            if cols is None:  # eager keeps every prior: +inf cost and IoU 0 (for step 4) off the candidates
+                cost.add_(blocked)  # (B, m, N)
+                iou.mul_(in_play)  # (B, m, N)
             # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
-            k = dynamic_k(iou.mul_(in_play), self.topk)  # (B, m)
+            k = dynamic_k(iou, self.topk)  # (B, m)
             # 5. each gt marks its k cheapest candidates
             idx, marked = mark_cheapest(cost, k, self.topk)  # (B, m, K') x 2
             # 6. (first half) the cheapest gt of every prior, folded block by block (first on ties)
@@ -198,8 +203,9 @@ class DynamicSoftLabelAssigner(nn.Module):
         dy = points[:, 1] - centre[..., 1:2]  # (B, m, N)
         distance = dx.mul_(dx).add_(dy.mul_(dy)).sqrt_().div_(strides)  # (B, m, N) in strides
         power = torch.exp(distance.sub_(self.soft_center_radius).double().mul_(LN10)).to(iou.dtype)  # (B, m, N)
-        # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum
-        return cost.add_(power).clamp_(max=FLOAT32_MAX), iou
+        # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum (the other
+        # terms are far below its ulp, so the sum stays there; a padded row's R = +inf stays +inf)
+        return cost.add_(power.clamp_(max=FLOAT32_MAX)), iou
 
 
 def soft_cls_tables(
