@@ -133,8 +133,9 @@ class DynamicSoftLabelAssigner(nn.Module):
 
         # 2. candidates: points strictly inside any real gt of their image, folded block by block
         def inside_any(candidate, start, boxes, mask):
+            boxes = torch.where(mask.unsqueeze(2), boxes, 0.0)  # (B, m, 4) padding: an empty box holds no point
             inside = _points_in_boxes(points, boxes.unsqueeze(2), aligned=True)  # (B, m, N)
-            return candidate | (inside & mask.unsqueeze(2)).any(dim=1), ()  # (B, N)
+            return candidate | inside.to(torch.uint8).amax(dim=1).bool(), ()  # (B, N) a byte max: no bool any
 
         candidate = pred_boxes.new_zeros((b, n), dtype=torch.bool)  # (B, N)
         candidate = _in_row_blocks(inside_any, candidate, m, b * n, boxes, mask)[0]  # (B, N)
@@ -167,7 +168,7 @@ class DynamicSoftLabelAssigner(nn.Module):
             # 5. each gt marks its k cheapest candidates
             idx, marked = mark_cheapest(cost, k, self.topk)  # (B, m, K') x 2
             # 6. (first half) the cheapest gt of every prior, folded block by block (first on ties)
-            value, arg = cost.min(dim=1)  # (B, N), (B, N)
+            value, arg = _column_min(cost)  # (B, N), (B, N)
             better = value < least  # (B, N) strictly: an earlier block keeps its ties
             least = torch.where(better, value, least)  # (B, N)
             cheapest_gt = torch.where(better, arg + start, cheapest_gt)  # (B, N)
@@ -207,6 +208,15 @@ class DynamicSoftLabelAssigner(nn.Module):
         # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum (the other
         # terms are far below its ulp, so the sum stays there; a padded row's R = +inf stays +inf)
         return cost.add_(power.clamp_(max=FLOAT32_MAX)), iou
+
+
+def _column_min(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """``cost.min(dim=1)`` of ``(B, m, N)`` (first row on ties). The graph takes ArgMin and reads the value
+    back (onnxruntime's ReduceMin over a middle axis costs as much as the ArgMin)."""
+    if not exporting():
+        return cost.min(dim=1)  # (B, N), (B, N)
+    arg = cost.argmin(dim=1, keepdim=True)  # (B, 1, N) the first minimum, as torch and ArgMin both pick
+    return cost.gather(1, arg).squeeze(1), arg.squeeze(1)  # (B, N), (B, N)
 
 
 def _log_iou(iou: Tensor) -> Tensor:
