@@ -35,8 +35,9 @@ How it stays small, and the same in eager and in onnxruntime:
 - step 3 never builds the peer's ``(N, M, C)`` tensor. For a gt of class y every class but y has target 0,
   whose term is ``L0_c * p_c^2`` (``L0 = -max(log(1 - p), -100)``, torch's BCE clamp), so
   ``soft_cls = R_y + (u - p_y)^2 * (L0_y + u * (L1_y - L0_y))`` with ``R_c = sum_c' L0_c' p_c'^2 -
-  L0_c p_c^2`` (the other classes) and ``L1 = -max(log p, -100)``: tables over ``(B, C, N)`` once, then four
-  row gathers at the gt's class per pair.
+  L0_c p_c^2`` (the other classes) and ``L1 = -max(log p, -100)``: the class sum over ``(B, C, N)`` once,
+  the tables only at the (image, class) rows some gt reads, then four row gathers per pair (padded gt rows
+  read one more row, ``R = +inf``: their cost is ``+inf`` without a mask pass).
 - logs, the power of 10 and the sum over classes are computed in float64 and rounded to float32 once:
   onnxruntime's float32 ``Log`` / ``Exp`` / ``Pow`` and its reduction order differ from torch's by an ulp,
   the float64 results rounded to float32 do not (and ``torch.pow`` in float32 even differs between its
@@ -51,6 +52,11 @@ How it stays small, and the same in eager and in onnxruntime:
   :func:`~exportable.batching.in_image_chunks` (images never interact). Any blocking gives the same result
   bit for bit (tested), and memory stays near one block's pairs in both, which is what lets M = 5,000 gts
   run.
+- the graph, one image at a time, also skips work that eager's batch cannot: steps 3-6 see only the image's
+  candidate priors (``NonZero``; ``gt_index`` scattered back), step 3b's float64 ``Log`` runs only where the
+  IoU is not 0 (the other pairs read ``log(eps)``, eager's bits) and step 6's minimum is ``ArgMin`` and a
+  gather. onnxruntime runs ``Log``, ``Exp``, ``TopK`` and ``Cast`` on one thread: fewer elements is what
+  keeps it near eager. Values are the same element by element, so the result is too (tested).
 """
 
 from __future__ import annotations
@@ -135,7 +141,7 @@ class DynamicSoftLabelAssigner(nn.Module):
         def inside_any(candidate, start, boxes, mask):
             boxes = torch.where(mask.unsqueeze(2), boxes, 0.0)  # (B, m, 4) padding: an empty box holds no point
             inside = _points_in_boxes(points, boxes.unsqueeze(2), aligned=True)  # (B, m, N)
-            return candidate | inside.to(torch.uint8).amax(dim=1).bool(), ()  # (B, N) a byte max: no bool any
+            return candidate | _any_row(inside), ()  # (B, N)
 
         candidate = pred_boxes.new_zeros((b, n), dtype=torch.bool)  # (B, N)
         candidate = _in_row_blocks(inside_any, candidate, m, b * n, boxes, mask)[0]  # (B, N)
@@ -208,6 +214,14 @@ class DynamicSoftLabelAssigner(nn.Module):
         # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum (the other
         # terms are far below its ulp, so the sum stays there; a padded row's R = +inf stays +inf)
         return cost.add_(power.clamp_(max=FLOAT32_MAX)), iou
+
+
+def _any_row(inside: Tensor) -> Tensor:
+    """``inside.any(dim=1)`` of a bool ``(B, m, N)``, by the reduction each runs fastest: eager a byte max,
+    the graph a float sum (onnxruntime's quick reduction; CUDA has no uint8 ReduceMax). Exact both ways."""
+    if exporting():
+        return inside.to(torch.float32).sum(dim=1) > 0  # (B, N) counts of at most m < 2^24
+    return inside.to(torch.uint8).amax(dim=1).bool()  # (B, N)
 
 
 def _column_min(cost: Tensor) -> tuple[Tensor, Tensor]:
