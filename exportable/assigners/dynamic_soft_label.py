@@ -52,11 +52,10 @@ How it stays small, and the same in eager and in onnxruntime:
   :func:`~exportable.batching.in_image_chunks` (images never interact). Any blocking gives the same result
   bit for bit (tested), and memory stays near one block's pairs in both, which is what lets M = 5,000 gts
   run.
-- the graph, one image at a time, also skips work that eager's batch cannot: steps 3-6 see only the image's
-  candidate priors (``NonZero``; ``gt_index`` scattered back), step 3b's float64 ``Log`` runs only where the
-  IoU is not 0 (the other pairs read ``log(eps)``, eager's bits) and step 6's minimum is ``ArgMin`` and a
-  gather. onnxruntime runs ``Log``, ``Exp``, ``TopK`` and ``Cast`` on one thread: fewer elements is what
-  keeps it near eager. Values are the same element by element, so the result is too (tested).
+- the graph (one image at a time) skips what eager's batch cannot: steps 3-6 see only the image's candidate
+  priors (``NonZero``), step 3b's float64 ``Log`` runs only where the IoU is not 0 (the rest read eager's
+  ``log(eps)``), step 6's minimum is ``ArgMin`` + a gather. onnxruntime runs ``Log``, ``Exp``, ``TopK``,
+  ``Cast`` on one thread: fewer elements keep it near eager. Same values element by element (tested).
 """
 
 from __future__ import annotations
@@ -217,16 +216,14 @@ class DynamicSoftLabelAssigner(nn.Module):
 
 
 def _any_row(inside: Tensor) -> Tensor:
-    """``inside.any(dim=1)`` of a bool ``(B, m, N)``, by the reduction each runs fastest: eager a byte max,
-    the graph a float sum (onnxruntime's quick reduction; CUDA has no uint8 ReduceMax). Exact both ways."""
+    """``inside.any(dim=1)`` of ``(B, m, N)``: eager a byte max, the graph a float sum (no uint8 CUDA max)."""
     if exporting():
         return inside.to(torch.float32).sum(dim=1) > 0  # (B, N) counts of at most m < 2^24
     return inside.to(torch.uint8).amax(dim=1).bool()  # (B, N)
 
 
 def _column_min(cost: Tensor) -> tuple[Tensor, Tensor]:
-    """``cost.min(dim=1)`` of ``(B, m, N)`` (first row on ties). The graph takes ArgMin and reads the value
-    back (onnxruntime's ReduceMin over a middle axis costs as much as the ArgMin)."""
+    """``cost.min(dim=1)`` of ``(B, m, N)``, first row on ties; the graph ArgMin + gather (no ReduceMin pass)."""
     if not exporting():
         return cost.min(dim=1)  # (B, N), (B, N)
     arg = cost.argmin(dim=1, keepdim=True)  # (B, 1, N) the first minimum, as torch and ArgMin both pick
