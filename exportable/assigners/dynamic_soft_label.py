@@ -53,9 +53,8 @@ How it stays small, and the same in eager and in onnxruntime:
   bit for bit (tested), and memory stays near one block's pairs in both, which is what lets M = 5,000 gts
   run.
 - the graph (one image at a time) skips what eager's batch cannot: steps 3-6 see only the image's candidate
-  priors (``NonZero``), step 3b's float64 ``Log`` runs only where the IoU is not 0 (the rest read eager's
-  ``log(eps)``), step 6's minimum is ``ArgMin`` + a gather. onnxruntime runs ``Log``, ``Exp``, ``TopK``,
-  ``Cast`` on one thread: fewer elements keep it near eager. Same values element by element (tested).
+  priors (``NonZero``, then gathers) and step 6's minimum is ``ArgMin`` + a gather (no ``ReduceMin`` pass).
+  Same values element by element, so the same result (tested).
 """
 
 from __future__ import annotations
@@ -83,7 +82,6 @@ GRAPH_ROWS = 128  # the exported graph works on at most this many gt rows at a t
 IOU_EPS = 1e-7  # mmdetection's EPS in -log(IoU + EPS)
 LOG_CLAMP = -100.0  # torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100
 LN10 = math.log(10.0)
-LOG_EPS = torch.log(torch.tensor(IOU_EPS).double()).float().item()  # log(0 + eps) as eager computes it
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
@@ -203,7 +201,7 @@ class DynamicSoftLabelAssigner(nn.Module):
         gap = iou - p  # (B, m, N) t - p at the gt's class
         cost = gap.mul_(gap).mul_(diff.mul_(iou).add_(l0)).add_(rest)  # (B, m, N) x * x, not Pow
         # 3b. IoU cost -log(IoU + eps) * iou_weight, the log in float64 rounded once
-        cost.add_(_log_iou(iou).mul_(-self.iou_weight))  # (B, m, N)
+        cost.add_(torch.log((iou + IOU_EPS).double()).to(iou.dtype).mul_(-self.iou_weight))  # (B, m, N)
         # 3c. soft centre prior 10^(distance / stride - radius), the power in float64 rounded once
         centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0  # (B, m, 2)
         dx = points[:, 0] - centre[..., 0:1]  # (B, m, N)
@@ -228,17 +226,6 @@ def _column_min(cost: Tensor) -> tuple[Tensor, Tensor]:
         return cost.min(dim=1)  # (B, N), (B, N)
     arg = cost.argmin(dim=1, keepdim=True)  # (B, 1, N) the first minimum, as torch and ArgMin both pick
     return cost.gather(1, arg).squeeze(1), arg.squeeze(1)  # (B, N), (B, N)
-
-
-def _log_iou(iou: Tensor) -> Tensor:
-    """``log(IoU + eps)`` in float32, the log in float64 rounded once. The graph takes the Log only where the
-    IoU is not 0 (most pairs: their value is one constant, the same bits as eager's)."""
-    if not exporting():
-        return torch.log((iou + IOU_EPS).double()).to(iou.dtype)  # (B, m, N)
-    flat = iou.reshape(-1)  # (B * m * N,)
-    hit = (flat > 0).nonzero().squeeze(1)  # (H,)
-    logs = torch.log((flat.index_select(0, hit) + IOU_EPS).double()).to(iou.dtype)  # (H,)
-    return torch.full_like(flat, LOG_EPS).index_copy(0, hit, logs).reshape(iou.shape)  # (B, m, N)
 
 
 def soft_cls_tables(
