@@ -78,7 +78,7 @@ from exportable.boxes import _box_iou, _points_in_boxes
 __all__ = ["DynamicSoftLabelAssigner", "soft_cls_tables"]
 
 CHUNK_PAIRS = 2**20  # eager works on about this many (gt, prior) pairs at a time
-GRAPH_ROWS = 128  # the exported graph works on at most this many gt rows at a time
+GRAPH_ROWS = 64  # the exported graph works on at most this many gt rows at a time
 IOU_EPS = 1e-7  # mmdetection's EPS in -log(IoU + EPS)
 LOG_CLAMP = -100.0  # torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100
 LN10 = math.log(10.0)
