@@ -513,7 +513,7 @@ SUITES: dict[str, Suite] = {
         "(B = 2, gts from `random_batch((640, 640, 2, M, 80), 0)`), named without `@2` so that the harness also "
         "runs the graph on them. Eager works on blocks of gt rows (about 2^20 "
         "pairs each), so its peak stays near one block; the graph runs the same block function in an ONNX "
-        "`Scan` over blocks of at most 128 gt rows, nested in a `Scan` over images (`in_image_chunks`), so its "
+        "`Scan` over blocks of at most 64 gt rows, nested in a `Scan` over images (`in_image_chunks`), so its "
         "peak grows with neither M nor B. mmdetection side by side: "
         "`python benchmarks/peers.py --suite dynamic_soft_label`.",
     ),

@@ -35,8 +35,9 @@ How it stays small, and the same in eager and in onnxruntime:
 - step 3 never builds the peer's ``(N, M, C)`` tensor. For a gt of class y every class but y has target 0,
   whose term is ``L0_c * p_c^2`` (``L0 = -max(log(1 - p), -100)``, torch's BCE clamp), so
   ``soft_cls = R_y + (u - p_y)^2 * (L0_y + u * (L1_y - L0_y))`` with ``R_c = sum_c' L0_c' p_c'^2 -
-  L0_c p_c^2`` (the other classes) and ``L1 = -max(log p, -100)``: tables over ``(B, C, N)`` once, then four
-  row gathers at the gt's class per pair.
+  L0_c p_c^2`` (the other classes) and ``L1 = -max(log p, -100)``: the class sum over ``(B, C, N)`` once,
+  the tables only at the (image, class) rows some gt reads, then four row gathers per pair (padded gt rows
+  read one more row, ``R = +inf``: their cost is ``+inf`` without a mask pass).
 - logs, the power of 10 and the sum over classes are computed in float64 and rounded to float32 once:
   onnxruntime's float32 ``Log`` / ``Exp`` / ``Pow`` and its reduction order differ from torch's by an ulp,
   the float64 results rounded to float32 do not (and ``torch.pow`` in float32 even differs between its
@@ -51,6 +52,9 @@ How it stays small, and the same in eager and in onnxruntime:
   :func:`~exportable.batching.in_image_chunks` (images never interact). Any blocking gives the same result
   bit for bit (tested), and memory stays near one block's pairs in both, which is what lets M = 5,000 gts
   run.
+- the graph (one image at a time) skips what eager's batch cannot: steps 3-6 see only the image's candidate
+  priors (``NonZero``, then gathers) and step 6's minimum is ``ArgMin`` + a gather (no ``ReduceMin`` pass).
+  Same values element by element, so the same result (tested).
 """
 
 from __future__ import annotations
@@ -67,14 +71,14 @@ from torch._higher_order_ops.scan import scan
 from exportable._checks import check_scalar, checks_enabled, exporting
 from exportable.assigners._dynamic_k import dynamic_k, mark_cheapest, resolve_conflicts
 from exportable.assigners._points import check_point_assigner_inputs
-from exportable.assigners.result import AssignResult
+from exportable.assigners.result import NEGATIVE, AssignResult
 from exportable.batching import ensure_gt_rows, in_image_chunks
 from exportable.boxes import _box_iou, _points_in_boxes
 
 __all__ = ["DynamicSoftLabelAssigner", "soft_cls_tables"]
 
 CHUNK_PAIRS = 2**20  # eager works on about this many (gt, prior) pairs at a time
-GRAPH_ROWS = 128  # the exported graph works on at most this many gt rows at a time
+GRAPH_ROWS = 64  # the exported graph works on at most this many gt rows at a time
 IOU_EPS = 1e-7  # mmdetection's EPS in -log(IoU + EPS)
 LOG_CLAMP = -100.0  # torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100
 LN10 = math.log(10.0)
@@ -132,51 +136,68 @@ class DynamicSoftLabelAssigner(nn.Module):
 
         # 2. candidates: points strictly inside any real gt of their image, folded block by block
         def inside_any(candidate, start, boxes, mask):
+            boxes = torch.where(mask.unsqueeze(2), boxes, 0.0)  # (B, m, 4) padding: an empty box holds no point
             inside = _points_in_boxes(points, boxes.unsqueeze(2), aligned=True)  # (B, m, N)
-            return candidate | (inside & mask.unsqueeze(2)).any(dim=1), ()  # (B, N)
+            return candidate | _any_row(inside), ()  # (B, N)
 
         candidate = pred_boxes.new_zeros((b, n), dtype=torch.bool)  # (B, N)
         candidate = _in_row_blocks(inside_any, candidate, m, b * n, boxes, mask)[0]  # (B, N)
+        # the graph (one image per Scan iteration) runs steps 3-6 on its candidate priors only, in prior order
+        cols = candidate[0].nonzero().squeeze(1) if exporting() else None  # (N',) ascending
+        scores, preds = pred_scores, pred_boxes  # (B, N, C), (B, N, 4)
+        if cols is not None:
+            points, strides, candidate = points[cols], strides[cols], candidate[:, cols]  # (N', 2), (N',), (1, N')
+            scores, preds = pred_scores[:, cols], pred_boxes[:, cols]  # (1, N', C), (1, N', 4)
         blocked = torch.where(candidate, 0.0, float("inf")).unsqueeze(1)  # (B, 1, N) +inf: not a candidate
         in_play = candidate.to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, N) 1: a candidate
-        tables = soft_cls_tables(pred_scores)  # 4 x (B * C, N)
+        # 3a. the soft classification tables, only for the (image, class) rows that some gt reads, and a last
+        #     row that every padded gt row reads: R = +inf (the others 0), so its cost is +inf everywhere
+        rows = labels + c * torch.arange(b, device=labels.device).unsqueeze(1)  # (B, M) each gt's row
+        used = torch.zeros(b * c, dtype=torch.bool, device=labels.device).index_fill_(0, rows.reshape(-1), True)
+        tables = soft_cls_tables(scores, used.nonzero().squeeze(1))  # 4 x (U, N), U <= min(B * M, B * C)
+        tables = tuple(torch.cat([t, t.new_full((1, t.shape[1]), v)]) for t, v in zip(tables, (0, 0, 0, math.inf)))
+        rows = (used.cumsum(0) - 1).index_select(0, rows.reshape(-1)).reshape(b, m)  # (B, M) each gt's table row
 
-        def steps_3_to_6(carry, start, boxes, labels, mask):
+        def steps_3_to_6(carry, start, boxes, rows, mask):
             least, cheapest_gt = carry  # (B, N), (B, N) the cheapest cost so far and its gt
-            # 3. the cost of every (gt, prior) pair of the block; +inf off the candidates and on padding
-            cost, iou = self._cost(points, strides, pred_boxes, tables, boxes, labels)  # (B, m, N) x 2
-            cost.add_(blocked).add_(torch.where(mask, 0.0, float("inf")).unsqueeze(2))  # (B, m, N)
+            # 3. the cost of every (gt, prior) pair of the block; +inf on padding and off the candidates
+            rows = torch.where(mask, rows, tables[0].shape[0] - 1)  # (B, m) padding reads the +inf row
+            cost, iou = self._cost(points, strides, preds, tables, boxes, rows)  # (B, m, N) x 2
+            if cols is None:  # eager keeps every prior: +inf cost and IoU 0 (for step 4) off the candidates
+                cost.add_(blocked)  # (B, m, N)
+                iou.mul_(in_play)  # (B, m, N)
             # 4. dynamic k from the top-K IoUs over the candidates (non-candidates count 0)
-            k = dynamic_k(iou.mul_(in_play), self.topk)  # (B, m)
+            k = dynamic_k(iou, self.topk)  # (B, m)
             # 5. each gt marks its k cheapest candidates
             idx, marked = mark_cheapest(cost, k, self.topk)  # (B, m, K') x 2
             # 6. (first half) the cheapest gt of every prior, folded block by block (first on ties)
-            value, arg = cost.min(dim=1)  # (B, N), (B, N)
+            value, arg = _column_min(cost)  # (B, N), (B, N)
             better = value < least  # (B, N) strictly: an earlier block keeps its ties
             least = torch.where(better, value, least)  # (B, N)
             cheapest_gt = torch.where(better, arg + start, cheapest_gt)  # (B, N)
             return (least, cheapest_gt), (idx, marked)
 
         # before the first block every prior's cheapest gt is row 0 at +inf: what row 0 gives when all are +inf
-        carry = (pred_boxes.new_full((b, n), float("inf")), labels.new_zeros((b, n)))  # (B, N) x 2
-        (_, cheapest_gt), (idx, marked) = _in_row_blocks(steps_3_to_6, carry, m, b * n, boxes, labels, mask)
+        carry = (preds.new_full(candidate.shape, float("inf")), labels.new_zeros(candidate.shape))  # (B, N) x 2
+        (_, cheapest_gt), (idx, marked) = _in_row_blocks(steps_3_to_6, carry, m, b * n, boxes, rows, mask)
         # 6. conflicts: the marking gt, or the cheapest gt over all rows where several gts marked a prior
         gt_index = resolve_conflicts(idx, marked, cheapest_gt)  # (B, N)
+        if cols is not None:  # back to every prior: the others are negative
+            gt_index = labels.new_full((b, n), NEGATIVE).index_copy(1, cols, gt_index)  # (1, N)
         # 7. the result: the matched gt's class, box and IoU (the pairwise IoU's arithmetic, same bits)
         matched = torch.gather(boxes, 1, gt_index.clamp(min=0).unsqueeze(2).expand(b, n, 4))  # (B, N, 4)
         matched_iou = _box_iou(matched, pred_boxes, aligned=True)  # (B, N)
         overlaps = torch.where(gt_index >= 0, matched_iou, 0.0)  # (B, N)
         return AssignResult.from_gt_index(gt_index, boxes, labels, c, overlaps=overlaps, target_scores=overlaps)
 
-    def _cost(self, points, strides, pred_boxes, tables, boxes, labels) -> tuple[Tensor, Tensor]:
-        """3. ``(cost, iou)``, each ``(B, m, N)`` float32, for a block of gt rows ``boxes (B, m, 4)``."""
-        b, m = labels.shape
+    def _cost(self, points, strides, pred_boxes, tables, boxes, rows) -> tuple[Tensor, Tensor]:
+        """3. ``(cost, iou)``, each ``(B, m, N)`` float32, for a block of gt rows ``boxes (B, m, 4)`` whose
+        rows of the :func:`soft_cls_tables` are ``rows (B, m)``."""
+        b, m = rows.shape
         n = points.shape[0]
         iou = _box_iou(boxes, pred_boxes)  # (B, m, N)
-        # 3a. soft classification cost: the gt's class rows of the tables, then (u - p)^2 * BCE(p, u) + R
-        c = tables[0].shape[0] // b
-        rows = (labels + c * torch.arange(b, device=labels.device).unsqueeze(1)).reshape(b * m)  # (B * m,)
-        p, l0, diff, rest = (t.index_select(0, rows).reshape(b, m, n) for t in tables)  # 4 x (B, m, N)
+        # 3a. soft classification cost: the gt's rows of the tables, then (u - p)^2 * BCE(p, u) + R
+        p, l0, diff, rest = (t.index_select(0, rows.reshape(b * m)).reshape(b, m, n) for t in tables)  # 4 x (B, m, N)
         gap = iou - p  # (B, m, N) t - p at the gt's class
         cost = gap.mul_(gap).mul_(diff.mul_(iou).add_(l0)).add_(rest)  # (B, m, N) x * x, not Pow
         # 3b. IoU cost -log(IoU + eps) * iou_weight, the log in float64 rounded once
@@ -187,24 +208,48 @@ class DynamicSoftLabelAssigner(nn.Module):
         dy = points[:, 1] - centre[..., 1:2]  # (B, m, N)
         distance = dx.mul_(dx).add_(dy.mul_(dy)).sqrt_().div_(strides)  # (B, m, N) in strides
         power = torch.exp(distance.sub_(self.soft_center_radius).double().mul_(LN10)).to(iou.dtype)  # (B, m, N)
-        # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum
-        return cost.add_(power).clamp_(max=FLOAT32_MAX), iou
+        # an overflowed centre prior (inf) stays a selectable candidate: hold it at float32's maximum (the other
+        # terms are far below its ulp, so the sum stays there; a padded row's R = +inf stays +inf)
+        return cost.add_(power.clamp_(max=FLOAT32_MAX)), iou
 
 
-def soft_cls_tables(pred_scores: Float[Tensor, "B N C"]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The per-(image, class, prior) tables of the soft classification cost, each ``(B * C, N)`` float32:
-    ``p``, ``L0 = -max(log(1 - p), -100)``, ``L1 - L0`` (``L1 = -max(log p, -100)``) and
-    ``R = sum_c L0_c p_c^2 - L0 p^2``, the cost of every other class (target 0). One row per (image, class),
-    so a gt's row is one gather. Logs and the class sum in float64, rounded once.
+def _any_row(inside: Tensor) -> Tensor:
+    """``inside.any(dim=1)`` of ``(B, m, N)``: eager a byte max, the graph a float sum (no uint8 CUDA max)."""
+    if exporting():
+        return inside.to(torch.float32).sum(dim=1) > 0  # (B, N) counts of at most m < 2^24
+    return inside.to(torch.uint8).amax(dim=1).bool()  # (B, N)
+
+
+def _column_min(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """``cost.min(dim=1)`` of ``(B, m, N)``, first row on ties; the graph ArgMin + gather (no ReduceMin pass)."""
+    if not exporting():
+        return cost.min(dim=1)  # (B, N), (B, N)
+    arg = cost.argmin(dim=1, keepdim=True)  # (B, 1, N) the first minimum, as torch and ArgMin both pick
+    return cost.gather(1, arg).squeeze(1), arg.squeeze(1)  # (B, N), (B, N)
+
+
+def soft_cls_tables(
+    pred_scores: Float[Tensor, "B N C"], rows: Int[Tensor, " R"] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The tables of the soft classification cost at the (image, class) ``rows`` (``image * C + class``;
+    default every one), each ``(R, N)`` float32: ``p``, ``L0 = -max(log(1 - p), -100)``, ``L1 - L0``
+    (``L1 = -max(log p, -100)``) and ``R = sum_c L0_c p_c^2 - L0 p^2``, the cost of every other class
+    (target 0). A gt's row is one gather. Logs and the class sum in float64, rounded once; only the class
+    sum needs every class, the rest is computed on the R rows.
     """
     b, n, c = pred_scores.shape
     p = pred_scores.transpose(1, 2).reshape(b * c, n)  # (B * C, N) one row per (image, class)
     p64 = p.double()  # (B * C, N)
-    l0 = torch.log(1.0 - p64).clamp_(min=LOG_CLAMP).neg_()  # (B * C, N) BCE(p, 0)
-    l1 = torch.log(p64).clamp_(min=LOG_CLAMP).neg_()  # (B * C, N) BCE(p, 1)
-    zero = l0 * p64 * p64  # (B * C, N) the soft cost of a class with target 0: BCE(p, 0) * p^2
-    total = zero.reshape(b, c, n).sum(dim=1, keepdim=True)  # (B, 1, N) every class at target 0
-    rest = (total - zero.reshape(b, c, n)).reshape(b * c, n)  # (B * C, N) every class but this one
+    log_q = torch.log(1.0 - p64).clamp_(min=LOG_CLAMP)  # (B * C, N) -BCE(p, 0)
+    neg_zero = log_q.mul(p64).mul_(p64)  # (B * C, N) -BCE(p, 0) * p^2, minus a class's cost at target 0
+    neg_total = neg_zero.reshape(b, c, n).sum(dim=1)  # (B, N) minus every class's cost at target 0
+    if rows is None:
+        rows = torch.arange(b * c, device=p.device)  # (B * C,)
+    p = p.index_select(0, rows)  # (R, N)
+    l0 = log_q.index_select(0, rows).neg_()  # (R, N) BCE(p, 0); signs flip exactly
+    l1 = torch.log(p.double()).clamp_(min=LOG_CLAMP).neg_()  # (R, N) BCE(p, 1)
+    # every class but this one: (-zero) - (-total) rounds to the same float64 as total - zero
+    rest = neg_zero.index_select(0, rows).sub_(neg_total.index_select(0, rows // c))  # (R, N)
     dtype = pred_scores.dtype
     return p.contiguous(), l0.to(dtype), l1.sub_(l0).to(dtype), rest.to(dtype)
 
