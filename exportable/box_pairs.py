@@ -28,7 +28,7 @@ BLOCK = 64
 class AnchorBlocks(NamedTuple):
     """The anchors in blocks of S = BLOCK, the last ones padded with zero-size boxes: ``planes``, the
     ``(NB, S)`` planes x1, y1, x2, y2 and area, each block's bounding box as ``lo`` (min x1, y1) and ``hi``
-    (max x2, y2) ``(NB, 2)``, and ``index (NB, S)``, the anchor in each slot (``>= N`` for padding), and
+    (max x2, y2) ``(2, NB)``, and ``index (NB, S)``, the anchor in each slot (``>= N`` for padding), and
     ``keep (N,)``, the slots of the real anchors in the flattened ``(NB * S,)`` layout (``arange(N)``)."""
 
     planes: tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -58,8 +58,8 @@ def anchor_blocks(anchors: Tensor) -> AnchorBlocks:
     # 1-D torch.gather per coordinate: ONNX GatherElements, several times faster in onnxruntime than a row gather
     x1, y1, x2, y2 = (torch.gather(c, 0, index.flatten()).view_as(index) for c in padded)  # (NB, S) each
     planes = (x1, y1, x2, y2, (x2 - x1) * (y2 - y1))  # the area as boxes.box_iou computes it: the same bits
-    lo = torch.stack([x1.amin(dim=1), y1.amin(dim=1)], dim=1)  # (NB, 2)
-    hi = torch.stack([x2.amax(dim=1), y2.amax(dim=1)], dim=1)  # (NB, 2)
+    lo = torch.stack([x1.amin(dim=1), y1.amin(dim=1)])  # (2, NB)
+    hi = torch.stack([x2.amax(dim=1), y2.amax(dim=1)])  # (2, NB)
     return AnchorBlocks(planes, lo, hi, index, torch.arange(n, device=dev))
 
 
@@ -67,8 +67,7 @@ def overlapping_pairs(blocks: AnchorBlocks, gts: Tensor, mask: Tensor) -> Pairs:
     """The pairs of ``gts (M, 4)`` (only where ``mask (M,)``) and blocks whose bounding boxes intersect with
     positive area, listed by one ``NonZero``, with their IoUs; every other IoU is 0."""
     x1, y1, x2, y2 = gts.movedim(1, 0).unsqueeze(2).contiguous().unbind(0)  # (M, 1) each
-    lo, hi = blocks.lo.movedim(1, 0), blocks.hi.movedim(1, 0)  # (2, NB) each
-    meet = (x1 < hi[0]) & (y1 < hi[1]) & (x2 > lo[0]) & (y2 > lo[1])  # (M, NB)
+    meet = (x1 < blocks.hi[0]) & (y1 < blocks.hi[1]) & (x2 > blocks.lo[0]) & (y2 > blocks.lo[1])  # (M, NB)
     gt, block = (meet & mask.unsqueeze(1)).nonzero(as_tuple=True)  # (P,) each
     pair_gts = [c.index_select(0, gt) for c in (x1, y1, x2, y2)]  # 4 x (P, 1)
     anchors = [plane.index_select(0, block) for plane in blocks.planes]  # 5 x (P, S): x1, y1, x2, y2, area
