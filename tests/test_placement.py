@@ -57,14 +57,20 @@ def test_atan_is_a_compute_fallback(optimize):
         placement.check(model, optimize=optimize)
 
 
+def _scaled_atan_body(name: str) -> onnx.GraphProto:
+    """A Scan body over rows: ``atan(row * scale)``, ``scale`` read from an outer scope (nodes ``<name>_mul``,
+    ``<name>_atan``); Atan has no CUDA kernel."""
+    return helper.make_graph(
+        [helper.make_node("Mul", ["row", "scale"], ["scaled"], name=f"{name}_mul"),
+         helper.make_node("Atan", ["scaled"], ["out"], name=f"{name}_atan")],
+        name, [_vi("row", F, ["N"])], [_vi("out", F, ["N"])])
+
+
 @BOTH
 def test_a_gap_inside_a_scan_body_is_found(optimize):
     # a Scan over rows whose body takes atan of each row times an outer-scope scale: the body's Atan falls
     # back, its Mul (a formal input and an outer value) stays on CUDA; both are named through the Scan
-    body = helper.make_graph(
-        [helper.make_node("Mul", ["row", "scale"], ["scaled"], name="body_mul"),
-         helper.make_node("Atan", ["scaled"], ["out"], name="body_atan")],
-        "body", [_vi("row", F, ["N"])], [_vi("out", F, ["N"])])
+    body = _scaled_atan_body("body")
     scan = helper.make_node("Scan", ["x"], ["y"], name="the_scan", body=body, num_scan_inputs=1)
     model = _model([scan], [_vi("x", F, ["R", "N"]), _vi("scale", F, [])], [_vi("y", F, ["R", "N"])])
     pred = placement.predict(model, optimize=optimize)
@@ -82,10 +88,7 @@ def test_a_gap_inside_a_scan_body_is_found(optimize):
 def test_a_scan_nested_in_a_scan_body_reads_a_main_graph_value_with_its_type(optimize):
     # an outer Scan over images whose body runs an inner Scan over rows; only the inner body reads the main
     # graph's `scale` (the outer body never does): its type must still reach the inner body's nodes
-    inner = helper.make_graph(
-        [helper.make_node("Mul", ["row", "scale"], ["scaled"], name="inner_mul"),
-         helper.make_node("Atan", ["scaled"], ["out"], name="inner_atan")],
-        "inner", [_vi("row", F, ["N"])], [_vi("out", F, ["N"])])
+    inner = _scaled_atan_body("inner")
     outer = helper.make_graph(
         [helper.make_node("Scan", ["image"], ["rows_out"], name="inner_scan", body=inner, num_scan_inputs=1)],
         "outer", [_vi("image", F, ["R", "N"])], [_vi("rows_out", F, ["R", "N"])])
