@@ -116,10 +116,11 @@ class DualTaskAlignedAssigner(nn.Module):
             empty = empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
             return DualAssignResult(empty, empty)
         boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
-        images = max(1, tal.eager_rows // boxes.shape[1])
         blocks = point_blocks(points)  # the points' blocks, for step 1
-        out = in_image_chunks(lambda *batch: self._assign(points, blocks, *batch), images,
-                              *tal._per_box(pred_scores, pred_boxes, boxes, labels, mask))  # 6 x (B, N)
+        out = in_image_chunks(lambda *batch: self._assign(points, blocks, *batch),
+                              max(1, tal.eager_rows // boxes.shape[1]),
+                              *tal._per_box(pred_scores, pred_boxes, boxes, labels, mask),
+                              whole_in_graph=boxes.shape[0] * gt_boxes.shape[1] <= tal.eager_rows)  # 6 x (B, N)
         # 6. outputs of each branch: the matched gt's box and class (7.'s t_hat as the target score).
         many, one = (AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                                 target_scores=target)
