@@ -32,11 +32,11 @@ One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only, 
 by block (:func:`~exportable.box_pairs.points_in_boxes_pairs`: the exact in-box test runs only on the blocks of 32
 consecutive points whose bounding box reaches into the gt, never over all ``(B, M, N)`` pairs); the per-box parts
 (STAL boxes, CIoU's arctangents) are computed once for the whole batch; the metric is scattered into
-``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs (step 5b ranks a ``(B, M, N)`` grid
-of the final positives' ``t``); every per-pair lookup is a 1-D ``gather`` per coordinate plane
-(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its
-arctangent included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and
-step 5's argmax cannot flip. The batch runs image by image
+``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
+(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``); every per-pair lookup is a 1-D ``gather``
+per coordinate plane (``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s
+arithmetic (its arctangent included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in
+onnxruntime, and step 5's argmax cannot flip. The batch runs image by image
 (:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step; the graph takes the
 whole batch at once where eager does, ``B * M <= eager_rows``, and otherwise one ``Scan`` iteration per image),
 which never changes a result.
