@@ -116,16 +116,27 @@ def check_gt_batch(
         check_boxes("gt_boxes", real, ndim=3)
 
 
-def in_image_chunks(fn: Callable[..., tuple[Tensor, ...]], images: int, *batched: Tensor) -> tuple[Tensor, ...]:
+def in_image_chunks(fn: Callable[..., tuple[Tensor, ...]], images: int, *batched: Tensor,
+                    whole_in_graph: bool | torch.SymBool = False) -> tuple[Tensor, ...]:
     """``fn(*batched)`` for a batch, image by image: eager calls it on ``images`` images at a time, the exported
     graph on one image per iteration of an ONNX ``Scan``; results are concatenated along B. Images never
-    interact, so the split never changes a result; it keeps each step's ``(M, N)`` work small (in cache)."""
+    interact, so the split never changes a result; it keeps each step's ``(M, N)`` work small (in cache).
+
+    ``whole_in_graph`` (the graph only; eager follows ``images``): a condition on the symbolic sizes, such as
+    eager's ``B * M <= rows``. Where it holds at run time, the graph calls ``fn`` once on the whole batch (an ONNX
+    ``If``), and image by image otherwise: a small batch then runs as a few large operators instead of ``B``
+    rounds of small ones, which onnxruntime cannot spread over its threads. The graph holds ``fn`` twice."""
     if exporting():
         def body(carry: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
             out = fn(*(x.unsqueeze(0) for x in xs))  # one image
             return carry.clone(), tuple(y.squeeze(0).clone() for y in out)
 
-        return scan(body, batched[0].new_zeros(()), batched)[1]  # (B, ...) each
+        def per_image(*xs: Tensor) -> tuple[Tensor, ...]:
+            return tuple(scan(body, xs[0].new_zeros(()), xs)[1])  # (B, ...) each
+
+        if whole_in_graph is False:
+            return per_image(*batched)
+        return tuple(torch.cond(whole_in_graph, lambda *xs: tuple(y.clone() for y in fn(*xs)), per_image, batched))
     b = batched[0].shape[0]
     if images >= b:
         return fn(*batched)

@@ -19,9 +19,10 @@ from exportable.assigners.task_aligned import (
     alignment_metric,
     stal_boxes,
 )
-from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner, mask_pairs, pair_scores
+from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner, listed_pairs, pair_scores
 from exportable.batching import pad_gts
-from exportable.boxes import box_ciou
+from exportable.box_pairs import point_blocks, points_in_boxes_pairs
+from exportable.boxes import _points_in_boxes, box_ciou
 from exportable.examples import task_aligned_inputs
 from exportable.numerics import power
 from lessons import task_aligned as ref
@@ -276,6 +277,12 @@ def test_power_by_squaring_is_within_4_ulp_of_pow_and_the_reference_gives_the_sa
     assert torch.equal(alignment_metric(s, u[:1000], 0.5, 6.0), ref.metric_of(s, u[:1000], 0.5, 6.0))
 
 
+def mask_pairs(mask: torch.Tensor):
+    """The pairs of a ``(B, M, N)`` mask by one NonZero."""
+    flat = mask.reshape(-1).nonzero().squeeze(1)  # (P,)
+    return listed_pairs(flat // mask.shape[2], flat % mask.shape[2], mask.shape[1], mask.shape[2])
+
+
 def test_pair_scores_match_indexing():
     g = torch.Generator().manual_seed(1)
     scores = torch.rand(3, 50, 7, generator=g)
@@ -290,6 +297,42 @@ def test_pair_scores_match_indexing():
     rows = torch.arange(3).view(3, 1, 1) * 50 + torch.arange(50)  # (3, 1, 50) the point rows in B*N
     assert torch.equal(everything.pred.view(3, 4, 50), rows.expand(3, 4, 50))
     assert torch.equal(everything.point.view(3, 4, 50), torch.arange(50).expand(3, 4, 50))
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 300])
+@pytest.mark.parametrize("layout", ["grid", "shuffled"])
+def test_block_pairs_are_the_dense_in_box_pairs(n, layout):
+    """The block-wise listing of the candidates (step 1) gives exactly the pairs, in the order, of one NonZero over
+    the dense (B, M, N) in-box mask: grid points and shuffled ones, block-sized counts, points on box edges
+    (strictly inside only), zero-area, out-of-image and NaN (padded) boxes."""
+    g = torch.Generator().manual_seed(n)
+    side = int(n**0.5) + 1
+    ys, xs = torch.meshgrid(torch.arange(side) * 8.0 + 4, torch.arange(side) * 8.0 + 4, indexing="ij")
+    points = torch.stack([xs.flatten(), ys.flatten()], 1)[:n]  # (N, 2) row by row, as a YOLO grid
+    if layout == "shuffled":
+        points = points[torch.randperm(n, generator=g)]
+    boxes = torch.rand(3, 6, 4, generator=g) * 8 * side
+    boxes[..., 2:] += boxes[..., :2]
+    boxes[0, 0] = T([4, 4, 20, 12])  # edges through points: only points strictly inside count
+    boxes[0, 1] = T([12, 12, 12, 12])  # zero area on a point
+    boxes[1, 2] = T([-50, -50, -10, -10])  # outside the image
+    boxes[2] = float("nan")  # a padded image (the assigner's in-gt boxes are NaN there)
+    boxes[1, 5] = float("nan")
+    want = mask_pairs(_points_in_boxes(points, boxes.unsqueeze(2), aligned=True))
+    got = listed_pairs(*points_in_boxes_pairs(point_blocks(points), boxes.reshape(-1, 4)), 6, n)
+    for field in want._fields:
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+    assert n < 2 or got.flat.numel() > 0  # the scene has pairs to find
+
+
+def test_point_blocks_bound_their_real_points_only():
+    points = torch.rand(40, 2) * 100
+    blocks = point_blocks(points)  # 2 blocks: 32 + 8 real points, 24 NaN slots
+    assert blocks.planes[0].shape == (2, 32) and torch.isnan(blocks.planes[0][1, 8:]).all()
+    assert torch.equal(blocks.lo[:, 1], points[32:].amin(0)) and torch.equal(blocks.hi[:, 1], points[32:].amax(0))
+    empty = point_blocks(points[:0])  # no points: one all-padding block that meets no box
+    assert empty.lo.isinf().all() and empty.hi.isinf().all()
+    assert points_in_boxes_pairs(empty, T([[0, 0, 1e9, 1e9]]))[0].numel() == 0
 
 
 def test_pairwise_and_aligned_ciou_agree():
@@ -400,6 +443,32 @@ def test_the_normalisation_eps_survives_export(name, eps, exported):
                 T([[[0, 0, 30, 30], [0, 0, 0, 0]]]), torch.tensor([[0, 0]]), torch.tensor([[True, False]]))
         got = _ort(name, exported, args)
         assert got[0].tolist() == [[0, 0, 0]] and got[4].tolist() == [[0.0, 0.0, 0.0]]
+
+
+@pytest.mark.onnx
+def test_ultralytics_graph_runs_small_batches_whole_and_large_ones_image_by_image():
+    """The graph's ``If``: the whole batch in one step where eager takes it in one (B * M <= eager_rows), one
+    ``Scan`` step per image otherwise; both branches give eager's assignment, at sizes other than the export's."""
+    entry = catalog.get("task_aligned_assigner_ultralytics")
+    module = entry.build()
+    module.eager_rows = 12  # gt rows per step: both branches at test sizes
+    model = xonnx.export(module, entry.example({"B": 2, "N": 90, "M": 3, "C": 3}),
+                         input_names=[i.name for i in entry.inputs], output_names=[o.name for o in entry.outputs],
+                         input_dims=[i.dims for i in entry.inputs])
+    branch = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(branch) == 1
+    kinds = {a.name: {n.op_type for n in a.g.node} for a in branch[0].attribute}
+    assert "Scan" in kinds["else_branch"] and "Scan" not in kinds["then_branch"]
+    session = xonnx.session(model)
+    for b, m in [(3, 4), (3, 5), (1, 12), (1, 13), (4, 0)]:  # 12, 15, 12, 13 and 0 gt rows
+        args = entry.example({"B": b, "N": 112, "M": m, "C": 3}, seed=b * 100 + m)
+        eager = entry.run_eager(module, args)
+        got = xonnx.run(session, args)
+        for spec, e, o in zip(entry.outputs, eager, got):
+            if spec.dtype == "int64":
+                assert np.array_equal(e.numpy(), o), (b, m, spec.name)
+            else:
+                np.testing.assert_allclose(o, e.numpy(), atol=1e-6, rtol=0)
 
 
 def _duplicate_gt_scene(seed):

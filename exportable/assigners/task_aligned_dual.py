@@ -39,6 +39,7 @@ from exportable.assigners._points import point_assigner_gt_rows
 from exportable.assigners.result import AssignResult, empty_result
 from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
 from exportable.batching import in_image_chunks
+from exportable.box_pairs import PointBlocks, point_blocks
 
 __all__ = ["DualAssignResult", "DualTaskAlignedAssigner"]
 
@@ -115,21 +116,23 @@ class DualTaskAlignedAssigner(nn.Module):
             empty = empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
             return DualAssignResult(empty, empty)
         boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
-        images = max(1, tal.eager_rows // boxes.shape[1])
-        out = in_image_chunks(lambda *batch: self._assign(points, *batch), images,
-                              *tal._per_box(pred_scores, pred_boxes, boxes, labels, mask))  # 6 x (B, N)
+        blocks = point_blocks(points)  # the points' blocks, for step 1
+        out = in_image_chunks(lambda *batch: self._assign(points, blocks, *batch),
+                              max(1, tal.eager_rows // boxes.shape[1]),
+                              *tal._per_box(pred_scores, pred_boxes, boxes, labels, mask),
+                              whole_in_graph=boxes.shape[0] * gt_boxes.shape[1] <= tal.eager_rows)  # 6 x (B, N)
         # 6. outputs of each branch: the matched gt's box and class (7.'s t_hat as the target score).
         many, one = (AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                                 target_scores=target)
                      for gt_index, overlaps, target in (out[:3], out[3:]))
         return DualAssignResult(many, one)
 
-    def _assign(self, points: Tensor, *batch: Tensor) -> tuple[Tensor, ...]:
+    def _assign(self, points: Tensor, blocks: PointBlocks, *batch: Tensor) -> tuple[Tensor, ...]:
         """Steps 1-3 once, 4-7 per branch, on a batch of the ultralytics assigner's ``_per_box`` tensors:
         ``gt_index``, ``overlaps``, ``t_hat`` of each, ``(B, N)`` each."""
         tal, k1 = self.tal, self.one_to_one_topk
         # 1.-3. candidates, CIoU, t and each gt's top-K list, best first.
-        scored = tal._top_k(points, *batch, topk=tal.topk, ordered=True)
+        scored = tal._top_k(points, blocks, *batch, topk=tal.topk, ordered=True)
         # 4.-7. one-to-many on the whole lists, one-to-one on their first k1 entries.
         many = tal._select(points, scored, scored.top_i, tal.topk, tal.topk)
         one = tal._select(points, scored, scored.top_i[..., :k1], k1, self.one_to_one_topk2)  # (B, M, k1) lists

@@ -28,16 +28,18 @@ alpha 0.5, beta 6):
 7. ``t_hat = t * max u / (max t + 1e-9)``, maxima per gt over its final positives (which may lie outside
    its top-K after step 5).
 
-One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only (a 1-D ``NonZero`` in ONNX), as
-ultralytics does, after a comparisons-only in-box test over ``(B, M, N)``; the per-box parts (STAL boxes, CIoU's
-arctangents) are computed once for the whole batch; the metric is scattered into ``(B, M, N)`` for the top-K;
-steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs (step 5b ranks a ``(B, M, N)`` grid
-of the final positives' ``t``); every per-pair lookup is a 1-D ``gather`` per coordinate plane
-(``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s arithmetic (its
-arctangent included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in onnxruntime, and
-step 5's argmax cannot flip. The batch runs image by image
-(:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step, one
-``Scan`` iteration per image in the graph), which never changes a result.
+One path, eager and exported: steps 1-2 work on the ``P`` candidate pairs only, as ultralytics does, listed block
+by block (:func:`~exportable.box_pairs.points_in_boxes_pairs`: the exact in-box test runs only on the blocks of 32
+consecutive points whose bounding box reaches into the gt, never over all ``(B, M, N)`` pairs); the per-box parts
+(STAL boxes, CIoU's arctangents) are computed once for the whole batch; the metric is scattered into
+``(B, M, N)`` for the top-K; steps 4-7 are scatter-reductions over the ``(B, M, K)`` lists and the pairs
+(step 5b ranks a ``(B, M, N)`` grid of the final positives' ``t``); every per-pair lookup is a 1-D ``gather``
+per coordinate plane (``GatherElements``, far cheaper than ``Gather`` in onnxruntime on the CPU). ``box_ciou``'s
+arithmetic (its arctangent included) is IEEE-exact, so two identical gts get identical CIoUs in eager and in
+onnxruntime, and step 5's argmax cannot flip. The batch runs image by image
+(:func:`~exportable.batching.in_image_chunks`: ``eager_rows // M`` images per eager step; the graph takes the
+whole batch at once where eager does, ``B * M <= eager_rows``, and otherwise one ``Scan`` iteration per image),
+which never changes a result.
 
 :class:`~exportable.assigners.task_aligned_dual.DualTaskAlignedAssigner` builds YOLOv10's one-to-many and
 one-to-one assignments from the same steps 1-3. Not reproduced: the STAL rule of releases before 8.4.190 (sides
@@ -65,10 +67,11 @@ from exportable.assigners.task_aligned import (
     stal_boxes,
 )
 from exportable.batching import in_image_chunks
-from exportable.boxes import CIOU_EPS, _ciou_atan, _ciou_planes, _planes_in_boxes, _points_in_boxes
+from exportable.box_pairs import PointBlocks, point_blocks, points_in_boxes_pairs
+from exportable.boxes import CIOU_EPS, _ciou_atan, _ciou_planes, _planes_in_boxes
 from exportable.ordering import _topk
 
-__all__ = ["UltralyticsTaskAlignedAssigner", "mask_pairs", "pair_scores"]
+__all__ = ["UltralyticsTaskAlignedAssigner", "listed_pairs", "pair_scores"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -92,15 +95,11 @@ def index_div(index: Int[Tensor, "*shape"], d: int) -> Int[Tensor, "*shape"]:
     return (index.double() / d).floor().long()
 
 
-def mask_pairs(mask: Bool[Tensor, "B M N"]) -> Pairs:
-    """The pairs where ``mask`` is True, in row-major order (their order never matters below): a 1-D ``NonZero``
-    in ONNX (onnxruntime's is a third cheaper than over ``(B, M, N)``), split by :func:`index_div`."""
-    _, m, n = mask.shape
-    flat = mask.reshape(-1).nonzero().squeeze(1)  # (P,)
-    row = index_div(flat, n)  # (P,)
+def listed_pairs(row: Int[Tensor, " P"], point: Int[Tensor, " P"], m: int, n: int) -> Pairs:
+    """:class:`Pairs` from the gt rows ``row`` (into ``B*M``) and points of a ``(B, M, N)`` mask's True entries;
+    the image is split off by :func:`index_div`."""
     image = index_div(row, m)  # (P,)
-    point = flat - row * n  # (P,)
-    return Pairs(flat, row, image * n + point, row - image * m, point)
+    return Pairs(row * n + point, row, image * n + point, row - image * m, point)
 
 
 def take(values: Tensor, index: Int[Tensor, " P"]) -> Tensor:
@@ -206,9 +205,11 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         if rows is None:
             return empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
         boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
-        images = max(1, self.eager_rows // boxes.shape[1])
-        gt_index, overlaps, target = in_image_chunks(lambda *batch: self._assign(points, *batch), images,
-                                                     *self._per_box(pred_scores, pred_boxes, boxes, labels, mask))
+        blocks = point_blocks(points)  # the points' blocks, for step 1
+        gt_index, overlaps, target = in_image_chunks(
+            lambda *batch: self._assign(points, blocks, *batch), max(1, self.eager_rows // boxes.shape[1]),
+            *self._per_box(pred_scores, pred_boxes, boxes, labels, mask),
+            whole_in_graph=boxes.shape[0] * gt_boxes.shape[1] <= self.eager_rows)  # as eager (M' = M + 1 in a graph)
         # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
         return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                           target_scores=target)
@@ -223,21 +224,22 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         return (pred_scores, pred_boxes, _ciou_atan(pred_boxes.movedim(-1, 0)), boxes, _ciou_atan(boxes.movedim(-1, 0)),
                 labels, in_boxes)
 
-    def _assign(self, points: Tensor, *batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _assign(self, points: Tensor, blocks: PointBlocks, *batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Steps 1-7 for a batch of :meth:`_per_box`: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
-        scored = self._top_k(points, *batch, topk=self.topk, ordered=False)
+        scored = self._top_k(points, blocks, *batch, topk=self.topk, ordered=False)
         return self._select(points, scored, scored.top_i, self.topk, self.topk2)
 
-    def _top_k(self, points: Tensor, pred_scores: Tensor, pred_boxes: Tensor, pred_atan: Tensor, boxes: Tensor,
-               gt_atan: Tensor, labels: Tensor, in_boxes: Tensor, *, topk: int, ordered: bool) -> Scored:
+    def _top_k(self, points: Tensor, blocks: PointBlocks, pred_scores: Tensor, pred_boxes: Tensor, pred_atan: Tensor,
+               boxes: Tensor, gt_atan: Tensor, labels: Tensor, in_boxes: Tensor, *, topk: int, ordered: bool) -> Scored:
         """Steps 1-3 on :meth:`_per_box`'s tensors: the candidate pairs with their ``u`` and ``t``, and each gt's
         top-K list (``ordered``: best first, ties by point index, so that a list's first k entries are the top-k
         for any k <= K)."""
         b, n, _ = pred_scores.shape
         m = boxes.shape[1]
         # 1. candidates: inside the STAL-widened gt by more than the margin; real gts only. First the pairs
-        #    strictly inside (comparisons only; a superset, as the margin is >= 0), then the margin test on them.
-        pairs = mask_pairs(_points_in_boxes(points, in_boxes.unsqueeze(2), aligned=True))  # (P,) of (B, M, N)
+        #    strictly inside (comparisons only, block by block; a superset, as the margin is >= 0), then the margin
+        #    test on them.
+        pairs = listed_pairs(*points_in_boxes_pairs(blocks, in_boxes.reshape(-1, 4)), m, n)  # (P,) of (B, M, N)
         cand = _planes_in_boxes(planes(points, pairs.point), planes(in_boxes.reshape(-1, 4), pairs.row),
                                 margin=self.center_margin)  # (P,)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
