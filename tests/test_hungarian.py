@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
-from exportable import catalog
+from exportable import catalog, checks_disabled
 from exportable import onnx as xonnx
 from exportable.assigners.hungarian import HungarianAssigner, HungarianCost
 from exportable.examples import hungarian_inputs
-from exportable.lsa import linear_sum_assignment
+from exportable.lsa import _shortest_augmenting_paths, linear_sum_assignment
 from lessons.matching import brute_force_matching, check_matching, hungarian_assign, hungarian_cost, matching_total
 
 
@@ -132,6 +132,66 @@ def test_graph_solver_reaches_scipys_optimal_total(q, m, levels, batch):
     np.testing.assert_allclose(totals_and_validity(cost, mask, got), scipy_totals(cost, mask), rtol=0, atol=1e-9)
     if levels is None:  # tie-free: the same pairs as scipy
         assert torch.equal(got, linear_sum_assignment(cost, mask, solver="scipy"))
+
+
+def _gt_rows(*rows):
+    """The solver's rows are gts: ``cost (1, Q, M)`` from one list of query costs per gt."""
+    return torch.tensor(rows).T[None].float()
+
+
+def test_bidding_places_a_row_the_loop_then_moves():
+    # gts A, B, C over queries q0..q3. Round 1 only (rounds=1): A and B both bid for q0, A's gap to its second
+    # choice is 1 - 0, B's 5 - 0, so B takes q0 and its v falls to -5; C takes q1 (gap 100, v(q1) = -100). A is
+    # left to the loop: from A, q0 is at distance 0 + 5, q1 at 1 + 100, q2 and q3 at 100, so the search takes q0
+    # (B's column) and goes on from B (u = 0 + 5): q2 at 5 + 5 - 5 = 5 is free, the sink. The path
+    # root -> q0 -> q2 flips back: B moves to q2, A takes q0. Total 0 + 5 + 0 = 5 (A on q1 would leave B or C
+    # paying 100). Iterations: 2 search steps + 2 flip steps, the first flip in the sink's iteration: 3.
+    cost = _gt_rows([0.0, 1.0, 100.0, 100.0], [0.0, 100.0, 5.0, 100.0], [100.0, 0.0, 100.0, 100.0])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    expected = [[0, 2, 1, -1]]  # q0 -> A, q1 -> C, q2 -> B, q3 unmatched
+    got, iterations = _shortest_augmenting_paths(cost, mask, rounds=1)
+    assert got.tolist() == expected and int(iterations) == 3
+    assert linear_sum_assignment(cost, mask, solver="scipy").tolist() == expected
+    for rounds in (0, 2):  # the pure loop; the default, where a second round lets A outbid B for q0
+        assert _shortest_augmenting_paths(cost, mask, rounds=rounds)[0].tolist() == expected
+
+
+def test_bidding_alone_places_every_row_when_the_best_queries_differ():
+    # each gt's cheapest query is its own (gt g on query 2g), so round 1 assigns them all and the loop never runs
+    cost = _gt_rows([1.0, 3.0, 0.5, 2.0, 2.0], [2.0, 2.0, 2.0, 0.0, 2.0])  # gt 0 -> q2, gt 1 -> q3
+    cost = torch.cat([cost, cost.flip(2)])  # image 1: the same gts in the other order
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    expected = [[-1, -1, 0, 1, -1], [-1, -1, 1, 0, -1]]
+    got, iterations = _shortest_augmenting_paths(cost, mask)
+    assert got.tolist() == expected and int(iterations) == 0
+    got, iterations = _shortest_augmenting_paths(cost, mask, rounds=0)  # without step 2 the loop does it all
+    assert got.tolist() == expected and int(iterations) == 2  # one search step and one flip step per gt
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 3])
+@pytest.mark.parametrize(("q", "m", "levels"), [(6, 6, 3), (9, 4, 2), (4, 9, 3), (15, 15, 4)])
+def test_graph_solver_is_optimal_with_any_number_of_bidding_rounds(rounds, q, m, levels):
+    """Tied integer costs (many optima, many equal bids) and padding: the optimal total whatever step 2 left."""
+    g = torch.Generator().manual_seed(rounds * 1000 + q * 10 + m)
+    cost = torch.randint(0, levels, (60, q, m), generator=g).float()
+    mask = torch.rand(60, m, generator=g) < 0.8
+    mask[0], mask[1] = False, True
+    got, iterations = _shortest_augmenting_paths(cost, mask, rounds=rounds)
+    np.testing.assert_allclose(totals_and_validity(cost, mask, got), scipy_totals(cost, mask), rtol=0, atol=1e-9)
+    assert int(iterations) <= (m + 1) ** 2 + 1
+
+
+def test_nan_cost_ends_at_the_iteration_cap_in_the_graph_solver():
+    # the graph cannot raise: with the checks off a NaN still ends the loop (at the latest at the cap)
+    cost = torch.rand(3, 7, 5, generator=torch.Generator().manual_seed(0))
+    cost[1, :, 2] = float("nan")
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    with checks_disabled():
+        got, iterations = _shortest_augmenting_paths(cost, mask)
+    assert got.shape == (3, 7) and bool(((got >= -1) & (got < 5)).all())
+    assert int(iterations) <= 6**2 + 1
+    clean = linear_sum_assignment(cost[[0, 2]], mask[[0, 2]], solver="scipy")
+    assert torch.equal(got[[0, 2]], clean)  # the other images are solved as usual
 
 
 def test_graph_solver_on_detr_costs_and_an_empty_query_set():

@@ -138,7 +138,9 @@ class HungarianCost(nn.Module):
         # box L1 over the image size, on normalised (cx, cy, w, h) or (x1, y1, x2, y2)
         factor = image_sizes.flip(1).repeat(1, 2).to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, 4) (W, H, W, H)
         pred, gt = _to_format(pred_boxes, self.box_format), _to_format(gt_boxes, self.box_format)  # (B, *, 4)
-        l1 = (pred / factor).unsqueeze(2).sub(gt.div(factor).unsqueeze(1)).abs_().sum(-1)  # (B, Q, M)
+        pred = (pred / factor).transpose(1, 2).unsqueeze(3)  # (B, 4, Q, 1) coordinates first: onnxruntime
+        gt = gt.div(factor).transpose(1, 2).unsqueeze(2)  # (B, 4, 1, M) broadcasts a 4-wide last axis slowly
+        l1 = (pred - gt).abs_().sum(1)  # (B, Q, M)
         # GIoU
         giou = -_box_giou(pred_boxes, gt_boxes)  # (B, Q, M)
         cost = cls + l1 * self.l1_weight + giou * self.giou_weight  # (B, Q, M)
