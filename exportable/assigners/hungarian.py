@@ -126,15 +126,16 @@ class HungarianCost(nn.Module):
         b, q, _ = pred_scores.shape
         m = gt_boxes.shape[1]
         labels = torch.where(gt_mask, gt_labels, 0)  # (B, M) padding may hold any label
-        # classification: the per-class cost (B, Q, C), then one gather at each gt's class
-        p = pred_scores
+        # classification: each query's probability at each gt's class, then the cost of it. mmdetection computes
+        # the cost of every class and gathers after; the arithmetic is elementwise, so gathering first gives the
+        # same bits with M instead of C columns
+        p = torch.gather(pred_scores, 2, labels.unsqueeze(1).expand(b, q, m))  # (B, Q, M)
         if self.cls_cost == "focal":  # mmdetection's FocalLossCost, same operation order
-            neg = -(1 - p + self.eps).log() * (1 - self.alpha) * power(p, self.gamma)  # (B, Q, C)
-            pos = -(p + self.eps).log() * self.alpha * power(1 - p, self.gamma)  # (B, Q, C)
-            per_class = pos - neg  # (B, Q, C)
+            neg = -(1 - p + self.eps).log() * (1 - self.alpha) * power(p, self.gamma)  # (B, Q, M)
+            pos = -(p + self.eps).log() * self.alpha * power(1 - p, self.gamma)  # (B, Q, M)
+            cls = (pos - neg) * self.cls_weight  # (B, Q, M)
         else:  # ClassificationCost: -softmax probability
-            per_class = -p  # (B, Q, C)
-        cls = torch.gather(per_class, 2, labels.unsqueeze(1).expand(b, q, m)) * self.cls_weight  # (B, Q, M)
+            cls = -p * self.cls_weight  # (B, Q, M)
         # box L1 over the image size, on normalised (cx, cy, w, h) or (x1, y1, x2, y2)
         factor = image_sizes.flip(1).repeat(1, 2).to(pred_boxes.dtype).unsqueeze(1)  # (B, 1, 4) (W, H, W, H)
         pred, gt = _to_format(pred_boxes, self.box_format), _to_format(gt_boxes, self.box_format)  # (B, *, 4)
