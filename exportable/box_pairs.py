@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from exportable.boxes import _planes_iou
+from exportable.boxes import _planes_in_boxes, _planes_iou
 
 __all__ = ["BLOCK", "POINT_BLOCK", "AnchorBlocks", "Pairs", "PointBlocks", "anchor_blocks", "overlapping_pairs",
            "point_blocks", "points_in_boxes_pairs"]
@@ -107,21 +107,18 @@ def point_blocks(points: Tensor) -> PointBlocks:
     return PointBlocks((px, py), lo, hi)
 
 
-def points_in_boxes_pairs(blocks: PointBlocks, boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """The (box, point) pairs with the point strictly inside the box (:func:`exportable.boxes.points_in_boxes`'s
-    test, margin 0): ``box (P,)`` into ``boxes (M, 4)`` and ``point (P,)``, in row-major order of the ``(M, N)``
-    mask (what one ``NonZero`` of it gives). NaN boxes contain no point. First the (box, block) pairs whose
-    block's bounding box reaches into the box (a point strictly inside needs ``x1 < max x``, ``x2 > min x`` and
-    the same in y), then the exact test on those blocks' points: two small ``NonZero`` instead of one over
-    ``(M, N)`` (onnxruntime's runs on one thread)."""
+def points_in_boxes_pairs(blocks: PointBlocks, boxes: Tensor, *, margin: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The (box, point) pairs with the point more than ``margin >= 0`` inside every side of the box
+    (:func:`exportable.boxes.points_in_boxes`' test and arithmetic): ``box (P,)`` into ``boxes (M, 4)`` and
+    ``point (P,)``, in row-major order of the ``(M, N)`` mask (what one ``NonZero`` of it gives). NaN boxes contain
+    no point. First the (box, block) pairs whose block's bounding box reaches into the box (a point inside needs
+    ``x1 < max x``, ``x2 > min x`` and the same in y), then the exact test on those blocks' points: two small
+    ``NonZero`` instead of one over ``(M, N)`` (onnxruntime's runs on one thread)."""
     x1, y1, x2, y2 = boxes.movedim(1, 0).unsqueeze(2).unbind(0)  # (M, 1) each
     meet = (x1 < blocks.hi[0]) & (y1 < blocks.hi[1]) & (x2 > blocks.lo[0]) & (y2 > blocks.lo[1])  # (M, NB)
     box, block = meet.nonzero(as_tuple=True)  # (H,) each
     torch._check(box.shape[0] < 2**52)  # a bound the exporter needs, so that H * S provably fits int64
-    px, py = (plane.index_select(0, block) for plane in blocks.planes)  # (H, S) each
-    inside = px > x1.index_select(0, box)  # (H, S)
-    inside &= py > y1.index_select(0, box)
-    inside &= x2.index_select(0, box) > px
-    inside &= y2.index_select(0, box) > py
+    pts = [plane.index_select(0, block) for plane in blocks.planes]  # 2 x (H, S)
+    inside = _planes_in_boxes(pts, [c.index_select(0, box) for c in (x1, y1, x2, y2)], margin=margin)  # (H, S)
     pair, slot = inside.nonzero(as_tuple=True)  # (P,) each
     return box.gather(0, pair), block.gather(0, pair) * POINT_BLOCK + slot

@@ -300,11 +300,11 @@ def test_pair_scores_match_indexing():
 
 
 @pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 300])
-@pytest.mark.parametrize("layout", ["grid", "shuffled"])
-def test_block_pairs_are_the_dense_in_box_pairs(n, layout):
+@pytest.mark.parametrize(("layout", "margin"), [("grid", 0.0), ("grid", 1e-9), ("grid", 2.5), ("shuffled", 1e-9)])
+def test_block_pairs_are_the_dense_in_box_pairs(n, layout, margin):
     """The block-wise listing of the candidates (step 1) gives exactly the pairs, in the order, of one NonZero over
-    the dense (B, M, N) in-box mask: grid points and shuffled ones, block-sized counts, points on box edges
-    (strictly inside only), zero-area, out-of-image and NaN (padded) boxes."""
+    the dense (B, M, N) in-box mask with the same margin: grid points and shuffled ones, block-sized counts, points
+    on box edges (strictly inside only) and near them, zero-area, out-of-image and NaN (padded) boxes."""
     g = torch.Generator().manual_seed(n)
     side = int(n**0.5) + 1
     ys, xs = torch.meshgrid(torch.arange(side) * 8.0 + 4, torch.arange(side) * 8.0 + 4, indexing="ij")
@@ -318,8 +318,9 @@ def test_block_pairs_are_the_dense_in_box_pairs(n, layout):
     boxes[1, 2] = T([-50, -50, -10, -10])  # outside the image
     boxes[2] = float("nan")  # a padded image (the assigner's in-gt boxes are NaN there)
     boxes[1, 5] = float("nan")
-    want = mask_pairs(_points_in_boxes(points, boxes.unsqueeze(2), aligned=True))
-    got = listed_pairs(*points_in_boxes_pairs(point_blocks(points), boxes.reshape(-1, 4)), 6, n)
+    boxes[0, 2] = T([1.5, 1.5, 22, 12])  # 2.5 from the points at x = 4 and 2 from those at y = 4 and x = 20
+    want = mask_pairs(_points_in_boxes(points, boxes.unsqueeze(2), margin=margin, aligned=True))
+    got = listed_pairs(*points_in_boxes_pairs(point_blocks(points), boxes.reshape(-1, 4), margin=margin), 6, n)
     for field in want._fields:
         assert torch.equal(getattr(got, field), getattr(want, field)), field
     assert n < 2 or got.flat.numel() > 0  # the scene has pairs to find

@@ -236,19 +236,15 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         for any k <= K)."""
         b, n, _ = pred_scores.shape
         m = boxes.shape[1]
-        # 1. candidates: inside the STAL-widened gt by more than the margin; real gts only. First the pairs
-        #    strictly inside (comparisons only, block by block; a superset, as the margin is >= 0), then the margin
-        #    test on them.
-        pairs = listed_pairs(*points_in_boxes_pairs(blocks, in_boxes.reshape(-1, 4)), m, n)  # (P,) of (B, M, N)
-        cand = _planes_in_boxes(planes(points, pairs.point), planes(in_boxes.reshape(-1, 4), pairs.row),
-                                margin=self.center_margin)  # (P,)
+        # 1. candidates: inside the STAL-widened gt by more than the margin (NaN rows, padding: none), listed block
+        #    by block.
+        pairs = listed_pairs(*points_in_boxes_pairs(blocks, in_boxes.reshape(-1, 4), margin=self.center_margin),
+                             m, n)  # (P,) of (B, M, N)
         # 2. on the candidates u = CIoU clamped at 0 and t = s^alpha * u^beta (0 elsewhere).
         u = _ciou_planes(planes(boxes.reshape(-1, 4), pairs.row), planes(pred_boxes.reshape(-1, 4), pairs.pred),
                          take(gt_atan.reshape(-1), pairs.row), take(pred_atan.reshape(-1), pairs.pred),
                          eps=CIOU_EPS).clamp_(min=0)  # (P,)
-        u = torch.where(cand, u, 0.0)  # (P,)
-        t = torch.where(cand, alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta),
-                        0.0)  # (P,)
+        t = alignment_metric(pair_scores(pred_scores, labels, pairs), u, self.alpha, self.beta)  # (P,)
         # 3. the K largest t of every gt over all points (equal values, zeros included: lower index first).
         _, top_i = _topk(on_grid(t, pairs, (b, m, n)), topk, -1, True, ordered)  # (B, M, K)
         return Scored(pairs, t, u, in_boxes, top_i)
