@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -550,6 +551,25 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+RUN_SECONDS = 0.25
+"""Each timed run repeats the call back to back for at least this long (calibrated on the warm-up call) and
+records the mean: a call of a few milliseconds, timed alone, moves by a third from run to run."""
+
+
+def _timed(call, repeats: int) -> list[float]:
+    """``repeats`` runs of ``call`` after one warm-up, each the mean time of ``k`` back-to-back calls (seconds)."""
+    t0 = time.perf_counter()
+    call()  # warm-up
+    k = max(1, math.ceil(RUN_SECONDS / max(time.perf_counter() - t0, 1e-6)))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(k):
+            call()
+        times.append((time.perf_counter() - t0) / k)
+    return times
+
+
 def _child_prepare(suite: str, workload: str, workdir: Path, export: bool = True) -> None:
     """Export the module (unless ``export=False``) and save its inputs (in its own subprocess)."""
     import numpy as np
@@ -577,13 +597,8 @@ def _child_eager(suite: str, workload: str, workdir: Path, threads: int, repeats
     module = SUITES[suite].build(workload).module.eval()
     names = json.loads((workdir / "inputs.json").read_text())
     inputs = [torch.from_numpy(np.load(workdir / f"{n}.npy")) for n in names]
-    times = []
     with torch.inference_mode(), checks_disabled():
-        module(*inputs)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(*inputs)
-            times.append(time.perf_counter() - t0)
+        times = _timed(lambda: module(*inputs), repeats)
     return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": json.loads((workdir / "batch.json").read_text())}
 
 
@@ -597,12 +612,7 @@ def _child_onnxruntime(suite: str, workload: str, workdir: Path, threads: int, r
     sess = ort.InferenceSession(str(workdir / "model.onnx"), so, providers=["CPUExecutionProvider"])
     names = json.loads((workdir / "inputs.json").read_text())
     feed = {n: np.load(workdir / f"{n}.npy") for n in names}
-    sess.run(None, feed)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
+    times = _timed(lambda: sess.run(None, feed), repeats)
     return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": json.loads((workdir / "batch.json").read_text())}
 
 
@@ -611,13 +621,8 @@ def _child_reference(suite: str, workload: str, workdir: Path, threads: int, rep
 
     torch.set_num_threads(threads)
     step = SUITES[suite].reference(workload)
-    times = []
     with torch.inference_mode():
-        step()  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+        times = _timed(step, repeats)
     return {"times": times, "peak_rss_mb": _peak_rss_mb(), "batch": json.loads((workdir / "batch.json").read_text())}
 
 
@@ -684,7 +689,8 @@ def run_suite(suite: Suite, threads: int, repeats: int) -> str:
         "",
         f"`python benchmarks/run.py --suite {suite.name} --threads {threads} --repeats {repeats}` on "
         f"{dt.date.today().isoformat()}; {_cpu()}, {os.cpu_count()} cores; {_versions()}; "
-        f"{threads} threads for every backend; median of {repeats} runs after one warm-up, per image.",
+        f"{threads} threads for every backend; median of {repeats} runs after one warm-up, per image; each "
+        f"run the mean of back-to-back calls lasting at least {RUN_SECONDS} s.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
