@@ -38,8 +38,7 @@ from torch import Tensor, nn
 from exportable.assigners._points import point_assigner_gt_rows
 from exportable.assigners.result import AssignResult, empty_result
 from exportable.assigners.task_aligned_ultralytics import UltralyticsTaskAlignedAssigner
-from exportable.batching import in_image_chunks
-from exportable.box_pairs import PointBlocks, point_blocks
+from exportable.box_pairs import PointBlocks
 
 __all__ = ["DualAssignResult", "DualTaskAlignedAssigner"]
 
@@ -116,11 +115,8 @@ class DualTaskAlignedAssigner(nn.Module):
             empty = empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
             return DualAssignResult(empty, empty)
         boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
-        blocks = point_blocks(points)  # the points' blocks, for step 1
-        out = in_image_chunks(lambda *batch: self._assign(points, blocks, *batch),
-                              max(1, tal.eager_rows // boxes.shape[1]),
-                              *tal._per_box(pred_scores, pred_boxes, boxes, labels, mask),
-                              whole_in_graph=boxes.shape[0] * gt_boxes.shape[1] <= tal.eager_rows)  # 6 x (B, N)
+        out = tal._in_chunks(self._assign, points, gt_boxes.shape[1],
+                             *tal._per_box(pred_scores, pred_boxes, boxes, labels, mask))  # 6 x (B, N)
         # 6. outputs of each branch: the matched gt's box and class (7.'s t_hat as the target score).
         many, one = (AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                                 target_scores=target)
@@ -132,7 +128,7 @@ class DualTaskAlignedAssigner(nn.Module):
         ``gt_index``, ``overlaps``, ``t_hat`` of each, ``(B, N)`` each."""
         tal, k1 = self.tal, self.one_to_one_topk
         # 1.-3. candidates, CIoU, t and each gt's top-K list, best first.
-        scored = tal._top_k(points, blocks, *batch, topk=tal.topk, ordered=True)
+        scored = tal._top_k(blocks, *batch, topk=tal.topk, ordered=True)
         # 4.-7. one-to-many on the whole lists, one-to-one on their first k1 entries.
         many = tal._select(points, scored, scored.top_i, tal.topk, tal.topk)
         one = tal._select(points, scored, scored.top_i[..., :k1], k1, self.one_to_one_topk2)  # (B, M, k1) lists

@@ -49,6 +49,7 @@ common point-assigner signature and is not read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -205,11 +206,8 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         if rows is None:
             return empty_result(pred_scores.shape[0], 0, num_classes, like=pred_boxes)  # no points: nothing to assign
         boxes, labels, mask = rows  # (B, M', 4), (B, M'), (B, M')
-        blocks = point_blocks(points)  # the points' blocks, for step 1
-        gt_index, overlaps, target = in_image_chunks(
-            lambda *batch: self._assign(points, blocks, *batch), max(1, self.eager_rows // boxes.shape[1]),
-            *self._per_box(pred_scores, pred_boxes, boxes, labels, mask),
-            whole_in_graph=boxes.shape[0] * gt_boxes.shape[1] <= self.eager_rows)  # as eager (M' = M + 1 in a graph)
+        gt_index, overlaps, target = self._in_chunks(self._assign, points, gt_boxes.shape[1],
+                                                     *self._per_box(pred_scores, pred_boxes, boxes, labels, mask))
         # 6. outputs: the matched gt's box and class (7.'s t_hat as the target score).
         return AssignResult.from_gt_index(gt_index, boxes, labels, num_classes, overlaps=overlaps,
                                           target_scores=target)
@@ -224,12 +222,22 @@ class UltralyticsTaskAlignedAssigner(nn.Module):
         return (pred_scores, pred_boxes, _ciou_atan(pred_boxes.movedim(-1, 0)), boxes, _ciou_atan(boxes.movedim(-1, 0)),
                 labels, in_boxes)
 
+    def _in_chunks(self, fn: Callable[..., tuple[Tensor, ...]], points: Tensor, m: int,
+                   *batch: Tensor) -> tuple[Tensor, ...]:
+        """``fn(points, blocks, *images)`` over :meth:`_per_box`'s ``batch``, ``eager_rows // M'`` images per eager
+        step; the graph takes the whole batch where eager does, judged with the caller's ``m`` gts (a graph's
+        ``M'`` is ``m + 1``), and otherwise one image per step."""
+        blocks = point_blocks(points)  # the points' blocks, for step 1
+        b, rows = batch[0].shape[0], batch[3].shape[1]  # pred_scores (B, N, C), boxes (B, M', 4)
+        return in_image_chunks(lambda *images: fn(points, blocks, *images), max(1, self.eager_rows // rows), *batch,
+                               whole_in_graph=b * m <= self.eager_rows)
+
     def _assign(self, points: Tensor, blocks: PointBlocks, *batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Steps 1-7 for a batch of :meth:`_per_box`: ``gt_index``, ``overlaps``, ``t_hat``, ``(B, N)`` each."""
-        scored = self._top_k(points, blocks, *batch, topk=self.topk, ordered=False)
+        scored = self._top_k(blocks, *batch, topk=self.topk, ordered=False)
         return self._select(points, scored, scored.top_i, self.topk, self.topk2)
 
-    def _top_k(self, points: Tensor, blocks: PointBlocks, pred_scores: Tensor, pred_boxes: Tensor, pred_atan: Tensor,
+    def _top_k(self, blocks: PointBlocks, pred_scores: Tensor, pred_boxes: Tensor, pred_atan: Tensor,
                boxes: Tensor, gt_atan: Tensor, labels: Tensor, in_boxes: Tensor, *, topk: int, ordered: bool) -> Scored:
         """Steps 1-3 on :meth:`_per_box`'s tensors: the candidate pairs with their ``u`` and ``t``, and each gt's
         top-K list (``ordered``: best first, ties by point index, so that a list's first k entries are the top-k
