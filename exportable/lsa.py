@@ -177,7 +177,7 @@ def _shortest_augmenting_paths(cost: Tensor, gt_mask: Tensor, *, rounds: int = R
             d = flat.index_select(0, (ids + offset).reshape(-1)).reshape(b, ids.shape[1], c1)  # (B, K, C1)
             d = d.double() + (closed - v.unsqueeze(1))  # (B, K, C1) reduced costs at u = 0
         j = d.argmin(2, keepdim=True)  # (B, K, 1) each row's cheapest column (the first on ties)
-        best = d.amin(2).double()  # (B, K)
+        best = d.gather(2, j).squeeze(2).double()  # (B, K)
         second = d.scatter(2, j, float("inf")).amin(2).double()  # (B, K) the next cheapest column's
         bid = torch.where(second < inf, second - best, zero)  # (B, K) a row with one column bids 0
         j = j.squeeze(2)  # (B, K)
@@ -215,8 +215,8 @@ def _shortest_augmenting_paths(cost: Tensor, gt_mask: Tensor, *, rounds: int = R
         dist = torch.where(closer, reduced, dist)  # (B, C1)
         way = torch.where(closer, j0, way)  # (B, C1)
         open_dist = torch.where(blocked, inf, dist)  # (B, C1)
-        lowest = open_dist.amin(1, keepdim=True)  # (B, 1) the closest open column's distance
-        j1 = open_dist.argmin(1, keepdim=True)  # (B, 1) that column (the first on ties)
+        j1 = open_dist.argmin(1, keepdim=True)  # (B, 1) the closest open column (the first on ties)
+        lowest = open_dist.gather(1, j1)  # (B, 1) its distance
         scanned = torch.where(col == j1, row, scanned)  # (B, C1) taken by this row's search
         sink = searching & (p.gather(1, j1) == 0)  # (B, 1) a free column ends the search
         v = torch.where(sink, v + torch.minimum(dist - lowest, zero), v)  # (B, C1) columns taken move
